@@ -1,0 +1,68 @@
+"""The dffmpeg coordinator: a Flask app that queues jobs and hands them to workers.
+
+``create_app()`` is the factory gunicorn calls (``gunicorn 'coordinator:create_app()'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask
+
+from coordinator import api, errors, health, schema
+from coordinator.db import db as database
+from coordinator.janitor import Janitor
+from coordinator.notify import Notifier
+from dffmpeg.config import CoordinatorConfig, load_coordinator
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def create_app(
+    config: CoordinatorConfig | dict[str, Any] | None = None,
+    *,
+    config_file: str | None = None,
+    start_janitor: bool = True,
+    check_schema: bool = True,
+) -> Flask:
+    """Build the coordinator app.
+
+    ``config`` is a ``CoordinatorConfig`` or a dict of coordinator config keys; without
+    it the config file is searched for like ``dffmpeg-coordinator`` does.
+    """
+    if config is None:
+        settings = load_coordinator(config_file)
+    elif isinstance(config, dict):
+        settings = CoordinatorConfig.from_dict(config)
+    else:
+        settings = config
+
+    app = Flask(__name__)
+    app.config.update(
+        DFFMPEG=settings,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=schema.engine_options(settings.database_url),
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        JSON_SORT_KEYS=False,
+    )
+    # Secrets never reach the logs: werkzeug's request log is off, ours logs no headers.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    database.init_app(app)
+    schema.install_sqlite_pragmas(app)
+    recheck = 0.5 if settings.gunicorn_workers > 1 else 2.0
+    app.extensions["dffmpeg.notifier"] = Notifier(recheck=settings.recheck_seconds or recheck)
+    app.extensions["dffmpeg.draining"] = threading.Event()
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    api.register(app)
+
+    if check_schema:
+        with app.app_context():
+            schema.ensure_current()
+    janitor = Janitor(app)
+    app.extensions["dffmpeg.janitor"] = janitor
+    if start_janitor:
+        janitor.start()
+    return app

@@ -1,0 +1,275 @@
+"""Jobs: submit, watch, feed stdin, cancel (clients); accept, stream output, finish (workers)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from coordinator import lifecycle, streams
+from coordinator.api.parse import (
+    field,
+    frames_body,
+    int_arg,
+    json_body,
+    notifier,
+    str_list,
+    wait_arg,
+)
+from coordinator.auth import requires
+from coordinator.db import db, now_utc
+from coordinator.errors import BadRequest, Conflict, NotFound
+from coordinator.models import Job, JobEvent
+from dffmpeg.paths import variables_used
+from dffmpeg.wire import CONTENT_TYPE_FRAMES, JobState, Role, encode_frames, status_frame
+
+bp = Blueprint("jobs", __name__, url_prefix="/jobs")
+
+MAX_ARGS = 4096
+MAX_ARG_BYTES = 64 * 1024
+MODES = ("active", "background")
+
+
+def _config() -> Any:
+    return current_app.config["DFFMPEG"]
+
+
+def _client_lease() -> timedelta:
+    return timedelta(seconds=_config().client_lease_seconds)
+
+
+def visible_job(job_id: str) -> Job:
+    """The job if the caller may see it; 404 otherwise (never revealing that it exists)."""
+    job = db.session.get(Job, job_id)
+    user = g.user
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if user.role == Role.ADMIN or job.requester == user.client_id:
+        return job
+    if user.role == Role.WORKER and job.worker_id == user.client_id:
+        return job
+    raise NotFound(f"no job {job_id}")
+
+
+def held_job(job_id: str) -> Job:
+    """The job if the calling worker holds it; 409 if it holds it no longer."""
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if job.worker_id != g.user.client_id:
+        raise Conflict("this worker does not hold the job", state=job.state)
+    return job
+
+
+@bp.post("")
+@requires(Role.CLIENT, Role.ADMIN)
+def submit() -> ResponseReturnValue:
+    data = json_body()
+    binary = field(data, "binary", str)
+    allowed = _config().allowed_binaries
+    if binary not in allowed:
+        raise BadRequest(f"binary {binary!r} is not allowed (allowed: {', '.join(allowed)})")
+    args = str_list(data, "args")
+    if len(args) > MAX_ARGS or any(len(a.encode()) > MAX_ARG_BYTES for a in args):
+        raise BadRequest("too many or too long arguments")
+    cwd = field(data, "cwd", (str, type(None)), None)
+    env = field(data, "env", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise BadRequest("field 'env' must map strings to strings")
+    mode = field(data, "mode", str, "active")
+    if mode not in MODES:
+        raise BadRequest(f"field 'mode' must be one of {', '.join(MODES)}")
+    priority = field(data, "priority", int, 0)
+    now = now_utc()
+    job = Job(
+        id=uuid.uuid4().hex,
+        requester=g.user.client_id,
+        binary=binary,
+        args=args,
+        cwd=cwd,
+        env=env,
+        path_variables=sorted(variables_used([*args, cwd or ""])),
+        mode=mode,
+        priority=priority,
+        state=JobState.PENDING.value,
+        created_at=now,
+        updated_at=now,
+        client_lease_expires_at=now + _client_lease() if mode == "active" else None,
+    )
+    db.session.add(job)
+    lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
+    db.session.commit()
+    notifier().notify("jobs")
+    return jsonify({"job": job.to_dict()}), 201
+
+
+@bp.get("")
+@requires(Role.CLIENT, Role.ADMIN)
+def list_jobs() -> ResponseReturnValue:
+    stmt = db.select(Job).order_by(Job.created_at.desc())
+    if g.user.role != Role.ADMIN:
+        stmt = stmt.where(Job.requester == g.user.client_id)
+    state = request.args.get("state")
+    if state:
+        stmt = stmt.where(Job.state == state)
+    limit = min(max(int_arg("limit", 100), 1), 1000)
+    jobs = db.session.execute(stmt.limit(limit)).scalars()
+    return jsonify({"jobs": [j.to_dict() for j in jobs]})
+
+
+@bp.get("/<job_id>")
+def show(job_id: str) -> ResponseReturnValue:
+    job = visible_job(job_id)
+    events = db.session.execute(
+        db.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    ).scalars()
+    return jsonify({"job": {**job.to_dict(), "events": [e.to_dict() for e in events]}})
+
+
+@bp.post("/<job_id>/cancel")
+@requires(Role.CLIENT, Role.ADMIN)
+def cancel(job_id: str) -> ResponseReturnValue:
+    job = visible_job(job_id)
+    reason = f"canceled by {g.user.client_id}"
+    worker_id = job.worker_id
+    if not (
+        lifecycle.transition(job_id, [JobState.PENDING, JobState.ASSIGNED], JobState.CANCELED,
+                             reason, failure="canceled")
+        or lifecycle.transition(job_id, [JobState.RUNNING], JobState.CANCELING, reason)
+    ):
+        db.session.refresh(job)
+        if job.state != JobState.CANCELING.value:
+            raise Conflict(f"job is already {job.state}", state=job.state)
+    if worker_id:
+        notifier().notify(f"worker:{worker_id}")
+    db.session.refresh(job)
+    return jsonify({"job": job.to_dict()})
+
+
+def _frames_response(frames: list[Any]) -> Response:
+    return Response(encode_frames(frames), mimetype=CONTENT_TYPE_FRAMES)
+
+
+def _final_status(job: Job) -> dict[str, Any]:
+    return {
+        "state": job.state,
+        "exit_code": job.exit_code,
+        "failure": job.failure,
+        "reason": job.reason,
+    }
+
+
+@bp.get("/<job_id>/output")
+@requires(Role.CLIENT, Role.ADMIN)
+def read_output(job_id: str) -> ResponseReturnValue:
+    """Frames after ``after``; once the job is over and all was read, its final status."""
+    job = visible_job(job_id)
+    after = int_arg("after", 0)
+    is_requester = job.requester == g.user.client_id
+
+    def check() -> list[Any] | None:
+        if is_requester:
+            # Reading is the client's heartbeat: a monitored job lives while it is watched.
+            job.client_lease_expires_at = now_utc() + _client_lease()
+        frames = streams.read_output(job_id, after)
+        if frames:
+            return frames
+        db.session.refresh(job)
+        state = JobState(job.state)
+        db.session.commit()
+        if state.terminal:
+            return [status_frame(_final_status(job))]
+        return None
+
+    frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, wait_arg())
+    return _frames_response(frames or [])
+
+
+@bp.post("/<job_id>/input")
+@requires(Role.CLIENT, Role.ADMIN)
+def write_input(job_id: str) -> ResponseReturnValue:
+    job = visible_job(job_id)
+    if JobState(job.state).terminal:
+        raise Conflict(f"job is already {job.state}", state=job.state)
+    added = streams.append_input(job_id, frames_body())
+    notifier().notify(f"input:{job_id}")
+    return jsonify({"added": added})
+
+
+@bp.post("/<job_id>/accept")
+@requires(Role.WORKER)
+def accept(job_id: str) -> ResponseReturnValue:
+    held_job(job_id)
+    if not lifecycle.transition(
+        job_id, [JobState.ASSIGNED], JobState.RUNNING, "accepted",
+        held_by=g.user.client_id, started_at=now_utc(),
+    ):
+        job = db.session.get(Job, job_id)
+        raise Conflict("job cannot be accepted", state=job.state if job else None)
+    return jsonify({"state": JobState.RUNNING.value})
+
+
+@bp.post("/<job_id>/output")
+@requires(Role.WORKER)
+def write_output(job_id: str) -> ResponseReturnValue:
+    job = held_job(job_id)
+    if job.state not in (JobState.RUNNING.value, JobState.CANCELING.value):
+        raise Conflict(f"job is {job.state}", state=job.state)
+    added = streams.append_output(job_id, frames_body())
+    notifier().notify(f"output:{job_id}")
+    return jsonify({"added": added})
+
+
+@bp.get("/<job_id>/input")
+@requires(Role.WORKER)
+def read_input(job_id: str) -> ResponseReturnValue:
+    job = held_job(job_id)
+    after = int_arg("after", 0)
+
+    def check() -> list[Any] | None:
+        frames = streams.read_input(job_id, after)
+        if frames:
+            return frames
+        db.session.refresh(job)
+        state = JobState(job.state)
+        db.session.commit()
+        if state.terminal or job.worker_id != g.user.client_id:
+            return [status_frame(_final_status(job))]
+        return None
+
+    frames = notifier().wait_for([f"input:{job_id}", f"job:{job_id}"], check, wait_arg())
+    return _frames_response(frames or [])
+
+
+@bp.post("/<job_id>/finish")
+@requires(Role.WORKER)
+def finish(job_id: str) -> ResponseReturnValue:
+    """The process ended (``exit_code``) or could not start (``error``)."""
+    held_job(job_id)
+    data = json_body()
+    error = field(data, "error", (str, type(None)), None)
+    exit_code = field(data, "exit_code", (int, type(None)), None)
+    if error is None and exit_code is None:
+        raise BadRequest("one of 'exit_code' or 'error' is required")
+    worker_id = g.user.client_id
+    if error is not None:
+        done = lifecycle.transition(
+            job_id, [JobState.RUNNING, JobState.CANCELING], JobState.FAILED, error[:1000],
+            held_by=worker_id, failure="start_failed",
+        )
+    else:
+        done = lifecycle.transition(
+            job_id, [JobState.CANCELING], JobState.CANCELED, None,
+            held_by=worker_id, exit_code=exit_code, failure="canceled",
+        ) or lifecycle.transition(
+            job_id, [JobState.RUNNING], JobState.COMPLETED, f"exited with {exit_code}",
+            held_by=worker_id, exit_code=exit_code,
+        )
+    if not done:
+        job = db.session.get(Job, job_id)
+        raise Conflict("job cannot be finished", state=job.state if job else None)
+    notifier().notify(f"output:{job_id}", "jobs")
+    return jsonify({"ok": True})

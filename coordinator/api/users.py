@@ -1,0 +1,46 @@
+"""Users and keys (admin only)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from coordinator import users
+from coordinator.api.parse import field, json_body
+from coordinator.auth import requires
+from dffmpeg.wire import Role
+
+bp = Blueprint("users", __name__, url_prefix="/users")
+
+
+@bp.get("")
+@requires(Role.ADMIN)
+def list_users() -> ResponseReturnValue:
+    return jsonify({"users": [u.to_dict() for u in users.list_users()]})
+
+
+@bp.post("")
+@requires(Role.ADMIN)
+def add_user() -> ResponseReturnValue:
+    data = json_body()
+    created = users.add_user(field(data, "client_id", str), field(data, "role", str))
+    return jsonify({"user": created}), 201
+
+
+@bp.get("/<client_id>")
+@requires(Role.ADMIN)
+def show_user(client_id: str) -> ResponseReturnValue:
+    return jsonify({"user": users.get_user(client_id).to_dict()})
+
+
+@bp.delete("/<client_id>")
+@requires(Role.ADMIN)
+def delete_user(client_id: str) -> ResponseReturnValue:
+    users.delete_user(client_id)
+    return jsonify({"deleted": client_id})
+
+
+@bp.post("/<client_id>/rotate-key")
+@requires(Role.ADMIN)
+def rotate_key(client_id: str) -> ResponseReturnValue:
+    return jsonify({"user": users.rotate_key(client_id)})

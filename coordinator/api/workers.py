@@ -1,0 +1,150 @@
+"""Workers: register, heartbeat, poll for work, deregister; listing for admins."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify
+from flask.typing import ResponseReturnValue
+
+from coordinator import lifecycle, scheduler
+from coordinator.api.parse import field, json_body, notifier, str_list, wait_arg
+from coordinator.auth import requires
+from coordinator.db import db, now_utc
+from coordinator.errors import BadRequest, Conflict, NotFound
+from coordinator.models import Job, Worker
+from dffmpeg.wire import JobState, Role
+
+bp = Blueprint("workers", __name__, url_prefix="/workers")
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=current_app.config["DFFMPEG"].worker_lease_seconds)
+
+
+def current_worker() -> Worker:
+    worker = db.session.get(Worker, g.user.client_id)
+    if worker is None:
+        raise Conflict("worker is not registered")
+    return worker
+
+
+def touch(worker: Worker) -> None:
+    now = now_utc()
+    worker.last_seen_at = now
+    worker.lease_expires_at = now + _lease()
+    db.session.commit()
+
+
+@bp.post("/register")
+@requires(Role.WORKER)
+def register() -> ResponseReturnValue:
+    data = json_body()
+    slots = field(data, "slots", int)
+    if slots < 1:
+        raise BadRequest("slots must be at least 1")
+    binaries = field(data, "binaries", dict)
+    if not binaries or not all(isinstance(k, str) for k in binaries):
+        raise BadRequest("binaries must name at least one binary")
+    now = now_utc()
+    worker_id = g.user.client_id
+    worker = db.session.get(Worker, worker_id)
+    if worker is None:
+        worker = Worker(worker_id=worker_id, registered_at=now)
+        db.session.add(worker)
+    worker.state = "online"
+    worker.slots = slots
+    worker.labels = str_list(data, "labels", [])
+    worker.binaries = binaries
+    worker.path_variables = str_list(data, "path_variables", [])
+    worker.version = str(field(data, "version", str, ""))[:32]
+    worker.hostname = str(field(data, "hostname", str, ""))[:255]
+    worker.last_seen_at = now
+    worker.lease_expires_at = now + _lease()
+    db.session.commit()
+    _forget_previous_life(worker_id)
+    notifier().notify("jobs")
+    return jsonify({"worker": worker.to_dict(), "lease_seconds": _lease().total_seconds()})
+
+
+def _forget_previous_life(worker_id: str) -> None:
+    """A worker that registers again has restarted: what it held before is gone."""
+    stmt = db.select(Job.id, Job.state).where(
+        Job.worker_id == worker_id, Job.state.in_(scheduler.ACTIVE_STATES)
+    )
+    held = list(db.session.execute(stmt))
+    db.session.commit()
+    for job_id, state in held:
+        if state == JobState.ASSIGNED.value:
+            lifecycle.transition(
+                job_id, [JobState.ASSIGNED], JobState.PENDING, "worker restarted before starting",
+                worker_id=None,
+            )
+        else:
+            lifecycle.transition(
+                job_id, [JobState.RUNNING, JobState.CANCELING], JobState.FAILED,
+                "worker lost (it restarted)", failure="worker_lost",
+            )
+
+
+@bp.post("/heartbeat")
+@requires(Role.WORKER)
+def heartbeat() -> ResponseReturnValue:
+    worker = current_worker()
+    touch(worker)
+    return jsonify({"state": worker.state})
+
+
+@bp.post("/deregister")
+@requires(Role.WORKER)
+def deregister() -> ResponseReturnValue:
+    worker = current_worker()
+    worker.state = "offline"
+    db.session.commit()
+    return jsonify({"state": worker.state})
+
+
+def _work_for(worker_id: str) -> dict[str, Any] | None:
+    worker = db.session.get(Worker, worker_id)
+    if worker is None:
+        raise Conflict("worker is not registered")
+    touch(worker)
+    scheduler.claim(worker)
+    stmt = db.select(Job).where(Job.worker_id == worker_id, Job.state.in_(
+        [JobState.ASSIGNED.value, JobState.CANCELING.value]
+    ))
+    jobs = list(db.session.execute(stmt).scalars())
+    db.session.commit()
+    assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
+    cancel = [j.id for j in jobs if j.state == JobState.CANCELING.value]
+    if assigned or cancel:
+        return {"jobs": assigned, "cancel": cancel}
+    return None
+
+
+@bp.get("/poll")
+@requires(Role.WORKER)
+def poll() -> ResponseReturnValue:
+    """Long-poll for work: jobs assigned to this worker and jobs it must cancel."""
+    worker_id = g.user.client_id
+    result = notifier().wait_for(
+        ["jobs", f"worker:{worker_id}"], lambda: _work_for(worker_id), wait_arg()
+    )
+    return jsonify(result or {"jobs": [], "cancel": []})
+
+
+@bp.get("")
+@requires(Role.ADMIN)
+def list_workers() -> ResponseReturnValue:
+    workers = db.session.execute(db.select(Worker).order_by(Worker.worker_id)).scalars()
+    return jsonify({"workers": [w.to_dict() for w in workers]})
+
+
+@bp.get("/<worker_id>")
+@requires(Role.ADMIN)
+def show_worker(worker_id: str) -> ResponseReturnValue:
+    worker = db.session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id}")
+    return jsonify({"worker": {**worker.to_dict(), "binaries": worker.binaries}})

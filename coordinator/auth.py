@@ -1,0 +1,73 @@
+"""Request authentication (HMAC signatures, replay window) and per-route roles."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar, cast
+
+from flask import current_app, g, request
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.db import db, now_utc
+from coordinator.errors import Forbidden, Unauthorized
+from coordinator.models import Nonce, User
+from dffmpeg import signing
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Used when the identity is unknown so that a miss costs the same HMAC as a hit.
+_DUMMY_KEY = "dffmpeg-unknown-identity-dummy-key-000000000"
+
+
+def signed_path() -> str:
+    """The request path exactly as signed: path plus the raw query string."""
+    query = request.query_string.decode("latin-1")
+    return request.path + ("?" + query if query else "")
+
+
+def authenticate() -> User:
+    """Verify the signature headers of the current request; raise Unauthorized otherwise."""
+    headers = request.headers
+    client_id = headers.get(signing.HEADER_CLIENT, "")
+    timestamp = headers.get(signing.HEADER_TIMESTAMP, "")
+    nonce = headers.get(signing.HEADER_NONCE, "")
+    signature = headers.get(signing.HEADER_SIGNATURE, "")
+    if not (client_id and timestamp and nonce and signature) or len(nonce) > 64:
+        raise Unauthorized()
+    user = db.session.get(User, client_id) if len(client_id) <= 64 else None
+    window = current_app.config["DFFMPEG"].auth_window_seconds
+    signed = signing.SignedRequest(client_id, timestamp, nonce, signature)
+    body = request.get_data(cache=True)
+    valid = signing.verify(
+        user.hmac_key if user else _DUMMY_KEY, signed, request.method, signed_path(), body
+    )
+    if user is None or not valid or not signing.timestamp_fresh(timestamp, window):
+        raise Unauthorized()
+    # The nonce's primary key makes a replay inside the window fail to insert.
+    db.session.add(
+        Nonce(client_id=client_id, nonce=nonce, expires_at=now_utc() + timedelta(seconds=window * 2))
+    )
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise Unauthorized() from None
+    return user
+
+
+def requires(*roles: str) -> Callable[[F], F]:
+    """Allow the decorated view only to identities with one of ``roles``."""
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user: User = g.user
+            if user.role not in roles:
+                raise Forbidden(f"this action needs the role {' or '.join(roles)}")
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorator

@@ -1,0 +1,129 @@
+"""Periodic clean-up inside the coordinator.
+
+Every sweep is made of compare-and-set transitions and idempotent deletes, so any
+number of coordinator processes may run it at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import delete, update
+
+from coordinator import lifecycle
+from coordinator.db import db, now_utc
+from coordinator.models import InputChunk, Job, Nonce, OutputChunk, Worker
+from dffmpeg.wire import JobState
+
+log = logging.getLogger(__name__)
+
+
+class Janitor:
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.interval = app.config["DFFMPEG"].janitor_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.app.app_context():
+                    self.sweep()
+            except Exception:
+                log.exception("janitor sweep failed")
+
+    def sweep(self) -> None:
+        self.expire_workers()
+        self.release_lost_jobs()
+        self.cancel_abandoned_jobs()
+        self.purge()
+
+    def expire_workers(self) -> None:
+        """Workers silent past their lease go offline."""
+        now = now_utc()
+        db.session.execute(
+            update(Worker)
+            .where(Worker.state != "offline", Worker.lease_expires_at < now)
+            .values(state="offline")
+        )
+        db.session.commit()
+
+    def release_lost_jobs(self) -> None:
+        """Jobs held by offline workers: requeue unstarted ones, fail running ones."""
+        stmt = (
+            db.select(Job.id, Job.state)
+            .join(Worker, Worker.worker_id == Job.worker_id)
+            .where(
+                Worker.state == "offline",
+                Job.state.in_(
+                    [JobState.ASSIGNED.value, JobState.RUNNING.value, JobState.CANCELING.value]
+                ),
+            )
+        )
+        rows = list(db.session.execute(stmt))
+        db.session.commit()
+        for job_id, state in rows:
+            if state == JobState.ASSIGNED.value:
+                lifecycle.transition(
+                    job_id, [JobState.ASSIGNED], JobState.PENDING,
+                    "worker went offline before starting it", worker_id=None,
+                )
+            elif state == JobState.CANCELING.value:
+                lifecycle.transition(
+                    job_id, [JobState.CANCELING], JobState.CANCELED,
+                    "canceled (worker went offline)",
+                )
+            else:
+                lifecycle.transition(
+                    job_id, [JobState.RUNNING], JobState.FAILED,
+                    "worker lost", failure="worker_lost",
+                )
+        if rows:
+            self.app.extensions["dffmpeg.notifier"].notify("jobs")
+
+    def cancel_abandoned_jobs(self) -> None:
+        """Monitored jobs whose client stopped watching are canceled."""
+        now = now_utc()
+        stmt = db.select(Job.id, Job.state, Job.worker_id).where(
+            Job.mode == "active",
+            Job.client_lease_expires_at < now,
+            Job.state.in_(
+                [JobState.PENDING.value, JobState.ASSIGNED.value, JobState.RUNNING.value]
+            ),
+        )
+        rows = list(db.session.execute(stmt))
+        db.session.commit()
+        notifier = self.app.extensions["dffmpeg.notifier"]
+        for job_id, state, worker_id in rows:
+            reason = "client went away"
+            if state == JobState.RUNNING.value:
+                lifecycle.transition(job_id, [JobState.RUNNING], JobState.CANCELING, reason)
+                notifier.notify(f"worker:{worker_id}")
+            else:
+                lifecycle.transition(
+                    job_id, [JobState.PENDING, JobState.ASSIGNED], JobState.CANCELED, reason,
+                    failure="canceled",
+                )
+
+    def purge(self) -> None:
+        """Drop expired nonces, and output/input of jobs finished past the retention."""
+        now = now_utc()
+        db.session.execute(delete(Nonce).where(Nonce.expires_at < now))
+        retention = timedelta(seconds=self.app.config["DFFMPEG"].retention_seconds)
+        old = db.select(Job.id).where(Job.finished_at < now - retention).scalar_subquery()
+        db.session.execute(delete(OutputChunk).where(OutputChunk.job_id.in_(old)))
+        db.session.execute(delete(InputChunk).where(InputChunk.job_id.in_(old)))
+        db.session.commit()

@@ -1,0 +1,79 @@
+"""The job state machine. Every transition is a compare-and-set on the current state.
+
+A late accept, status or finish from a worker that no longer holds the job matches no
+row and changes nothing; the caller turns that into 409.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import update
+
+from coordinator.db import db, now_utc
+from coordinator.models import Job, JobEvent
+from dffmpeg.wire import JobState
+
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.ASSIGNED, JobState.CANCELED, JobState.FAILED}),
+    JobState.ASSIGNED: frozenset(
+        {JobState.RUNNING, JobState.PENDING, JobState.CANCELED, JobState.FAILED}
+    ),
+    JobState.RUNNING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELING}),
+    JobState.CANCELING: frozenset({JobState.CANCELED, JobState.FAILED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELED: frozenset(),
+}
+
+
+def transition(
+    job_id: str,
+    from_states: Iterable[JobState],
+    to_state: JobState,
+    reason: str | None = None,
+    held_by: str | None = None,
+    **values: Any,
+) -> bool:
+    """Move ``job_id`` to ``to_state`` if it is in one of ``from_states``; commit.
+
+    With ``held_by`` the job must also be held by that worker. Returns False (and
+    changes nothing) when the job is not in such a state.
+    """
+    sources = [s for s in from_states if to_state in ALLOWED[s]]
+    if not sources:
+        raise ValueError(f"no allowed transition to {to_state} from {list(from_states)}")
+    now = now_utc()
+    if to_state.terminal:
+        values.setdefault("finished_at", now)
+    if reason is not None:
+        values.setdefault("reason", reason)
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_([s.value for s in sources]))
+        .values(state=to_state.value, updated_at=now, **values)
+    )
+    if held_by is not None:
+        stmt = stmt.where(Job.worker_id == held_by)
+    # Read the state being left in the same transaction, for the history row.
+    previous = db.session.execute(
+        db.select(Job.state).where(Job.id == job_id)
+    ).scalar_one_or_none()
+    result = db.session.execute(stmt.execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        db.session.rollback()
+        return False
+    db.session.add(
+        JobEvent(job_id=job_id, at=now, from_state=previous, to_state=to_state.value, reason=reason)
+    )
+    db.session.commit()
+    notifier = current_app.extensions["dffmpeg.notifier"]
+    notifier.notify(f"job:{job_id}")
+    return True
+
+
+def record_event(job_id: str, to_state: JobState, reason: str | None) -> None:
+    """History row for a job's creation (the one state not reached by a transition)."""
+    db.session.add(JobEvent(job_id=job_id, from_state=None, to_state=to_state.value, reason=reason))

@@ -1,0 +1,171 @@
+"""Tables of the coordinator. One model set for SQLite, MariaDB and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coordinator.db import UTCDateTime, db, now_utc
+
+# MEDIUMBLOB on MariaDB (plain BLOB stops at 64 KiB); BYTEA / BLOB elsewhere.
+CHUNK_TYPE = LargeBinary(length=16 * 1024 * 1024 - 1)
+
+
+class User(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "users"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    hmac_key: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "role": self.role,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+class Nonce(db.Model):  # type: ignore[name-defined,misc]
+    """Nonces seen inside the signing window; the primary key rejects a replay."""
+
+    __tablename__ = "nonces"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Worker(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="online")
+    slots: Mapped[int] = mapped_column(Integer, default=1)
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    path_variables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "state": self.state,
+            "slots": self.slots,
+            "labels": self.labels,
+            "binaries": sorted(self.binaries),
+            "path_variables": self.path_variables,
+            "version": self.version,
+            "hostname": self.hostname,
+            "registered_at": self.registered_at.isoformat(),
+            "last_seen_at": self.last_seen_at.isoformat(),
+        }
+
+
+class Job(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The claim query: pending jobs by priority, oldest first.
+        Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
+        Index("ix_jobs_worker_state", "worker_id", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requester: Mapped[str] = mapped_column(String(64), index=True)
+    binary: Mapped[str] = mapped_column(String(32))
+    args: Mapped[list[str]] = mapped_column(JSON)
+    cwd: Mapped[str | None] = mapped_column(Text, nullable=True)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    path_variables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    mode: Mapped[str] = mapped_column(String(16), default="active")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failure: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    client_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "requester": self.requester,
+            "binary": self.binary,
+            "args": self.args,
+            "cwd": self.cwd,
+            "mode": self.mode,
+            "priority": self.priority,
+            "state": self.state,
+            "worker_id": self.worker_id,
+            "exit_code": self.exit_code,
+            "failure": self.failure,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
+    def assignment(self) -> dict[str, Any]:
+        """What a worker needs to run the job."""
+        return {
+            "job_id": self.id,
+            "binary": self.binary,
+            "args": self.args,
+            "cwd": self.cwd,
+            "env": self.env,
+        }
+
+
+class JobEvent(db.Model):  # type: ignore[name-defined,misc]
+    """One row per state transition: when, from what, to what, and why."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "from": self.from_state,
+            "to": self.to_state,
+            "reason": self.reason,
+        }
+
+
+class OutputChunk(db.Model):  # type: ignore[name-defined,misc]
+    """stdout/stderr bytes of a job; ``seq`` is assigned by the worker, the only writer."""
+
+    __tablename__ = "output_chunks"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    data: Mapped[bytes] = mapped_column(CHUNK_TYPE)
+
+
+class InputChunk(db.Model):  # type: ignore[name-defined,misc]
+    """stdin bytes, EOF and signals for a job; ``seq`` is assigned by the client."""
+
+    __tablename__ = "input_chunks"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    data: Mapped[bytes] = mapped_column(CHUNK_TYPE)

@@ -1,0 +1,77 @@
+"""Wake-ups for long-polls.
+
+A long-poll waits on a key ("worker:ID", "output:JOB", ...). Writers bump the key's
+version after they commit. Inside one process that wakes the waiter at once; waiters
+also re-check the database every ``recheck`` seconds, which is how a write made by
+another coordinator process reaches them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Notifier:
+    def __init__(self, recheck: float = 1.0) -> None:
+        self.recheck = recheck
+        self._lock = threading.Condition()
+        self._versions: dict[str, int] = {}
+        self._waiters: dict[str, int] = {}
+        self._closed = False
+
+    def shutdown(self) -> None:
+        """End every wait at once (the process is draining)."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    def notify(self, *keys: str) -> None:
+        with self._lock:
+            woke = False
+            for key in keys:
+                if key in self._waiters:
+                    self._versions[key] = self._versions.get(key, 0) + 1
+                    woke = True
+            if woke:
+                self._lock.notify_all()
+
+    def wait_for(self, keys: list[str], check: Callable[[], T | None], timeout: float) -> T | None:
+        """Call ``check`` until it returns something or ``timeout`` passes.
+
+        ``check`` runs once at once, then after every notification of one of ``keys``
+        and at least every ``recheck`` seconds.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            for key in keys:
+                self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            while True:
+                with self._lock:
+                    seen = [self._versions.get(key, 0) for key in keys]
+                result = check()
+                if result is not None:
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return None
+                with self._lock:
+                    self._lock.wait_for(
+                        lambda: self._closed
+                        or [self._versions.get(k, 0) for k in keys] != seen,
+                        timeout=min(remaining, self.recheck),
+                    )
+        finally:
+            with self._lock:
+                for key in keys:
+                    count = self._waiters[key] - 1
+                    if count:
+                        self._waiters[key] = count
+                    else:
+                        del self._waiters[key]
+                        self._versions.pop(key, None)

@@ -1,0 +1,96 @@
+"""Engine settings per database and the schema's version (Alembic).
+
+``dffmpeg-admin db upgrade`` creates or upgrades the schema. The coordinator creates it
+on an empty database and refuses to start on an out-of-date one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import Flask
+from sqlalchemy import Engine, event, inspect
+from sqlalchemy.engine import make_url
+
+from coordinator.db import db
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaError(RuntimeError):
+    pass
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        # Long busy timeout: SQLite has one writer, the others wait instead of failing.
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    if backend in ("mysql", "mariadb"):
+        # Long-polls re-read rows in a loop; under REPEATABLE READ they would not see
+        # other transactions' commits.
+        options["isolation_level"] = "READ COMMITTED"
+    return options
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def install_sqlite_pragmas(app: Flask) -> None:
+    with app.app_context():
+        engine = db.engine
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def head_revision() -> str | None:
+    script = ScriptDirectory(str(MIGRATIONS))
+    return script.get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def is_empty(engine: Engine) -> bool:
+    return not inspect(engine).get_table_names()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str | None]:
+    """Bring the schema to the newest version; return (before, after) revisions."""
+    before = current_revision(engine)
+    command.upgrade(alembic_config(engine), "head")
+    return before, current_revision(engine)
+
+
+def ensure_current(engine: Engine | None = None) -> None:
+    """Create the schema on an empty database; refuse an out-of-date one."""
+    engine = engine if engine is not None else db.engine
+    if is_empty(engine):
+        upgrade(engine)
+        return
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaError(
+            f"database schema is at revision {current}, this coordinator needs {head}: "
+            "run 'dffmpeg-admin --config FILE db upgrade' first"
+        )

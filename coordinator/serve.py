@@ -1,0 +1,97 @@
+"""``dffmpeg-coordinator``: serve the app with gunicorn's threaded workers.
+
+gthread workers keep long-polls from blocking other requests. On SIGTERM gunicorn stops
+accepting connections; our hook marks the app as draining first, so ``/health`` answers
+503 and open long-polls return at once instead of holding the shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+from sqlalchemy import create_engine
+
+from coordinator import schema
+from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
+
+
+class CoordinatorServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: CoordinatorConfig, config_file: str | None) -> None:
+        self.settings = settings
+        self.config_file = config_file
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": f"{s.host}:{s.port}",
+            "worker_class": "gthread",
+            "workers": s.gunicorn_workers,
+            "threads": s.gunicorn_threads,
+            "timeout": 60,
+            "graceful_timeout": 10,
+            "keepalive": 75,
+            "post_worker_init": _post_worker_init,
+            "accesslog": None,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        from coordinator import create_app
+
+        return create_app(self.settings)
+
+
+def _post_worker_init(worker: Any) -> None:
+    """Wrap gunicorn's exit handler so draining starts before the listener closes."""
+    original = worker.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        app = worker.wsgi
+        if isinstance(app, Flask):
+            app.extensions["dffmpeg.draining"].set()
+            app.extensions["dffmpeg.notifier"].shutdown()
+            app.extensions["dffmpeg.janitor"].stop()
+        original(sig, frame)
+
+    worker.handle_exit = handle_exit
+
+
+def prepare_database(settings: CoordinatorConfig) -> None:
+    """Create or check the schema once, before any worker process starts."""
+    engine = create_engine(settings.database_url, **schema.engine_options(settings.database_url))
+    try:
+        schema.ensure_current(engine)
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dffmpeg-coordinator", description=__doc__)
+    parser.add_argument("--config", help="coordinator YAML config file")
+    parser.add_argument("--host", help="override the config's host")
+    parser.add_argument("--port", type=int, help="override the config's port")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_coordinator(args.config)
+    except ConfigError as exc:
+        print(f"dffmpeg-coordinator: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    try:
+        prepare_database(settings)
+    except schema.SchemaError as exc:
+        print(f"dffmpeg-coordinator: {exc}", file=sys.stderr)
+        return 3
+    CoordinatorServer(settings, args.config).run()
+    return 0

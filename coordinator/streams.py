@@ -1,0 +1,85 @@
+"""Job output (worker -> client) and input (client -> worker) as ordered frames.
+
+Each stream has exactly one writer, which numbers its frames 1, 2, 3, ... and sends them
+in order, waiting for each request to be acknowledged. A reader asks for frames after the
+last seq it has; because a seq is only written after the one before it committed, the
+reader can never skip a frame that commits late. A retried request re-sends frames the
+coordinator already has; those are ignored, so retries are safe.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.db import db
+from coordinator.errors import BadRequest, Conflict
+from coordinator.models import InputChunk, OutputChunk
+from dffmpeg.wire import Frame, FrameKind
+
+OUTPUT_KINDS = frozenset({FrameKind.STDOUT, FrameKind.STDERR})
+INPUT_KINDS = frozenset({FrameKind.STDIN, FrameKind.STDIN_EOF, FrameKind.SIGNAL})
+# One read returns at most about this many bytes, so a fast producer cannot make a
+# response (and the reader's memory) grow without bound.
+READ_BUDGET = 4 * 1024 * 1024
+
+Model = type[OutputChunk] | type[InputChunk]
+
+
+def _append(model: Model, job_id: str, frames: list[Frame], kinds: frozenset[FrameKind]) -> int:
+    last = db.session.execute(
+        db.select(func.max(model.seq)).where(model.job_id == job_id)
+    ).scalar_one()
+    last = int(last or 0)
+    added = 0
+    for frame in frames:
+        if frame.kind not in kinds:
+            raise BadRequest(f"frame kind {frame.kind.name} is not allowed here")
+        if frame.seq <= last:
+            continue  # already stored by an earlier attempt of this request
+        if frame.seq != last + 1:
+            raise Conflict(f"frame seq {frame.seq} does not follow {last}", expected=last + 1)
+        db.session.add(model(job_id=job_id, seq=frame.seq, kind=int(frame.kind), data=frame.data))
+        last = frame.seq
+        added += 1
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # A retry raced the original request, which stored the same frames first.
+        db.session.rollback()
+        return 0
+    return added
+
+
+def _read(model: Model, job_id: str, after: int) -> list[Frame]:
+    stmt = (
+        db.select(model.seq, model.kind, model.data)
+        .where(model.job_id == job_id, model.seq > after)
+        .order_by(model.seq)
+        .execution_options(yield_per=64)
+    )
+    frames: list[Frame] = []
+    size = 0
+    for seq, kind, data in db.session.execute(stmt):
+        frames.append(Frame(FrameKind(kind), int(seq), bytes(data)))
+        size += len(data)
+        if size >= READ_BUDGET:
+            break
+    db.session.commit()
+    return frames
+
+
+def append_output(job_id: str, frames: list[Frame]) -> int:
+    return _append(OutputChunk, job_id, frames, OUTPUT_KINDS)
+
+
+def read_output(job_id: str, after: int) -> list[Frame]:
+    return _read(OutputChunk, job_id, after)
+
+
+def append_input(job_id: str, frames: list[Frame]) -> int:
+    return _append(InputChunk, job_id, frames, INPUT_KINDS)
+
+
+def read_input(job_id: str, after: int) -> list[Frame]:
+    return _read(InputChunk, job_id, after)

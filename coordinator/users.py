@@ -1,0 +1,68 @@
+"""Identities and their keys; used by the admin API and by ``dffmpeg-admin``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.db import db
+from coordinator.errors import BadRequest, Conflict, NotFound
+from coordinator.models import User
+from dffmpeg import signing
+from dffmpeg.wire import Role
+
+ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+
+
+def validate_client_id(client_id: str) -> str:
+    if not client_id or len(client_id) > 64 or not set(client_id) <= ID_CHARS:
+        raise BadRequest("client_id must be 1-64 characters of letters, digits and ._-@")
+    return client_id
+
+
+def validate_role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise BadRequest(f"role must be one of {', '.join(r.value for r in Role)}") from None
+
+
+def add_user(client_id: str, role: str, hmac_key: str | None = None) -> dict[str, Any]:
+    """Create an identity; the returned dict is the only place its key is shown."""
+    user = User(
+        client_id=validate_client_id(client_id),
+        role=validate_role(role).value,
+        hmac_key=hmac_key or signing.new_key(),
+    )
+    db.session.add(user)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise Conflict(f"user {client_id} already exists") from None
+    return {**user.to_dict(), "hmac_key": user.hmac_key}
+
+
+def get_user(client_id: str) -> User:
+    user = db.session.get(User, client_id)
+    if user is None:
+        raise NotFound(f"no user {client_id}")
+    return user
+
+
+def list_users() -> list[User]:
+    return list(db.session.execute(db.select(User).order_by(User.client_id)).scalars())
+
+
+def delete_user(client_id: str) -> None:
+    user = get_user(client_id)
+    db.session.delete(user)
+    db.session.commit()
+
+
+def rotate_key(client_id: str) -> dict[str, Any]:
+    user = get_user(client_id)
+    user.hmac_key = signing.new_key()
+    db.session.commit()
+    return {**user.to_dict(), "hmac_key": user.hmac_key}

@@ -1,0 +1,244 @@
+"""YAML configuration: where it is found and what each part reads from it.
+
+Search order for component C (coordinator, worker, client, console): the ``--config``
+flag, env ``DFFMPEG_<C>_CONFIG``, ``./dffmpeg-<c>.yaml``, ``~/.config/dffmpeg/<c>.yaml``,
+``/etc/dffmpeg/<c>.yaml``. The first that exists wins; nothing is merged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dffmpeg.paths import PathMappingError, validate_paths
+
+
+class ConfigError(Exception):
+    """The configuration is missing or wrong; the message says what to fix."""
+
+
+def candidates(component: str) -> list[Path]:
+    paths: list[Path] = []
+    env = os.environ.get(f"DFFMPEG_{component.upper()}_CONFIG")
+    if env:
+        paths.append(Path(env))
+    paths.append(Path.cwd() / f"dffmpeg-{component}.yaml")
+    paths.append(Path.home() / ".config" / "dffmpeg" / f"{component}.yaml")
+    paths.append(Path("/etc/dffmpeg") / f"{component}.yaml")
+    return paths
+
+
+def find_config(component: str, explicit: str | None = None) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return path
+    for path in candidates(component):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    # Imported here: PyYAML costs milliseconds the drop-in's fast paths may not need.
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values")
+    return data
+
+
+def load_raw(component: str, explicit: str | None = None, required: bool = True) -> dict[str, Any]:
+    path = find_config(component, explicit)
+    if path is None:
+        if required:
+            raise ConfigError(
+                f"no {component} config found (looked at --config, "
+                f"DFFMPEG_{component.upper()}_CONFIG, "
+                + ", ".join(str(p) for p in candidates(component)[-3:])
+                + ")"
+            )
+        return {}
+    data = read_yaml(path)
+    data.setdefault("_path", str(path))
+    return data
+
+
+def _str_list(data: Mapping[str, Any], key: str, default: list[str]) -> list[str]:
+    value = data.get(key, default)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of strings")
+    return list(value)
+
+
+def _hmac_key(data: Mapping[str, Any], base: Path | None) -> str:
+    key = data.get("hmac_key")
+    key_file = data.get("hmac_key_file")
+    if key and key_file:
+        raise ConfigError("set hmac_key or hmac_key_file, not both")
+    if key_file:
+        path = Path(str(key_file)).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read hmac_key_file {path}: {exc}") from exc
+    if not key or not isinstance(key, str):
+        raise ConfigError("hmac_key (or hmac_key_file) is required")
+    return key
+
+
+def _paths(data: Mapping[str, Any]) -> dict[str, str]:
+    raw = data.get("paths") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("paths must be a mapping of Variable: /local/root")
+    try:
+        return validate_paths(raw)
+    except PathMappingError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+@dataclass
+class BrokerSettings:
+    mqtt_url: str | None = None
+    rabbitmq_url: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BrokerSettings:
+        mqtt = data.get("mqtt") or {}
+        rabbit = data.get("rabbitmq") or {}
+        return cls(mqtt_url=mqtt.get("url"), rabbitmq_url=rabbit.get("url"))
+
+
+@dataclass
+class ClientConfig:
+    """What the client, the drop-in and the console read (``client`` keys)."""
+
+    client_id: str
+    hmac_key: str
+    coordinator_url: str
+    paths: dict[str, str] = field(default_factory=dict)
+    transports: list[str] = field(default_factory=lambda: ["http"])
+    brokers: BrokerSettings = field(default_factory=BrokerSettings)
+    source: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
+        source = data.get("_path")
+        base = Path(source).parent if source else None
+        for key in ("client_id", "coordinator_url"):
+            if not data.get(key):
+                raise ConfigError(f"{key} is required")
+        return cls(
+            client_id=str(data["client_id"]),
+            hmac_key=_hmac_key(data, base),
+            coordinator_url=str(data["coordinator_url"]).rstrip("/"),
+            paths=_paths(data),
+            transports=_str_list(data, "transports", ["http"]),
+            brokers=BrokerSettings.from_dict(data),
+            source=source,
+        )
+
+
+@dataclass
+class WorkerConfig(ClientConfig):
+    """Client keys plus what a worker offers."""
+
+    binaries: dict[str, str] = field(default_factory=dict)
+    slots: int = 0
+    labels: list[str] = field(default_factory=list)
+    heartbeat_seconds: float = 5.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
+        base = ClientConfig.from_dict(data)
+        binaries = data.get("binaries") or {"ffmpeg": "ffmpeg", "ffprobe": "ffprobe"}
+        if not isinstance(binaries, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in binaries.items()
+        ):
+            raise ConfigError("binaries must be a mapping of name: /path/to/binary")
+        slots = data.get("slots") or os.cpu_count() or 1
+        if not isinstance(slots, int) or slots < 1:
+            raise ConfigError("slots must be a positive integer")
+        return cls(
+            **vars(base),
+            binaries=dict(binaries),
+            slots=slots,
+            labels=_str_list(data, "labels", []),
+            heartbeat_seconds=float(data.get("heartbeat_seconds", 5.0)),
+        )
+
+
+DEFAULT_ALLOWED_BINARIES = ["ffmpeg", "ffprobe"]
+
+
+@dataclass
+class CoordinatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "sqlite:///dffmpeg.db"
+    transports: list[str] = field(default_factory=lambda: ["http"])
+    allowed_binaries: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_BINARIES))
+    auth_window_seconds: int = 30
+    worker_lease_seconds: int = 15
+    client_lease_seconds: int = 15
+    gunicorn_workers: int = 1
+    gunicorn_threads: int = 32
+    recheck_seconds: float = 0.0
+    janitor_seconds: float = 2.0
+    retention_seconds: int = 86400
+    brokers: BrokerSettings = field(default_factory=BrokerSettings)
+    source: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CoordinatorConfig:
+        source = data.get("_path")
+        url = str(data.get("database_url") or default_database_url(source))
+        return cls(
+            host=str(data.get("host", "127.0.0.1")),
+            port=int(data.get("port", 8000)),
+            database_url=url,
+            transports=_str_list(data, "transports", ["http"]),
+            allowed_binaries=_str_list(data, "allowed_binaries", DEFAULT_ALLOWED_BINARIES),
+            auth_window_seconds=int(data.get("auth_window_seconds", 30)),
+            worker_lease_seconds=int(data.get("worker_lease_seconds", 15)),
+            client_lease_seconds=int(data.get("client_lease_seconds", 15)),
+            gunicorn_workers=int(data.get("gunicorn_workers", 1)),
+            gunicorn_threads=int(data.get("gunicorn_threads", 32)),
+            recheck_seconds=float(data.get("recheck_seconds", 0.0)),
+            janitor_seconds=float(data.get("janitor_seconds", 2.0)),
+            retention_seconds=int(data.get("retention_seconds", 86400)),
+            brokers=BrokerSettings.from_dict(data),
+            source=source,
+        )
+
+
+def default_database_url(source: str | None) -> str:
+    """A SQLite file beside the config file (or in the working directory)."""
+    base = Path(source).parent if source else Path.cwd()
+    return f"sqlite:///{(base / 'dffmpeg.db').resolve()}"
+
+
+def load_client(explicit: str | None = None, component: str = "client") -> ClientConfig:
+    return ClientConfig.from_dict(load_raw(component, explicit))
+
+
+def load_worker(explicit: str | None = None) -> WorkerConfig:
+    return WorkerConfig.from_dict(load_raw("worker", explicit))
+
+
+def load_coordinator(explicit: str | None = None) -> CoordinatorConfig:
+    return CoordinatorConfig.from_dict(load_raw("coordinator", explicit, required=False))
