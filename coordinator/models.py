@@ -85,6 +85,8 @@ class Job(db.Model):  # type: ignore[name-defined,misc]
     cwd: Mapped[str | None] = mapped_column(Text, nullable=True)
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     path_variables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The requester's own roots, so the worker can show it its paths in messages.
+    client_paths: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     mode: Mapped[str] = mapped_column(String(16), default="active")
     priority: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default="pending")
@@ -125,6 +127,7 @@ class Job(db.Model):  # type: ignore[name-defined,misc]
             "args": self.args,
             "cwd": self.cwd,
             "env": self.env,
+            "client_paths": self.client_paths,
         }
 
 

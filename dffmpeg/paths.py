@@ -79,3 +79,62 @@ def map_args(args: Sequence[str], paths: Mapping[str, str]) -> list[str]:
 
 def unmap_args(args: Sequence[str], paths: Mapping[str, str]) -> list[str]:
     return [from_variables(arg, paths) for arg in args]
+
+
+class StreamRewriter:
+    """Replaces byte patterns in a stream that arrives in chunks.
+
+    Used on the worker to show the caller its own paths in ffmpeg's messages and in
+    ffprobe's output (``/srv/media/`` -> ``/mnt/media/``). A pattern split across two
+    chunks is still found: the tail of a chunk that could start a pattern is held back
+    until the next chunk (or ``flush``) decides it, and nothing else is ever delayed.
+    """
+
+    def __init__(self, replacements: Mapping[bytes, bytes]) -> None:
+        self.replacements = {k: v for k, v in replacements.items() if k and k != v}
+        keys = sorted(self.replacements, key=len, reverse=True)
+        self._pattern = re.compile(b"|".join(re.escape(k) for k in keys)) if keys else None
+        self._prefixes = {k[:i] for k in keys for i in range(1, len(k))}
+        self._held = b""
+        self._longest = max(map(len, keys), default=0)
+
+    def feed(self, data: bytes) -> bytes:
+        if self._pattern is None:
+            return data
+        data = self._held + data
+        self._held = b""
+        out: list[bytes] = []
+        end = 0
+        for match in self._pattern.finditer(data):
+            if data[match.start() :] in self._prefixes:
+                break  # a longer pattern may still complete with the next chunk
+            out.append(data[end : match.start()])
+            out.append(self.replacements[match.group(0)])
+            end = match.end()
+        rest = data[end:]
+        # Hold back the longest tail after the last match that could start a pattern.
+        for size in range(min(len(rest), self._longest - 1), 0, -1):
+            if rest[-size:] in self._prefixes:
+                self._held = rest[-size:]
+                rest = rest[:-size]
+                break
+        out.append(rest)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        if self._pattern is None:
+            return held
+        return self._pattern.sub(lambda m: self.replacements[m.group(0)], held)
+
+
+def output_rewriter(
+    worker_paths: Mapping[str, str], client_paths: Mapping[str, str]
+) -> StreamRewriter:
+    """Worker roots to the client's roots, for the variables both sides know."""
+    replacements = {
+        (worker_paths[name].rstrip("/") + "/").encode(): (client_paths[name].rstrip("/") + "/").encode()
+        for name in worker_paths
+        if name in client_paths
+    }
+    return StreamRewriter(replacements)

@@ -83,6 +83,9 @@ def submit() -> ResponseReturnValue:
     if mode not in MODES:
         raise BadRequest(f"field 'mode' must be one of {', '.join(MODES)}")
     priority = field(data, "priority", int, 0)
+    client_paths = field(data, "client_paths", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in client_paths.items()):
+        raise BadRequest("field 'client_paths' must map variable names to paths")
     now = now_utc()
     job = Job(
         id=uuid.uuid4().hex,
@@ -92,6 +95,7 @@ def submit() -> ResponseReturnValue:
         cwd=cwd,
         env=env,
         path_variables=sorted(variables_used([*args, cwd or ""])),
+        client_paths=client_paths,
         mode=mode,
         priority=priority,
         state=JobState.PENDING.value,

@@ -47,6 +47,7 @@ def upgrade() -> None:
     sa.Column('cwd', sa.Text(), nullable=True),
     sa.Column('env', sa.JSON(), nullable=False),
     sa.Column('path_variables', sa.JSON(), nullable=False),
+    sa.Column('client_paths', sa.JSON(), nullable=False),
     sa.Column('mode', sa.String(length=16), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),

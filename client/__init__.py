@@ -1,0 +1,1 @@
+"""The dffmpeg client: the signed API client, the CLI and the ffmpeg/ffprobe drop-in."""

@@ -1,0 +1,172 @@
+"""A signed HTTP client for the coordinator's API.
+
+Built on ``http.client`` rather than requests: the drop-in is started for every ffprobe
+call a media server makes, and this module loads in a few milliseconds. One persistent
+connection per thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from dffmpeg import signing
+from dffmpeg.config import ClientConfig
+
+
+class ApiError(Exception):
+    """The coordinator answered with an error status."""
+
+    def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+class AuthError(ApiError):
+    """The coordinator refused our credentials (401) or our role (403)."""
+
+
+class Unreachable(Exception):
+    """The coordinator could not be reached (connection refused, timeout, DNS...)."""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        data = json.loads(self.body) if self.body else {}
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        return data
+
+
+class Api:
+    def __init__(
+        self, base_url: str, client_id: str, hmac_key: str, timeout: float = 30.0
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"coordinator_url {base_url!r} must be http(s)://host[:port]")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.client_id = client_id
+        self._key = hmac_key
+        self.timeout = timeout
+        self._local = threading.local()
+
+    @classmethod
+    def from_config(cls, config: ClientConfig, timeout: float = 30.0) -> Api:
+        return cls(config.coordinator_url, config.client_id, config.hmac_key, timeout)
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            factory = (
+                http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            )
+            conn = factory(self.host, self.port, timeout=timeout)
+            self._local.conn = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _send_once(
+        self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> Response:
+        signed = signing.sign_headers(self.client_id, self._key, method, path, body)
+        all_headers = {**headers, **signed, "Content-Length": str(len(body))}
+        conn = self._connection(timeout)
+        try:
+            conn.request(method, path, body=body, headers=all_headers)
+            reply = conn.getresponse()
+            data = reply.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise Unreachable(str(exc) or type(exc).__name__) from exc
+        if reply.will_close:
+            self.close()
+        return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, data)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+        retry_for: float = 0.0,
+    ) -> Response:
+        """Send one signed request; retry connection failures for ``retry_for`` seconds.
+
+        Raises Unreachable, AuthError (401/403) or ApiError (other 4xx/5xx).
+        """
+        full = self.prefix + "/api/v1" + path
+        if params:
+            full += "?" + urlencode(params)
+        headers: dict[str, str] = {}
+        payload = b""
+        if json_body is not None:
+            payload = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
+            payload = body
+            headers["Content-Type"] = content_type or "application/octet-stream"
+        deadline = time.monotonic() + retry_for
+        delay = 0.1
+        while True:
+            try:
+                response = self._send_once(
+                    method, full, payload, headers, timeout if timeout is not None else self.timeout
+                )
+                break
+            except Unreachable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if response.status >= 400:
+            raise _error(response)
+        return response
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A request whose answer is a JSON object."""
+        return self.request(method, path, **kwargs).json()
+
+
+def _error(response: Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    code = str(body.get("error", "error"))
+    message = str(body.get("message", f"HTTP {response.status}"))
+    cls = AuthError if response.status in (401, 403) else ApiError
+    return cls(response.status, code, message, body)
+
+
+def is_timeout(exc: Unreachable) -> bool:
+    return isinstance(exc.__cause__, socket.timeout | TimeoutError)

@@ -1,0 +1,220 @@
+"""Running one job from the caller's side: stream its output, feed its stdin, relay signals.
+
+The output loop writes stdout and stderr bytes to file descriptors 1 and 2 as they
+arrive, unbuffered and undecoded. stdin is read raw and relayed as it comes, so a
+media server's ``q`` reaches ffmpeg at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from client.api import Api, ApiError, AuthError, Unreachable
+from dffmpeg.exitcodes import ExitCode
+from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
+
+# The output long-poll is short enough that a dead client's lease runs out soon after
+# (the coordinator extends the lease when a poll arrives, not while it waits).
+OUTPUT_WAIT_SECONDS = 5.0
+# How long to keep trying when the coordinator goes away in the middle of a job.
+RECONNECT_SECONDS = 60.0
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+FAILURE_CODES = {
+    "worker_lost": ExitCode.WORKER_LOST,
+    "start_failed": ExitCode.JOB_REJECTED,
+    "no_capable_worker": ExitCode.NO_CAPABLE_WORKER,
+    "queue_timeout": ExitCode.NO_CAPABLE_WORKER,
+    "canceled": ExitCode.CANCELED_BY_CLUSTER,
+}
+
+
+class ClusterFailure(Exception):
+    """The cluster could not run the job; ``code`` is the documented exit code."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def explain(exc: Exception) -> ClusterFailure:
+    """Translate an API exception into the failure the caller is shown."""
+    if isinstance(exc, ClusterFailure):
+        return exc
+    if isinstance(exc, Unreachable):
+        return ClusterFailure(ExitCode.COORDINATOR_UNREACHABLE, f"coordinator unreachable: {exc}")
+    if isinstance(exc, AuthError):
+        return ClusterFailure(ExitCode.AUTH_REFUSED, f"coordinator refused us: {exc.message}")
+    if isinstance(exc, ApiError):
+        return ClusterFailure(ExitCode.JOB_REJECTED, f"job rejected: {exc.message}")
+    return ClusterFailure(ExitCode.PROTOCOL_ERROR, f"unexpected error: {exc}")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    message: str | None = None  # one line for stderr when the cluster itself failed
+
+
+def outcome_of(status: dict[str, Any]) -> Outcome:
+    state = status.get("state")
+    exit_code = status.get("exit_code")
+    if state == "completed" and isinstance(exit_code, int):
+        return Outcome(exit_code)
+    failure = str(status.get("failure") or "")
+    code = FAILURE_CODES.get(failure, ExitCode.PROTOCOL_ERROR)
+    reason = status.get("reason") or state
+    return Outcome(int(code), f"job {state}: {reason}")
+
+
+class InputRelay:
+    """Sends stdin bytes, EOF and signals to the job, in order, from one thread."""
+
+    def __init__(self, api: Api, job_id: str) -> None:
+        self.api = api
+        self.job_id = job_id
+        self._queue: queue.SimpleQueue[tuple[FrameKind, bytes] | None] = queue.SimpleQueue()
+        self._seq = 0
+        self._thread = threading.Thread(target=self._send_loop, name="input", daemon=True)
+
+    def start(self, stdin_fd: int | None) -> None:
+        self._thread.start()
+        if stdin_fd is not None:
+            threading.Thread(
+                target=self._read_stdin, args=(stdin_fd,), name="stdin", daemon=True
+            ).start()
+
+    def put(self, kind: FrameKind, data: bytes = b"") -> None:
+        self._queue.put((kind, data))
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _read_stdin(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.put(FrameKind.STDIN_EOF)
+                return
+            self.put(FrameKind.STDIN, data)
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            # Coalesce what is already waiting: fewer requests, same order.
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            frames = []
+            for kind, data in batch:
+                self._seq += 1
+                frames.append(Frame(kind, self._seq, data))
+            try:
+                self.api.request(
+                    "POST", f"/jobs/{self.job_id}/input", body=encode_frames(frames),
+                    content_type=CONTENT_TYPE_FRAMES, retry_for=RECONNECT_SECONDS,
+                )
+            except ApiError as exc:
+                if exc.status == 409:
+                    return  # the job is over; nothing more to feed it
+                raise
+
+
+class JobSession:
+    """Follows one submitted job until it ends and returns the caller's exit code."""
+
+    def __init__(
+        self,
+        api: Api,
+        job_id: str,
+        stdout_fd: int = 1,
+        stderr_fd: int = 2,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.api = api
+        self.job_id = job_id
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
+        self.after = 0
+        self.on_status = on_status
+        self.relay = InputRelay(api, job_id)
+        self._stdout_broken = False
+
+    def relay_input(self, stdin_fd: int | None) -> None:
+        self.relay.start(stdin_fd)
+
+    def forward_signals(self) -> None:
+        """SIGINT/SIGTERM/SIGHUP are sent on to the remote process, as a terminal would."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            self.relay.put(FrameKind.SIGNAL, str(signum).encode())
+
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, handler)
+
+    def _write(self, frame: Frame) -> None:
+        if frame.kind == FrameKind.STDERR:
+            write_all(self.stderr_fd, frame.data)
+            return
+        if self._stdout_broken:
+            return
+        try:
+            write_all(self.stdout_fd, frame.data)
+        except BrokenPipeError:
+            # The reader went away, as it would for a local ffmpeg: stop the process.
+            self._stdout_broken = True
+            self.relay.put(FrameKind.SIGNAL, str(int(signal.SIGPIPE)).encode())
+
+    def follow(self) -> Outcome:
+        while True:
+            response = self.api.request(
+                "GET", f"/jobs/{self.job_id}/output",
+                params={"after": self.after, "wait": OUTPUT_WAIT_SECONDS},
+                timeout=OUTPUT_WAIT_SECONDS + 30, retry_for=RECONNECT_SECONDS,
+            )
+            for frame in decode_frames(response.body):
+                if frame.kind == FrameKind.STATUS:
+                    status = json.loads(frame.data)
+                    if self.on_status:
+                        self.on_status(status)
+                    self.relay.close()
+                    return outcome_of(status)
+                self._write(frame)
+                self.after = frame.seq
+
+
+def report(message: str) -> None:
+    """The one ``dffmpeg: ...`` line the caller sees when the cluster itself failed."""
+    try:
+        sys.stderr.buffer.write(f"dffmpeg: {message}\n".encode(errors="replace"))
+        sys.stderr.flush()
+    except OSError:
+        pass

@@ -1,0 +1,86 @@
+"""Turning a local command line into a job and running it; shared by the drop-in and CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.api import Api
+from client.job import ClusterFailure, JobSession, explain, report
+from dffmpeg.config import ClientConfig
+from dffmpeg.paths import map_args, to_variables
+
+
+@dataclass
+class JobRequest:
+    binary: str
+    args: list[str]
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    mode: str = "active"
+    priority: int = 0
+    client_paths: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "binary": self.binary,
+            "args": self.args,
+            "cwd": self.cwd,
+            "env": self.env,
+            "mode": self.mode,
+            "priority": self.priority,
+            "client_paths": self.client_paths,
+        }
+
+
+def build_request(
+    config: ClientConfig, binary: str, argv: Sequence[str], cwd: str | None = None
+) -> JobRequest:
+    """Map local roots to ``$Variable`` paths in the arguments and working directory."""
+    cwd = cwd if cwd is not None else current_directory()
+    mapped_cwd = to_variables(cwd, config.paths)
+    return JobRequest(
+        binary=binary,
+        args=map_args(argv, config.paths),
+        # A working directory outside every mapped root means nothing on a worker.
+        cwd=mapped_cwd if mapped_cwd != cwd else None,
+        client_paths=dict(config.paths),
+    )
+
+
+def current_directory() -> str:
+    """The working directory as the caller named it: ``$PWD`` keeps symlinked roots."""
+    real = os.getcwd()
+    logical = os.environ.get("PWD")
+    if logical and os.path.isabs(logical):
+        try:
+            if os.path.samefile(logical, real):
+                return logical
+        except OSError:
+            pass
+    return real
+
+
+def submit(api: Api, request: JobRequest) -> str:
+    reply = api.call("POST", "/jobs", json_body=request.to_json())
+    job_id: str = reply["job"]["job_id"]
+    return job_id
+
+
+def run(api: Api, request: JobRequest, stdin_fd: int | None = 0) -> int:
+    """Submit ``request``, relay its streams and signals, return the exit code to use."""
+    try:
+        job_id = submit(api, request)
+        session = JobSession(api, job_id)
+        session.forward_signals()
+        session.relay_input(stdin_fd)
+        outcome = session.follow()
+    except Exception as exc:  # every failure becomes one line and a documented code
+        failure: ClusterFailure = explain(exc)
+        report(failure.message)
+        return int(failure.code)
+    if outcome.message:
+        report(outcome.message)
+    return outcome.exit_code

@@ -1,0 +1,1 @@
+"""The dffmpeg worker: registers with the coordinator and runs the jobs it is given."""

@@ -1,0 +1,233 @@
+"""Running one assigned job: map its paths, start the binary without a shell, relay its
+streams, feed its stdin, deliver signals and cancellation, report its exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from client.api import Api, ApiError, Unreachable
+from dffmpeg.exitcodes import from_returncode
+from dffmpeg.paths import StreamRewriter, from_variables, output_rewriter, unmap_args
+from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
+from worker.relay import FrameSender, OutputBuffer, read_pipe
+
+log = logging.getLogger(__name__)
+
+INPUT_WAIT_SECONDS = 20.0
+RETRY_SECONDS = 60.0
+CANCEL_GRACE_SECONDS = 5.0
+# Variables every process needs to find its libraries and write temporary files.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR", "LD_LIBRARY_PATH")
+
+
+class StartError(Exception):
+    """The job cannot be started here; the message goes back to the requester."""
+
+
+class JobExecution:
+    def __init__(
+        self,
+        api: Api,
+        assignment: Mapping[str, Any],
+        binaries: Mapping[str, str],
+        paths: Mapping[str, str],
+    ) -> None:
+        self.api = api
+        self.job_id: str = assignment["job_id"]
+        self.assignment = assignment
+        self.binaries = binaries
+        self.paths = paths
+        self.process: subprocess.Popen[bytes] | None = None
+        self._canceled = threading.Event()
+        self._done = threading.Event()
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- preparing ---------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        binary = self.assignment["binary"]
+        path = self.binaries.get(binary)
+        if path is None:
+            raise StartError(f"binary {binary} is not available on this worker")
+        return [path, *unmap_args(self.assignment["args"], self.paths)]
+
+    def working_directory(self) -> str:
+        cwd = self.assignment.get("cwd")
+        if cwd:
+            local = from_variables(cwd, self.paths)
+            if local == cwd or not os.path.isdir(local):
+                raise StartError(f"working directory {cwd} is not available on this worker")
+            return local
+        self._tempdir = tempfile.TemporaryDirectory(prefix=f"dffmpeg-{self.job_id[:8]}-")
+        return self._tempdir.name
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k in BASE_ENV if (v := os.environ.get(k)) is not None}
+        env.update(self.assignment.get("env") or {})
+        return env
+
+    def rewriter(self, kind: FrameKind) -> StreamRewriter | None:
+        """Show the caller its own paths: in stderr always, in stdout for ffprobe only.
+
+        ffmpeg's stdout is often media (``-f mpegts -``) and must stay byte for byte.
+        """
+        if kind == FrameKind.STDOUT and self.assignment["binary"] != "ffprobe":
+            return None
+        return output_rewriter(self.paths, self.assignment.get("client_paths") or {})
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Accept, run and report the job. Never raises."""
+        try:
+            self.api.request("POST", f"/jobs/{self.job_id}/accept", retry_for=RETRY_SECONDS)
+        except (ApiError, Unreachable) as exc:
+            log.warning("job %s not accepted: %s", self.job_id, exc)
+            return
+        try:
+            self._run_accepted()
+        except Exception:
+            log.exception("job %s failed in the worker", self.job_id)
+        finally:
+            self._done.set()
+            if self._tempdir is not None:
+                self._tempdir.cleanup()
+
+    def _run_accepted(self) -> None:
+        try:
+            cmd = self.command()
+            cwd = self.working_directory()
+            self.process = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=cwd, env=self.environment(), start_new_session=True, bufsize=0,
+            )
+        except (StartError, OSError) as exc:
+            self._finish({"error": f"could not start: {exc}"})
+            return
+        log.info("job %s started: pid %s", self.job_id, self.process.pid)
+        buffer = OutputBuffer()
+        readers = []
+        for stream, kind in ((self.process.stdout, FrameKind.STDOUT),
+                             (self.process.stderr, FrameKind.STDERR)):
+            assert stream is not None
+            fd = os.dup(stream.fileno())
+            stream.close()
+            buffer.reader_started()
+            readers.append(threading.Thread(
+                target=read_pipe, args=(fd, kind, buffer, self.rewriter(kind)),
+                name=f"read-{kind.name}", daemon=True,
+            ))
+        for reader in readers:
+            reader.start()
+        threading.Thread(target=self._feed_input, name="input", daemon=True).start()
+        sender = FrameSender(buffer, self._send_output)
+        sender.run()  # returns once both pipes reached EOF and everything was sent
+        returncode = self.process.wait()
+        self._done.set()
+        if sender.error is not None:
+            log.warning("job %s: output not delivered: %s", self.job_id, sender.error)
+        self._finish({"exit_code": from_returncode(returncode)})
+
+    def _send_output(self, frames: list[Frame]) -> None:
+        self.api.request(
+            "POST", f"/jobs/{self.job_id}/output", body=encode_frames(frames),
+            content_type=CONTENT_TYPE_FRAMES, retry_for=RETRY_SECONDS,
+        )
+
+    def _finish(self, result: dict[str, Any]) -> None:
+        try:
+            self.api.request(
+                "POST", f"/jobs/{self.job_id}/finish", json_body=result, retry_for=RETRY_SECONDS
+            )
+        except (ApiError, Unreachable) as exc:
+            log.warning("job %s: finish not recorded: %s", self.job_id, exc)
+
+    # -- input, signals, cancellation ----------------------------------------------------
+
+    def _feed_input(self) -> None:
+        process = self.process
+        assert process is not None and process.stdin is not None
+        stdin: Any = process.stdin
+        after = 0
+        while not self._done.is_set():
+            try:
+                response = self.api.request(
+                    "GET", f"/jobs/{self.job_id}/input",
+                    params={"after": after, "wait": INPUT_WAIT_SECONDS},
+                    timeout=INPUT_WAIT_SECONDS + 30, retry_for=RETRY_SECONDS,
+                )
+            except (ApiError, Unreachable):
+                return
+            for frame in decode_frames(response.body):
+                if frame.kind == FrameKind.STATUS:
+                    if json.loads(frame.data).get("state") != "canceling":
+                        return
+                    continue
+                after = frame.seq
+                stdin = self._apply_input(frame, stdin)
+
+    def _apply_input(self, frame: Frame, stdin: Any) -> Any:
+        process = self.process
+        assert process is not None
+        if frame.kind == FrameKind.STDIN and stdin is not None:
+            try:
+                stdin.write(frame.data)
+                stdin.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                stdin = None
+        elif frame.kind == FrameKind.STDIN_EOF and stdin is not None:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+            stdin = None
+        elif frame.kind == FrameKind.SIGNAL:
+            self.send_signal(int(frame.data or b"0"))
+        return stdin
+
+    def send_signal(self, signum: int) -> None:
+        if signum not in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE,
+                          signal.SIGKILL):
+            return
+        process = self.process
+        if process is not None and process.poll() is None:
+            try:
+                process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def cancel(self) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after a grace period."""
+        if self._canceled.is_set():
+            return
+        self._canceled.set()
+        threading.Thread(target=self._kill_group, name="cancel", daemon=True).start()
+
+    def _kill_group(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, CANCEL_GRACE_SECONDS), (signal.SIGKILL, None)):
+            try:
+                os.killpg(process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            if wait is None:
+                return
+            try:
+                process.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
