@@ -95,3 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     CoordinatorServer(settings, args.config).run()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
