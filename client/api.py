@@ -53,9 +53,7 @@ class Response:
 
 
 class Api:
-    def __init__(
-        self, base_url: str, client_id: str, hmac_key: str, timeout: float = 30.0
-    ) -> None:
+    def __init__(self, base_url: str, client_id: str, hmac_key: str, timeout: float = 30.0) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"coordinator_url {base_url!r} must be http(s)://host[:port]")
@@ -76,7 +74,9 @@ class Api:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
             factory = (
-                http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+                http.client.HTTPSConnection
+                if self.scheme == "https"
+                else http.client.HTTPConnection
             )
             conn = factory(self.host, self.port, timeout=timeout)
             self._local.conn = conn

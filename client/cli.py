@@ -61,8 +61,9 @@ def cmd_job_list(args: argparse.Namespace, api: Api) -> int:
 def cmd_job_show(args: argparse.Namespace, api: Api) -> int:
     job = api.call("GET", f"/jobs/{args.job_id}")["job"]
     lines = [f"{k}: {_cell(v)}" for k, v in job.items() if k != "events"]
-    lines += [f"  {e['at']}  {e['from'] or '-'} -> {e['to']}  {e['reason'] or ''}"
-              for e in job["events"]]
+    lines += [
+        f"  {e['at']}  {e['from'] or '-'} -> {e['to']}  {e['reason'] or ''}" for e in job["events"]
+    ]
     _emit(args, job, "\n".join(lines))
     return 0
 
@@ -86,12 +87,28 @@ def cmd_status(args: argparse.Namespace, api: Api) -> int:
     workers = api.call("GET", "/workers")["workers"]
     jobs = api.call("GET", "/jobs", params={"limit": 50})["jobs"]
     data = {"summary": summary, "workers": workers, "jobs": jobs}
-    text = "\n\n".join([
-        "WORKERS\n" + _table(workers, ["worker_id", "state", "slots", "labels",
-                                       "path_variables", "version", "last_seen_at"]),
-        "JOBS\n" + _table(jobs, ["job_id", "state", "binary", "requester", "worker_id",
-                                 "exit_code", "created_at"]),
-    ])
+    text = "\n\n".join(
+        [
+            "WORKERS\n"
+            + _table(
+                workers,
+                [
+                    "worker_id",
+                    "state",
+                    "slots",
+                    "labels",
+                    "path_variables",
+                    "version",
+                    "last_seen_at",
+                ],
+            ),
+            "JOBS\n"
+            + _table(
+                jobs,
+                ["job_id", "state", "binary", "requester", "worker_id", "exit_code", "created_at"],
+            ),
+        ]
+    )
     _emit(args, data, text)
     return 0
 
@@ -114,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     jl = job.add_parser("list", parents=[common])
     jl.add_argument("--state")
     jl.set_defaults(func=cmd_job_list)
-    for name, func in (("show", cmd_job_show), ("cancel", cmd_job_cancel),
-                       ("attach", cmd_job_attach)):
+    for name, func in (
+        ("show", cmd_job_show),
+        ("cancel", cmd_job_cancel),
+        ("attach", cmd_job_attach),
+    ):
         p = job.add_parser(name, parents=[common])
         p.add_argument("job_id")
         p.set_defaults(func=func)

@@ -139,8 +139,11 @@ class InputRelay:
                 frames.append(Frame(kind, self._seq, data))
             try:
                 self.api.request(
-                    "POST", f"/jobs/{self.job_id}/input", body=encode_frames(frames),
-                    content_type=CONTENT_TYPE_FRAMES, retry_for=RECONNECT_SECONDS,
+                    "POST",
+                    f"/jobs/{self.job_id}/input",
+                    body=encode_frames(frames),
+                    content_type=CONTENT_TYPE_FRAMES,
+                    retry_for=RECONNECT_SECONDS,
                 )
             except ApiError as exc:
                 if exc.status == 409:
@@ -196,9 +199,11 @@ class JobSession:
     def follow(self) -> Outcome:
         while True:
             response = self.api.request(
-                "GET", f"/jobs/{self.job_id}/output",
+                "GET",
+                f"/jobs/{self.job_id}/output",
                 params={"after": self.after, "wait": OUTPUT_WAIT_SECONDS},
-                timeout=OUTPUT_WAIT_SECONDS + 30, retry_for=RECONNECT_SECONDS,
+                timeout=OUTPUT_WAIT_SECONDS + 30,
+                retry_for=RECONNECT_SECONDS,
             )
             for frame in decode_frames(response.body):
                 if frame.kind == FrameKind.STATUS:

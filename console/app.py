@@ -58,14 +58,23 @@ class ConsoleApp(App[None]):
         table.clear()
         for w in workers:
             table.add_row(
-                w["worker_id"], w["state"], str(w["slots"]), ",".join(w["labels"]),
-                ",".join(w["path_variables"]), w["last_seen_at"], key=w["worker_id"],
+                w["worker_id"],
+                w["state"],
+                str(w["slots"]),
+                ",".join(w["labels"]),
+                ",".join(w["path_variables"]),
+                w["last_seen_at"],
+                key=w["worker_id"],
             )
         table = self.query_one("#jobs", DataTable)
         table.clear()
         for j in jobs:
             table.add_row(
-                j["job_id"][:12], j["state"], j["binary"], j["requester"],
-                j["worker_id"] or "-", str(j["exit_code"] if j["exit_code"] is not None else "-"),
+                j["job_id"][:12],
+                j["state"],
+                j["binary"],
+                j["requester"],
+                j["worker_id"] or "-",
+                str(j["exit_code"] if j["exit_code"] is not None else "-"),
                 key=j["job_id"],
             )

@@ -24,9 +24,7 @@ from dffmpeg.config import ConfigError, load_coordinator
 def _app(config_file: str | None) -> Flask:
     from coordinator import create_app
 
-    return create_app(
-        load_coordinator(config_file), start_janitor=False, check_schema=False
-    )
+    return create_app(load_coordinator(config_file), start_janitor=False, check_schema=False)
 
 
 def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
@@ -56,7 +54,9 @@ def _ensure_schema() -> None:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     before, after = schema.upgrade(db.engine)
-    _print(args, {"from": before, "to": after}, lambda d: f"schema upgraded: {d['from']} -> {d['to']}")
+    _print(
+        args, {"from": before, "to": after}, lambda d: f"schema upgraded: {d['from']} -> {d['to']}"
+    )
     return 0
 
 
@@ -99,9 +99,13 @@ def cmd_job_list(args: argparse.Namespace) -> int:
     if args.state:
         stmt = stmt.where(Job.state == args.state)
     rows = [j.to_dict() for j in db.session.execute(stmt).scalars()]
-    _print(args, rows, lambda r: _table(
-        r, ["job_id", "state", "binary", "requester", "worker_id", "exit_code", "created_at"]
-    ))
+    _print(
+        args,
+        rows,
+        lambda r: _table(
+            r, ["job_id", "state", "binary", "requester", "worker_id", "exit_code", "created_at"]
+        ),
+    )
     return 0
 
 
@@ -121,9 +125,13 @@ def cmd_job_show(args: argparse.Namespace) -> int:
 def cmd_worker_list(args: argparse.Namespace) -> int:
     _ensure_schema()
     rows = [w.to_dict() for w in db.session.execute(db.select(Worker)).scalars()]
-    _print(args, rows, lambda r: _table(
-        r, ["worker_id", "state", "slots", "labels", "path_variables", "last_seen_at"]
-    ))
+    _print(
+        args,
+        rows,
+        lambda r: _table(
+            r, ["worker_id", "state", "slots", "labels", "path_variables", "last_seen_at"]
+        ),
+    )
     return 0
 
 
@@ -139,14 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_db_upgrade
     )
 
-    user = groups.add_parser("user", help="users and keys").add_subparsers(dest="cmd", required=True)
+    user = groups.add_parser("user", help="users and keys").add_subparsers(
+        dest="cmd", required=True
+    )
     add = user.add_parser("add", parents=[common], help="create a user and print its key")
     add.add_argument("client_id")
     add.add_argument("--role", required=True, choices=["client", "worker", "admin"])
     add.set_defaults(func=cmd_user_add)
     user.add_parser("list", parents=[common]).set_defaults(func=cmd_user_list)
-    for name, func in (("show", cmd_user_show), ("delete", cmd_user_delete),
-                       ("rotate-key", cmd_user_rotate)):
+    for name, func in (
+        ("show", cmd_user_show),
+        ("delete", cmd_user_delete),
+        ("rotate-key", cmd_user_rotate),
+    ):
         sub = user.add_parser(name, parents=[common])
         sub.add_argument("client_id")
         sub.set_defaults(func=func)

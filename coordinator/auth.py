@@ -47,7 +47,9 @@ def authenticate() -> User:
         raise Unauthorized()
     # The nonce's primary key makes a replay inside the window fail to insert.
     db.session.add(
-        Nonce(client_id=client_id, nonce=nonce, expires_at=now_utc() + timedelta(seconds=window * 2))
+        Nonce(
+            client_id=client_id, nonce=nonce, expires_at=now_utc() + timedelta(seconds=window * 2)
+        )
     )
     try:
         db.session.commit()

@@ -78,18 +78,26 @@ class Janitor:
         for job_id, state in rows:
             if state == JobState.ASSIGNED.value:
                 lifecycle.transition(
-                    job_id, [JobState.ASSIGNED], JobState.PENDING,
-                    "worker went offline before starting it", worker_id=None,
+                    job_id,
+                    [JobState.ASSIGNED],
+                    JobState.PENDING,
+                    "worker went offline before starting it",
+                    worker_id=None,
                 )
             elif state == JobState.CANCELING.value:
                 lifecycle.transition(
-                    job_id, [JobState.CANCELING], JobState.CANCELED,
+                    job_id,
+                    [JobState.CANCELING],
+                    JobState.CANCELED,
                     "canceled (worker went offline)",
                 )
             else:
                 lifecycle.transition(
-                    job_id, [JobState.RUNNING], JobState.FAILED,
-                    "worker lost", failure="worker_lost",
+                    job_id,
+                    [JobState.RUNNING],
+                    JobState.FAILED,
+                    "worker lost",
+                    failure="worker_lost",
                 )
         if rows:
             self.app.extensions["dffmpeg.notifier"].notify("jobs")
@@ -114,7 +122,10 @@ class Janitor:
                 notifier.notify(f"worker:{worker_id}")
             else:
                 lifecycle.transition(
-                    job_id, [JobState.PENDING, JobState.ASSIGNED], JobState.CANCELED, reason,
+                    job_id,
+                    [JobState.PENDING, JobState.ASSIGNED],
+                    JobState.CANCELED,
+                    reason,
                     failure="canceled",
                 )
 

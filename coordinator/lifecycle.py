@@ -58,9 +58,7 @@ def transition(
     if held_by is not None:
         stmt = stmt.where(Job.worker_id == held_by)
     # Read the state being left in the same transaction, for the history row.
-    previous = db.session.execute(
-        db.select(Job.state).where(Job.id == job_id)
-    ).scalar_one_or_none()
+    previous = db.session.execute(db.select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
     result = db.session.execute(stmt.execution_options(synchronize_session=False))
     if result.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()

@@ -14,7 +14,7 @@ from coordinator.db import UTCDateTime, db, now_utc
 CHUNK_TYPE = LargeBinary(length=16 * 1024 * 1024 - 1)
 
 
-class User(db.Model):  # type: ignore[name-defined,misc]
+class User(db.Model):  # type: ignore[name-defined]
     __tablename__ = "users"
 
     client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -30,7 +30,7 @@ class User(db.Model):  # type: ignore[name-defined,misc]
         }
 
 
-class Nonce(db.Model):  # type: ignore[name-defined,misc]
+class Nonce(db.Model):  # type: ignore[name-defined]
     """Nonces seen inside the signing window; the primary key rejects a replay."""
 
     __tablename__ = "nonces"
@@ -40,7 +40,7 @@ class Nonce(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-class Worker(db.Model):  # type: ignore[name-defined,misc]
+class Worker(db.Model):  # type: ignore[name-defined]
     __tablename__ = "workers"
 
     worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -70,7 +70,7 @@ class Worker(db.Model):  # type: ignore[name-defined,misc]
         }
 
 
-class Job(db.Model):  # type: ignore[name-defined,misc]
+class Job(db.Model):  # type: ignore[name-defined]
     __tablename__ = "jobs"
     __table_args__ = (
         # The claim query: pending jobs by priority, oldest first.
@@ -131,7 +131,7 @@ class Job(db.Model):  # type: ignore[name-defined,misc]
         }
 
 
-class JobEvent(db.Model):  # type: ignore[name-defined,misc]
+class JobEvent(db.Model):  # type: ignore[name-defined]
     """One row per state transition: when, from what, to what, and why."""
 
     __tablename__ = "job_events"
@@ -152,7 +152,7 @@ class JobEvent(db.Model):  # type: ignore[name-defined,misc]
         }
 
 
-class OutputChunk(db.Model):  # type: ignore[name-defined,misc]
+class OutputChunk(db.Model):  # type: ignore[name-defined]
     """stdout/stderr bytes of a job; ``seq`` is assigned by the worker, the only writer."""
 
     __tablename__ = "output_chunks"
@@ -163,7 +163,7 @@ class OutputChunk(db.Model):  # type: ignore[name-defined,misc]
     data: Mapped[bytes] = mapped_column(CHUNK_TYPE)
 
 
-class InputChunk(db.Model):  # type: ignore[name-defined,misc]
+class InputChunk(db.Model):  # type: ignore[name-defined]
     """stdin bytes, EOF and signals for a job; ``seq`` is assigned by the client."""
 
     __tablename__ = "input_chunks"

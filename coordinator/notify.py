@@ -8,6 +8,7 @@ another coordinator process reaches them.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,9 @@ class Notifier:
             if woke:
                 self._lock.notify_all()
 
+    def _changed(self, keys: list[str], seen: list[int]) -> bool:
+        return self._closed or [self._versions.get(k, 0) for k in keys] != seen
+
     def wait_for(self, keys: list[str], check: Callable[[], T | None], timeout: float) -> T | None:
         """Call ``check`` until it returns something or ``timeout`` passes.
 
@@ -62,8 +66,7 @@ class Notifier:
                     return None
                 with self._lock:
                     self._lock.wait_for(
-                        lambda: self._closed
-                        or [self._versions.get(k, 0) for k in keys] != seen,
+                        functools.partial(self._changed, keys, seen),
                         timeout=min(remaining, self.recheck),
                     )
         finally:

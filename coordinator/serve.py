@@ -20,7 +20,7 @@ from coordinator import schema
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
 
 
-class CoordinatorServer(BaseApplication):  # type: ignore[misc]
+class CoordinatorServer(BaseApplication):
     def __init__(self, settings: CoordinatorConfig, config_file: str | None) -> None:
         self.settings = settings
         self.config_file = config_file
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="override the config's host")
     parser.add_argument("--port", type=int, help="override the config's port")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = load_coordinator(args.config)
     except ConfigError as exc:

@@ -133,7 +133,9 @@ def output_rewriter(
 ) -> StreamRewriter:
     """Worker roots to the client's roots, for the variables both sides know."""
     replacements = {
-        (worker_paths[name].rstrip("/") + "/").encode(): (client_paths[name].rstrip("/") + "/").encode()
+        (worker_paths[name].rstrip("/") + "/").encode(): (
+            client_paths[name].rstrip("/") + "/"
+        ).encode()
         for name in worker_paths
         if name in client_paths
     }

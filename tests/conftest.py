@@ -39,10 +39,29 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory, ffmpeg: str) -> Path:
     """A directory with a 2 s H.264/AAC clip made from lavfi sources."""
     root = tmp_path_factory.mktemp("media")
     subprocess.run(
-        [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=duration=2:size=320x240:rate=25",
-         "-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:v", "libx264",
-         "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(root / "clip.mp4")],
-        check=True, timeout=60,
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=2:size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(root / "clip.mp4"),
+        ],
+        check=True,
+        timeout=60,
     )
     return root
 
@@ -81,8 +100,12 @@ def api(app: Flask) -> Identities:
 
     keys: dict[str, str] = {}
     with app.app_context():
-        for client_id, role in (("root", "admin"), ("alice", "client"), ("bob", "client"),
-                                ("w1", "worker")):
+        for client_id, role in (
+            ("root", "admin"),
+            ("alice", "client"),
+            ("bob", "client"),
+            ("w1", "worker"),
+        ):
             keys[client_id] = users.add_user(client_id, role)["hmac_key"]
     flask_client = app.test_client()
     return Identities(
@@ -124,40 +147,70 @@ def start_cluster(
 ) -> Iterator[Cluster]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    coordinator_config = write_yaml(tmp_path / "coordinator.yaml", {
-        "host": "127.0.0.1", "port": port,
-        "database_url": f"sqlite:///{tmp_path / 'coordinator.db'}",
-        "janitor_seconds": 0.5,
-    })
+    coordinator_config = write_yaml(
+        tmp_path / "coordinator.yaml",
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "database_url": f"sqlite:///{tmp_path / 'coordinator.db'}",
+            "janitor_seconds": 0.5,
+        },
+    )
     worker_user = admin(coordinator_config, "user", "add", "worker1", "--role", "worker")
     client_user = admin(coordinator_config, "user", "add", "client1", "--role", "client")
     client_media = tmp_path / "client-media"
     worker_media = tmp_path / "worker-media"
     client_media.symlink_to(media_dir)
     worker_media.symlink_to(media_dir)
-    worker_config = write_yaml(tmp_path / "worker.yaml", {
-        "client_id": "worker1", "hmac_key": worker_user["hmac_key"], "coordinator_url": url,
-        "paths": {"Media": str(worker_media)},
-        "binaries": {"ffmpeg": shutil.which("ffmpeg"), "ffprobe": shutil.which("ffprobe")},
-        "slots": 2, "heartbeat_seconds": 1, **(worker_extra or {}),
-    })
-    client_config = write_yaml(tmp_path / "client.yaml", {
-        "client_id": "client1", "hmac_key": client_user["hmac_key"], "coordinator_url": url,
-        "paths": {"Media": str(client_media)},
-    })
+    worker_config = write_yaml(
+        tmp_path / "worker.yaml",
+        {
+            "client_id": "worker1",
+            "hmac_key": worker_user["hmac_key"],
+            "coordinator_url": url,
+            "paths": {"Media": str(worker_media)},
+            "binaries": {"ffmpeg": shutil.which("ffmpeg"), "ffprobe": shutil.which("ffprobe")},
+            "slots": 2,
+            "heartbeat_seconds": 1,
+            **(worker_extra or {}),
+        },
+    )
+    client_config = write_yaml(
+        tmp_path / "client.yaml",
+        {
+            "client_id": "client1",
+            "hmac_key": client_user["hmac_key"],
+            "coordinator_url": url,
+            "paths": {"Media": str(client_media)},
+        },
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     proxy = Path(sys.executable).parent / "dffmpeg-proxy"
     for name in ("ffmpeg", "ffprobe"):
         (bin_dir / name).symlink_to(proxy)
     env = process_env()
-    with running([sys.executable, "-m", "coordinator.serve", "--config", str(coordinator_config)],
-                 tmp_path / "coordinator.log", env=env):
+    with running(
+        [sys.executable, "-m", "coordinator.serve", "--config", str(coordinator_config)],
+        tmp_path / "coordinator.log",
+        env=env,
+    ):
         wait_until(lambda: health(url) == 200, timeout=20)
-        with running([sys.executable, "-m", "worker.cli", "--config", str(worker_config)],
-                     tmp_path / "worker.log", env=env):
-            cluster = Cluster(tmp_path, url, coordinator_config, client_config, worker_config,
-                              client_media, worker_media, bin_dir)
+        with running(
+            [sys.executable, "-m", "worker.cli", "--config", str(worker_config)],
+            tmp_path / "worker.log",
+            env=env,
+        ):
+            cluster = Cluster(
+                tmp_path,
+                url,
+                coordinator_config,
+                client_config,
+                worker_config,
+                client_media,
+                worker_media,
+                bin_dir,
+            )
             wait_until(lambda: _worker_online(coordinator_config), timeout=20)
             yield cluster
 

@@ -105,7 +105,9 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 def admin(config: Path, *args: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "coordinator.admin_cli", "--config", str(config), *args, "--json"],
-        check=True, capture_output=True, env=process_env(),
+        check=True,
+        capture_output=True,
+        env=process_env(),
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -120,11 +122,19 @@ class SignedClient:
         self.key = key
 
     def open(
-        self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
-        content_type: str | None = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
-        body = data if data is not None else (
-            json.dumps(json_body).encode() if json_body is not None else b""
+        body = (
+            data
+            if data is not None
+            else (json.dumps(json_body).encode() if json_body is not None else b"")
         )
         signed = signing.sign_headers(self.client_id, self.key, method, path, body)
         all_headers = {**signed, **(headers or {})}

@@ -44,8 +44,9 @@ def test_unknown_identity_and_bad_signature_look_the_same(app: Flask, api: Ident
     bodies = []
     for client_id, key in (("nobody", "x" * 43), ("alice", "wrong-key")):
         headers = signing.sign_headers(client_id, key, "POST", "/api/v1/jobs", body)
-        reply = app.test_client().post("/api/v1/jobs", data=body, headers=headers,
-                                       content_type="application/json")
+        reply = app.test_client().post(
+            "/api/v1/jobs", data=body, headers=headers, content_type="application/json"
+        )
         assert reply.status_code == 401
         bodies.append(reply.get_data())
     assert bodies[0] == bodies[1]
@@ -54,10 +55,12 @@ def test_unknown_identity_and_bad_signature_look_the_same(app: Flask, api: Ident
 
 def test_stale_timestamp_is_refused(app: Flask, api: Identities) -> None:
     body = json.dumps(JOB).encode()
-    headers = signing.sign_headers("alice", api.keys["alice"], "POST", "/api/v1/jobs", body,
-                                   now=time.time() - 120)
-    reply = app.test_client().post("/api/v1/jobs", data=body, headers=headers,
-                                   content_type="application/json")
+    headers = signing.sign_headers(
+        "alice", api.keys["alice"], "POST", "/api/v1/jobs", body, now=time.time() - 120
+    )
+    reply = app.test_client().post(
+        "/api/v1/jobs", data=body, headers=headers, content_type="application/json"
+    )
     assert reply.status_code == 401
     assert reply.get_json() == UNIFORM_401
     assert job_count(api) == 0
@@ -75,8 +78,9 @@ def test_replayed_request_is_refused(app: Flask, api: Identities) -> None:
 
 
 def test_query_string_is_signed(app: Flask, api: Identities) -> None:
-    headers = signing.sign_headers("root", api.keys["root"], "GET", "/api/v1/jobs?state=pending",
-                                   b"")
+    headers = signing.sign_headers(
+        "root", api.keys["root"], "GET", "/api/v1/jobs?state=pending", b""
+    )
     reply = app.test_client().get("/api/v1/jobs?state=running", headers=headers)
     assert reply.status_code == 401
 
@@ -96,9 +100,14 @@ def test_malformed_json_and_fields(api: Identities) -> None:
     reply = api.client.post("/api/v1/jobs", data=b"{not json", content_type="application/json")
     assert reply.status_code == 400
     assert reply.get_json()["error"] == "bad_request"
-    for body in ({"binary": "ffprobe"}, {"binary": "ffprobe", "args": "x"},
-                 {"binary": "ffprobe", "args": [1]}, {"binary": 3, "args": []},
-                 {"binary": "ffprobe", "args": [], "mode": "weird"}, [1, 2]):
+    for body in (
+        {"binary": "ffprobe"},
+        {"binary": "ffprobe", "args": "x"},
+        {"binary": "ffprobe", "args": [1]},
+        {"binary": 3, "args": []},
+        {"binary": "ffprobe", "args": [], "mode": "weird"},
+        [1, 2],
+    ):
         reply = api.client.post("/api/v1/jobs", json_body=body)
         assert reply.status_code == 400, body
         assert "message" in reply.get_json()
@@ -129,9 +138,13 @@ def test_other_clients_jobs_are_invisible(api: Identities) -> None:
 def test_wrong_state_is_a_conflict(api: Identities) -> None:
     job_id = api.client.post("/api/v1/jobs", json_body=JOB).get_json()["job"]["job_id"]
     # The worker never held this job: accepting it is refused and changes nothing.
-    assert api.worker.post("/api/v1/workers/register", json_body={
-        "slots": 1, "binaries": {"ffprobe": {"path": "/usr/bin/ffprobe"}}
-    }).status_code == 200
+    assert (
+        api.worker.post(
+            "/api/v1/workers/register",
+            json_body={"slots": 1, "binaries": {"ffprobe": {"path": "/usr/bin/ffprobe"}}},
+        ).status_code
+        == 200
+    )
     reply = api.worker.post(f"/api/v1/jobs/{job_id}/accept")
     assert reply.status_code == 409
     assert api.client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200

@@ -37,8 +37,10 @@ def test_ffprobe_json_is_byte_identical(cluster: Cluster) -> None:
 
 def duration(path: Path) -> float:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
-         str(path)], capture_output=True, check=True, timeout=60,
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
     return float(out.stdout)
 
@@ -47,16 +49,39 @@ def test_transcode_to_h264_matches_local(cluster: Cluster) -> None:
     clip = cluster.client_media / "clip.mp4"
     remote_out = cluster.client_media / "remote-h264.mkv"
     local_out = cluster.client_media / "local-h264.mkv"
-    args = ["-v", "error", "-y", "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast",
-            "-c:a", "copy"]
+    args = [
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        str(clip),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "copy",
+    ]
     remote = cluster.run("ffmpeg", *args, str(remote_out))
     assert remote.returncode == 0, remote.stderr
     subprocess.run(["ffmpeg", *args, str(local_out)], check=True, capture_output=True, timeout=60)
     assert abs(duration(remote_out) - duration(local_out)) < 0.05
     codec = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "stream=codec_name", "-of", "csv=p=0", str(remote_out)],
-        capture_output=True, check=True, timeout=60,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+            str(remote_out),
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
     assert codec.stdout.strip() == b"h264"
 
@@ -74,8 +99,19 @@ def test_mpegts_on_stdout_is_identical(cluster: Cluster) -> None:
 def test_carriage_return_progress_flood_is_relayed_whole(cluster: Cluster) -> None:
     # About 200,000 tiny frames with progress after every one: tens of thousands of
     # "\r"-terminated lines and no newline between them.
-    args = ["-hide_banner", "-nostdin", "-stats_period", "0.0001", "-f", "lavfi",
-            "-i", "testsrc=size=32x32:rate=1000:duration=300", "-f", "null", "-"]
+    args = [
+        "-hide_banner",
+        "-nostdin",
+        "-stats_period",
+        "0.0001",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=32x32:rate=1000:duration=300",
+        "-f",
+        "null",
+        "-",
+    ]
     remote = cluster.run("ffmpeg", *args, timeout=120)
     assert remote.returncode == 0
     lines = remote.stderr.split(b"\r")
@@ -91,8 +127,9 @@ def test_carriage_return_progress_flood_is_relayed_whole(cluster: Cluster) -> No
 def test_failing_ffmpeg_exit_code_arrives_unchanged(cluster: Cluster) -> None:
     missing = cluster.client_media / "missing.mkv"
     remote = cluster.run("ffmpeg", "-hide_banner", "-i", str(missing))
-    local = subprocess.run(["ffmpeg", "-hide_banner", "-i", str(missing)], capture_output=True,
-                           timeout=60)
+    local = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-i", str(missing)], capture_output=True, timeout=60
+    )
     assert local.returncode != 0
     assert remote.returncode == local.returncode
     assert remote.stderr == local.stderr  # the client's own path is shown, not the worker's
@@ -101,10 +138,20 @@ def test_failing_ffmpeg_exit_code_arrives_unchanged(cluster: Cluster) -> None:
 
 def test_working_directory_is_mapped(cluster: Cluster) -> None:
     remote = subprocess.run(
-        [cluster.dropin("ffprobe"), "-v", "error", "-show_entries", "format=nb_streams",
-         "-of", "csv=p=0", "clip.mp4"],
-        cwd=cluster.client_media, env={**cluster.env(), "PWD": str(cluster.client_media)},
-        capture_output=True, timeout=60,
+        [
+            cluster.dropin("ffprobe"),
+            "-v",
+            "error",
+            "-show_entries",
+            "format=nb_streams",
+            "-of",
+            "csv=p=0",
+            "clip.mp4",
+        ],
+        cwd=cluster.client_media,
+        env={**cluster.env(), "PWD": str(cluster.client_media)},
+        capture_output=True,
+        timeout=60,
     )
     assert remote.returncode == 0, remote.stderr
     assert remote.stdout == b"2\n"
@@ -113,10 +160,25 @@ def test_working_directory_is_mapped(cluster: Cluster) -> None:
 def test_client_cli_submit(cluster: Cluster) -> None:
     clip = cluster.client_media / "clip.mp4"
     out = subprocess.run(
-        [str(BIN / "dffmpeg-client"), "--config", str(cluster.client_config), "submit", "--binary",
-         "ffprobe", "--", "-v", "error", "-show_entries", "format=nb_streams", "-of", "csv=p=0",
-         str(clip)],
-        capture_output=True, timeout=60, env=process_env(),
+        [
+            str(BIN / "dffmpeg-client"),
+            "--config",
+            str(cluster.client_config),
+            "submit",
+            "--binary",
+            "ffprobe",
+            "--",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=nb_streams",
+            "-of",
+            "csv=p=0",
+            str(clip),
+        ],
+        capture_output=True,
+        timeout=60,
+        env=process_env(),
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"2\n"
@@ -127,8 +189,12 @@ def test_unreachable_coordinator(tmp_path: Path, cluster: Cluster) -> None:
     config["coordinator_url"] = f"http://127.0.0.1:{free_port()}"
     path = tmp_path / "unreachable.yaml"
     path.write_text(yaml.safe_dump(config))
-    out = subprocess.run([cluster.dropin("ffprobe"), "-version"], capture_output=True,
-                         timeout=30, env={**os.environ, "DFFMPEG_CLIENT_CONFIG": str(path)})
+    out = subprocess.run(
+        [cluster.dropin("ffprobe"), "-version"],
+        capture_output=True,
+        timeout=30,
+        env={**os.environ, "DFFMPEG_CLIENT_CONFIG": str(path)},
+    )
     assert out.returncode == ExitCode.COORDINATOR_UNREACHABLE
     assert out.stdout == b""
     lines = out.stderr.decode().splitlines()
@@ -140,8 +206,12 @@ def test_refused_credentials(tmp_path: Path, cluster: Cluster) -> None:
     config["hmac_key"] = "not-the-key"
     path = tmp_path / "badkey.yaml"
     path.write_text(yaml.safe_dump(config))
-    out = subprocess.run([cluster.dropin("ffprobe"), "-version"], capture_output=True,
-                         timeout=30, env={**os.environ, "DFFMPEG_CLIENT_CONFIG": str(path)})
+    out = subprocess.run(
+        [cluster.dropin("ffprobe"), "-version"],
+        capture_output=True,
+        timeout=30,
+        env={**os.environ, "DFFMPEG_CLIENT_CONFIG": str(path)},
+    )
     assert out.returncode == ExitCode.AUTH_REFUSED
     assert out.stdout == b""
     lines = out.stderr.decode().splitlines()

@@ -28,11 +28,16 @@ WORKER = {"Media": "/srv/media", "TV": "/srv/tv", "Cache": "/tmp/cache"}
         ("/mnt/media/a.mkv", "$Media/a.mkv", "/srv/media/a.mkv"),
         ("file:/mnt/media/a.mkv", "file:$Media/a.mkv", "file:/srv/media/a.mkv"),
         ("/mnt/media/tv/s01.mkv", "$TV/s01.mkv", "/srv/tv/s01.mkv"),
-        ("subtitles=f='/mnt/media/a.ass':fontsdir='/var/cache/jf/att'",
-         "subtitles=f='$Media/a.ass':fontsdir='$Cache/att'",
-         "subtitles=f='/srv/media/a.ass':fontsdir='/tmp/cache/att'"),
-        ("concat:/mnt/media/a.ts|/mnt/media/b.ts", "concat:$Media/a.ts|$Media/b.ts",
-         "concat:/srv/media/a.ts|/srv/media/b.ts"),
+        (
+            "subtitles=f='/mnt/media/a.ass':fontsdir='/var/cache/jf/att'",
+            "subtitles=f='$Media/a.ass':fontsdir='$Cache/att'",
+            "subtitles=f='/srv/media/a.ass':fontsdir='/tmp/cache/att'",
+        ),
+        (
+            "concat:/mnt/media/a.ts|/mnt/media/b.ts",
+            "concat:$Media/a.ts|$Media/b.ts",
+            "concat:/srv/media/a.ts|/srv/media/b.ts",
+        ),
         ("/mnt/mediaextra/a.mkv", "/mnt/mediaextra/a.mkv", "/mnt/mediaextra/a.mkv"),
         ("-c:v", "-c:v", "-c:v"),
         ("/var/cache/jf", "$Cache", "/tmp/cache"),
@@ -70,8 +75,21 @@ def _reference(data: bytes) -> bytes:
 
 
 @given(
-    st.lists(st.sampled_from([b"/srv/media/", b"/srv/media/tv/", b"/srv/med", b"x", b"\r",
-                              b"/", b"\x00\xff", b"frame=  1 fps=0.0\r"]), max_size=40),
+    st.lists(
+        st.sampled_from(
+            [
+                b"/srv/media/",
+                b"/srv/media/tv/",
+                b"/srv/med",
+                b"x",
+                b"\r",
+                b"/",
+                b"\x00\xff",
+                b"frame=  1 fps=0.0\r",
+            ]
+        ),
+        max_size=40,
+    ),
     st.lists(st.integers(min_value=0, max_value=400), max_size=12),
 )
 def test_rewriter_is_chunking_independent(parts: list[bytes], cuts: list[int]) -> None:

@@ -30,8 +30,9 @@ def test_worked_example_matches_the_document() -> None:
 
 
 def test_any_change_breaks_the_signature() -> None:
-    good = signing.SignedRequest("alice", TIMESTAMP, NONCE,
-                                 signing.signature(KEY, "POST", PATH, TIMESTAMP, NONCE, BODY))
+    good = signing.SignedRequest(
+        "alice", TIMESTAMP, NONCE, signing.signature(KEY, "POST", PATH, TIMESTAMP, NONCE, BODY)
+    )
     assert signing.verify(KEY, good, "POST", PATH, BODY)
     assert not signing.verify(KEY, good, "GET", PATH, BODY)
     assert not signing.verify(KEY, good, "POST", "/api/v1/jobs?x=2", BODY)

@@ -7,6 +7,7 @@ job's pipe readers). ``start`` starts them, ``stop`` stops taking work, ``join``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -54,8 +55,9 @@ class WorkerAgent:
         while not self._stopped.is_set():
             try:
                 self.api.call("POST", "/workers/register", json_body=self.registration())
-                log.info("registered with %s as %s", self.config.coordinator_url,
-                         self.config.client_id)
+                log.info(
+                    "registered with %s as %s", self.config.coordinator_url, self.config.client_id
+                )
                 return
             except AuthError:
                 raise
@@ -129,7 +131,9 @@ class WorkerAgent:
         while not self._stopping.is_set():
             try:
                 work = self.api.call(
-                    "GET", "/workers/poll", params={"wait": POLL_WAIT_SECONDS},
+                    "GET",
+                    "/workers/poll",
+                    params={"wait": POLL_WAIT_SECONDS},
                     timeout=POLL_WAIT_SECONDS + 30,
                 )
                 delay = 0.5
@@ -170,7 +174,5 @@ class WorkerAgent:
             execution.cancel()
         else:
             # Not ours any more (e.g. we restarted): tell the coordinator it is over.
-            try:
+            with contextlib.suppress(ApiError, Unreachable):
                 self.api.request("POST", f"/jobs/{job_id}/finish", json_body={"exit_code": 143})
-            except (ApiError, Unreachable):
-                pass

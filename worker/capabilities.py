@@ -23,7 +23,9 @@ def probe_binaries(binaries: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             continue
         try:
             result = subprocess.run(
-                [path, "-hide_banner", "-version"], capture_output=True, timeout=PROBE_TIMEOUT,
+                [path, "-hide_banner", "-version"],
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:

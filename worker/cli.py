@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent.start()
     except AuthError as exc:
-        print(f"dffmpeg-worker: coordinator refused our credentials: {exc.message}",
-              file=sys.stderr)
+        print(
+            f"dffmpeg-worker: coordinator refused our credentials: {exc.message}", file=sys.stderr
+        )
         return 3
     except RuntimeError as exc:
         print(f"dffmpeg-worker: {exc}", file=sys.stderr)

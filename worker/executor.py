@@ -3,6 +3,7 @@ streams, feed its stdin, deliver signals and cancellation, report its exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -106,8 +107,14 @@ class JobExecution:
             cmd = self.command()
             cwd = self.working_directory()
             self.process = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=cwd, env=self.environment(), start_new_session=True, bufsize=0,
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=self.environment(),
+                start_new_session=True,
+                bufsize=0,
             )
         except (StartError, OSError) as exc:
             self._finish({"error": f"could not start: {exc}"})
@@ -115,16 +122,22 @@ class JobExecution:
         log.info("job %s started: pid %s", self.job_id, self.process.pid)
         buffer = OutputBuffer()
         readers = []
-        for stream, kind in ((self.process.stdout, FrameKind.STDOUT),
-                             (self.process.stderr, FrameKind.STDERR)):
+        for stream, kind in (
+            (self.process.stdout, FrameKind.STDOUT),
+            (self.process.stderr, FrameKind.STDERR),
+        ):
             assert stream is not None
             fd = os.dup(stream.fileno())
             stream.close()
             buffer.reader_started()
-            readers.append(threading.Thread(
-                target=read_pipe, args=(fd, kind, buffer, self.rewriter(kind)),
-                name=f"read-{kind.name}", daemon=True,
-            ))
+            readers.append(
+                threading.Thread(
+                    target=read_pipe,
+                    args=(fd, kind, buffer, self.rewriter(kind)),
+                    name=f"read-{kind.name}",
+                    daemon=True,
+                )
+            )
         for reader in readers:
             reader.start()
         threading.Thread(target=self._feed_input, name="input", daemon=True).start()
@@ -138,8 +151,11 @@ class JobExecution:
 
     def _send_output(self, frames: list[Frame]) -> None:
         self.api.request(
-            "POST", f"/jobs/{self.job_id}/output", body=encode_frames(frames),
-            content_type=CONTENT_TYPE_FRAMES, retry_for=RETRY_SECONDS,
+            "POST",
+            f"/jobs/{self.job_id}/output",
+            body=encode_frames(frames),
+            content_type=CONTENT_TYPE_FRAMES,
+            retry_for=RETRY_SECONDS,
         )
 
     def _finish(self, result: dict[str, Any]) -> None:
@@ -160,9 +176,11 @@ class JobExecution:
         while not self._done.is_set():
             try:
                 response = self.api.request(
-                    "GET", f"/jobs/{self.job_id}/input",
+                    "GET",
+                    f"/jobs/{self.job_id}/input",
                     params={"after": after, "wait": INPUT_WAIT_SECONDS},
-                    timeout=INPUT_WAIT_SECONDS + 30, retry_for=RETRY_SECONDS,
+                    timeout=INPUT_WAIT_SECONDS + 30,
+                    retry_for=RETRY_SECONDS,
                 )
             except (ApiError, Unreachable):
                 return
@@ -184,25 +202,26 @@ class JobExecution:
             except (BrokenPipeError, ValueError, OSError):
                 stdin = None
         elif frame.kind == FrameKind.STDIN_EOF and stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 stdin.close()
-            except OSError:
-                pass
             stdin = None
         elif frame.kind == FrameKind.SIGNAL:
             self.send_signal(int(frame.data or b"0"))
         return stdin
 
     def send_signal(self, signum: int) -> None:
-        if signum not in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE,
-                          signal.SIGKILL):
+        if signum not in (
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGHUP,
+            signal.SIGPIPE,
+            signal.SIGKILL,
+        ):
             return
         process = self.process
         if process is not None and process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     def cancel(self) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after a grace period."""

@@ -140,8 +140,13 @@ def cancel(job_id: str) -> ResponseReturnValue:
     reason = f"canceled by {g.user.client_id}"
     worker_id = job.worker_id
     if not (
-        lifecycle.transition(job_id, [JobState.PENDING, JobState.ASSIGNED], JobState.CANCELED,
-                             reason, failure="canceled")
+        lifecycle.transition(
+            job_id,
+            [JobState.PENDING, JobState.ASSIGNED],
+            JobState.CANCELED,
+            reason,
+            failure="canceled",
+        )
         or lifecycle.transition(job_id, [JobState.RUNNING], JobState.CANCELING, reason)
     ):
         db.session.refresh(job)
@@ -208,8 +213,12 @@ def write_input(job_id: str) -> ResponseReturnValue:
 def accept(job_id: str) -> ResponseReturnValue:
     held_job(job_id)
     if not lifecycle.transition(
-        job_id, [JobState.ASSIGNED], JobState.RUNNING, "accepted",
-        held_by=g.user.client_id, started_at=now_utc(),
+        job_id,
+        [JobState.ASSIGNED],
+        JobState.RUNNING,
+        "accepted",
+        held_by=g.user.client_id,
+        started_at=now_utc(),
     ):
         job = db.session.get(Job, job_id)
         raise Conflict("job cannot be accepted", state=job.state if job else None)
@@ -261,16 +270,29 @@ def finish(job_id: str) -> ResponseReturnValue:
     worker_id = g.user.client_id
     if error is not None:
         done = lifecycle.transition(
-            job_id, [JobState.RUNNING, JobState.CANCELING], JobState.FAILED, error[:1000],
-            held_by=worker_id, failure="start_failed",
+            job_id,
+            [JobState.RUNNING, JobState.CANCELING],
+            JobState.FAILED,
+            error[:1000],
+            held_by=worker_id,
+            failure="start_failed",
         )
     else:
         done = lifecycle.transition(
-            job_id, [JobState.CANCELING], JobState.CANCELED, None,
-            held_by=worker_id, exit_code=exit_code, failure="canceled",
+            job_id,
+            [JobState.CANCELING],
+            JobState.CANCELED,
+            None,
+            held_by=worker_id,
+            exit_code=exit_code,
+            failure="canceled",
         ) or lifecycle.transition(
-            job_id, [JobState.RUNNING], JobState.COMPLETED, f"exited with {exit_code}",
-            held_by=worker_id, exit_code=exit_code,
+            job_id,
+            [JobState.RUNNING],
+            JobState.COMPLETED,
+            f"exited with {exit_code}",
+            held_by=worker_id,
+            exit_code=exit_code,
         )
     if not done:
         job = db.session.get(Job, job_id)

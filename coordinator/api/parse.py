@@ -20,7 +20,9 @@ def json_body() -> dict[str, Any]:
     return data
 
 
-def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+def field(
+    data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...
+) -> Any:
     if name not in data:
         if default is ...:
             raise BadRequest(f"field {name!r} is required")

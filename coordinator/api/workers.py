@@ -78,13 +78,19 @@ def _forget_previous_life(worker_id: str) -> None:
     for job_id, state in held:
         if state == JobState.ASSIGNED.value:
             lifecycle.transition(
-                job_id, [JobState.ASSIGNED], JobState.PENDING, "worker restarted before starting",
+                job_id,
+                [JobState.ASSIGNED],
+                JobState.PENDING,
+                "worker restarted before starting",
                 worker_id=None,
             )
         else:
             lifecycle.transition(
-                job_id, [JobState.RUNNING, JobState.CANCELING], JobState.FAILED,
-                "worker lost (it restarted)", failure="worker_lost",
+                job_id,
+                [JobState.RUNNING, JobState.CANCELING],
+                JobState.FAILED,
+                "worker lost (it restarted)",
+                failure="worker_lost",
             )
 
 
@@ -111,9 +117,10 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
         raise Conflict("worker is not registered")
     touch(worker)
     scheduler.claim(worker)
-    stmt = db.select(Job).where(Job.worker_id == worker_id, Job.state.in_(
-        [JobState.ASSIGNED.value, JobState.CANCELING.value]
-    ))
+    stmt = db.select(Job).where(
+        Job.worker_id == worker_id,
+        Job.state.in_([JobState.ASSIGNED.value, JobState.CANCELING.value]),
+    )
     jobs = list(db.session.execute(stmt).scalars())
     db.session.commit()
     assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from coordinator.db import Base
 from coordinator import models  # noqa: F401  (registers the tables on Base.metadata)
+from coordinator.db import Base
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:
