@@ -24,6 +24,11 @@ class Notifier:
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, int] = {}
         self._closed = False
+        self._listeners: list[Callable[[tuple[str, ...]], None]] = []
+
+    def subscribe(self, listener: Callable[[tuple[str, ...]], None]) -> None:
+        """Call ``listener(keys)`` after every ``notify`` (e.g. to publish to a broker)."""
+        self._listeners.append(listener)
 
     def shutdown(self) -> None:
         """End every wait at once (the process is draining)."""
@@ -32,6 +37,8 @@ class Notifier:
             self._lock.notify_all()
 
     def notify(self, *keys: str) -> None:
+        for listener in self._listeners:
+            listener(keys)
         with self._lock:
             woke = False
             for key in keys:
