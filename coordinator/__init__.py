@@ -15,6 +15,7 @@ from coordinator import api, errors, health, schema
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
+from coordinator.wakeups import DatabaseWakeups
 from dffmpeg.config import CoordinatorConfig, load_coordinator
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -26,11 +27,14 @@ def create_app(
     config_file: str | None = None,
     start_janitor: bool = True,
     check_schema: bool = True,
+    start_wakeups: bool | None = None,
 ) -> Flask:
     """Build the coordinator app.
 
     ``config`` is a ``CoordinatorConfig`` or a dict of coordinator config keys; without
     it the config file is searched for like ``dffmpeg-coordinator`` does.
+    ``start_wakeups`` (default: like ``start_janitor``) starts the thread that carries
+    wake-ups between coordinator processes through the database.
     """
     if config is None:
         settings = load_coordinator(config_file)
@@ -51,8 +55,10 @@ def create_app(
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     database.init_app(app)
     schema.install_sqlite_pragmas(app)
-    recheck = 0.5 if settings.gunicorn_workers > 1 else 2.0
-    app.extensions["dffmpeg.notifier"] = Notifier(recheck=settings.recheck_seconds or recheck)
+    # Wake-ups from other processes arrive through the database (coordinator.wakeups);
+    # the periodic re-check is only a safety net.
+    notifier = Notifier(recheck=settings.recheck_seconds or 5.0)
+    app.extensions["dffmpeg.notifier"] = notifier
     app.extensions["dffmpeg.draining"] = threading.Event()
     errors.register(app)
     app.register_blueprint(health.bp)
@@ -61,6 +67,11 @@ def create_app(
     if check_schema:
         with app.app_context():
             schema.ensure_current()
+    with app.app_context():
+        wakeups = DatabaseWakeups(database.engine, notifier)
+    app.extensions["dffmpeg.wakeups"] = wakeups
+    if start_janitor if start_wakeups is None else start_wakeups:
+        wakeups.start()
     janitor = Janitor(app)
     app.extensions["dffmpeg.janitor"] = janitor
     if start_janitor:

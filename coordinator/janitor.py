@@ -11,11 +11,11 @@ import threading
 from datetime import timedelta
 
 from flask import Flask
-from sqlalchemy import delete, update
+from sqlalchemy import update
 
-from coordinator import lifecycle
+from coordinator import lifecycle, retention
 from coordinator.db import db, now_utc
-from coordinator.models import InputChunk, Job, Nonce, OutputChunk, Worker
+from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,5 @@ class Janitor:
                 )
 
     def purge(self) -> None:
-        """Drop expired nonces, and output/input of jobs finished past the retention."""
-        now = now_utc()
-        db.session.execute(delete(Nonce).where(Nonce.expires_at < now))
-        retention = timedelta(seconds=self.app.config["DFFMPEG"].retention_seconds)
-        old = db.select(Job.id).where(Job.finished_at < now - retention).scalar_subquery()
-        db.session.execute(delete(OutputChunk).where(OutputChunk.job_id.in_(old)))
-        db.session.execute(delete(InputChunk).where(InputChunk.job_id.in_(old)))
-        db.session.commit()
+        """Drop expired nonces, and everything of jobs finished past the retention."""
+        retention.purge(timedelta(seconds=self.app.config["DFFMPEG"].retention_seconds))

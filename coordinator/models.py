@@ -76,6 +76,11 @@ class Job(db.Model):  # type: ignore[name-defined]
         # The claim query: pending jobs by priority, oldest first.
         Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
         Index("ix_jobs_worker_state", "worker_id", "state"),
+        # Job lists (all jobs, or one requester's) newest first; the janitor's search
+        # for abandoned monitored jobs (revision 0002).
+        Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_requester_created", "requester", "created_at"),
+        Index("ix_jobs_state_client_lease", "state", "client_lease_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -1,9 +1,11 @@
 """Wake-ups for long-polls.
 
-A long-poll waits on a key ("worker:ID", "output:JOB", ...). Writers bump the key's
-version after they commit. Inside one process that wakes the waiter at once; waiters
-also re-check the database every ``recheck`` seconds, which is how a write made by
-another coordinator process reaches them.
+A long-poll waits on a key ("worker:ID", "output:JOB", ...). Writers call ``notify``
+after they commit. Inside one process that wakes the waiter at once. Other coordinator
+processes learn of it through the listeners: ``coordinator.wakeups`` carries it through
+the database (and a broker transport may carry it too); what arrives from elsewhere is
+handed to ``wake``, which wakes local waiters without publishing again. Waiters also
+re-check the database every ``recheck`` seconds, a safety net should a wake-up be lost.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ class Notifier:
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
 
     def subscribe(self, listener: Callable[[tuple[str, ...]], None]) -> None:
-        """Call ``listener(keys)`` after every ``notify`` (e.g. to publish to a broker)."""
+        """Call ``listener(keys)`` after every ``notify`` (e.g. to publish to a broker).
+
+        A listener runs in the notifying request's thread: it must be quick and must
+        not raise (hand slow work to a thread of its own).
+        """
         self._listeners.append(listener)
 
     def shutdown(self) -> None:
@@ -37,8 +43,13 @@ class Notifier:
             self._lock.notify_all()
 
     def notify(self, *keys: str) -> None:
+        """Something behind ``keys`` changed and was committed: wake waiters everywhere."""
         for listener in self._listeners:
             listener(keys)
+        self.wake(*keys)
+
+    def wake(self, *keys: str) -> None:
+        """Wake this process's waiters on ``keys`` only (a wake-up from elsewhere)."""
         with self._lock:
             woke = False
             for key in keys:
@@ -48,14 +59,20 @@ class Notifier:
             if woke:
                 self._lock.notify_all()
 
+    def waiting_keys(self) -> list[str]:
+        """The keys some request of this process is waiting on right now."""
+        with self._lock:
+            return list(self._waiters)
+
     def _changed(self, keys: list[str], seen: list[int]) -> bool:
         return self._closed or [self._versions.get(k, 0) for k in keys] != seen
 
     def wait_for(self, keys: list[str], check: Callable[[], T | None], timeout: float) -> T | None:
         """Call ``check`` until it returns something or ``timeout`` passes.
 
-        ``check`` runs once at once, then after every notification of one of ``keys``
-        and at least every ``recheck`` seconds.
+        ``check`` runs once at once, then after every wake-up of one of ``keys`` and at
+        least every ``recheck`` seconds. The waiter is registered before the first
+        check, so a wake-up that comes while ``check`` runs is not lost.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:

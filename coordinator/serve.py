@@ -58,6 +58,7 @@ def _post_worker_init(worker: Any) -> None:
             app.extensions["dffmpeg.draining"].set()
             app.extensions["dffmpeg.notifier"].shutdown()
             app.extensions["dffmpeg.janitor"].stop()
+            app.extensions["dffmpeg.wakeups"].stop()
         original(sig, frame)
 
     worker.handle_exit = handle_exit

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from tests import databases
 from tests.helpers import (
     SignedClient,
     admin,
@@ -66,9 +67,27 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory, ffmpeg: str) -> Path:
     return root
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--databases",
+        default=None,
+        help="comma-separated database kinds the database_url fixture covers "
+        f"({', '.join(databases.KINDS)}; default: env {databases.ENV} or sqlite)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses a database runs once per selected database kind."""
+    if "database_kind" in metafunc.fixturenames:
+        kinds = databases.selected(metafunc.config.getoption("--databases"))
+        metafunc.parametrize("database_kind", kinds)
+
+
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'coordinator.db'}"
+def database_url(database_kind: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the kind under test, dropped after the test."""
+    with databases.fresh_database(database_kind, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from coordinator import models  # noqa: F401  (registers the tables on Base.metadata)
+from coordinator import models, wakeups  # noqa: F401  (registers the tables on Base.metadata)
 from coordinator.db import Base
 
 engine = context.config.attributes["engine"]

@@ -1,0 +1,53 @@
+"""wake-up counters and the indexes the hot queries were missing
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-26 02:50:00
+
+* ``wakeups``: the fixed set of counters that carries wake-ups between coordinator
+  processes (coordinator/wakeups.py); all rows are made here, so bumping one is a
+  plain UPDATE on every database.
+* ``ix_jobs_created_at``: ``job list`` (admin) orders every job by creation, newest first.
+* ``ix_jobs_requester_created``: a client's ``job list`` filters by requester and orders
+  by creation.
+* ``ix_jobs_state_client_lease``: the janitor's search for monitored jobs whose client
+  went away reads live states by client lease instead of every job ever run.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+BUCKETS = 256  # must match coordinator.wakeups.BUCKETS
+
+
+def upgrade() -> None:
+    wakeups = op.create_table(
+        "wakeups",
+        sa.Column("bucket", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("bucket", name=op.f("pk_wakeups")),
+    )
+    op.bulk_insert(wakeups, [{"bucket": b, "version": 0} for b in range(BUCKETS)])
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_jobs_created_at", ["created_at"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_requester_created", ["requester", "created_at"], unique=False
+        )
+        batch_op.create_index(
+            "ix_jobs_state_client_lease", ["state", "client_lease_expires_at"], unique=False
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_state_client_lease")
+        batch_op.drop_index("ix_jobs_requester_created")
+        batch_op.drop_index("ix_jobs_created_at")
+    op.drop_table("wakeups")

@@ -1,0 +1,145 @@
+"""Wake-ups between coordinator processes and instances, through the database.
+
+Several coordinator processes (gunicorn workers, instances behind a load balancer) share
+one database but not memory: a job submitted to one must wake the worker long-polling
+another at once, not on the next periodic re-check. Without a broker the database
+carries it, in a way that works the same on SQLite, MariaDB and PostgreSQL:
+
+* the ``wakeups`` table holds a fixed number of counters (``BUCKETS`` rows, made by the
+  migrations); a key such as ``worker:w1`` maps to one row by a stable hash;
+* ``notify`` (after the writer committed) queues the key's bucket; this module's thread
+  bumps the queued counters in one short transaction;
+* the same thread reads all counters every ``interval`` seconds and wakes the local
+  waiters whose keys map to a counter that moved.
+
+The table never grows, the poll is one indexed read of a few hundred tiny rows, and
+two keys sharing a bucket only cause a harmless extra check. Because a waiter registers
+before its first check and the counters are read continuously, a bump that lands after
+a check is always seen by a later read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+
+from sqlalchemy import BigInteger, Engine, Integer, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coordinator.db import Base
+from coordinator.notify import Notifier
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 256
+DEFAULT_INTERVAL = 0.025
+# A failing database is reported at most this often, not on every poll.
+ERROR_LOG_SECONDS = 60.0
+
+
+class WakeupCounter(Base):
+    """One wake-up counter; keys share the ``BUCKETS`` rows by hash."""
+
+    __tablename__ = "wakeups"
+
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def bucket_of(key: str) -> int:
+    """A hash that every process agrees on (Python's ``hash`` differs per process)."""
+    return zlib.crc32(key.encode()) % BUCKETS
+
+
+class DatabaseWakeups:
+    """Publishes this process's notifications and delivers everyone else's."""
+
+    def __init__(
+        self, engine: Engine, notifier: Notifier, interval: float = DEFAULT_INTERVAL
+    ) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self.interval = interval
+        self._pending: set[int] = set()
+        self._pending_lock = threading.Lock()
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._seen: dict[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._last_error_log = 0.0
+        notifier.subscribe(self.publish)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wakeups", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def publish(self, keys: tuple[str, ...]) -> None:
+        """Notifier listener: queue the keys' counters for the next bump (never blocks)."""
+        with self._pending_lock:
+            self._pending.update(bucket_of(key) for key in keys)
+        self._kick.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._kick.wait(self.interval)
+            self._kick.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.flush()
+                self.poll()
+            except SQLAlchemyError:
+                self._report()
+                self._stop.wait(min(1.0, self.interval * 10))
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_SECONDS:
+            self._last_error_log = now
+            log.exception("cross-process wake-ups failed; waiters fall back to re-checks")
+
+    def flush(self) -> None:
+        """Bump every queued counter in one transaction."""
+        with self._pending_lock:
+            buckets, self._pending = sorted(self._pending), set()
+        if not buckets:
+            return
+        try:
+            with self.engine.begin() as conn:
+                # One row per statement, in ascending order: two processes bumping the
+                # same counters take the row locks in the same order and cannot deadlock.
+                for bucket in buckets:
+                    conn.execute(
+                        update(WakeupCounter)
+                        .where(WakeupCounter.bucket == bucket)
+                        .values(version=WakeupCounter.version + 1)
+                    )
+        except SQLAlchemyError:
+            with self._pending_lock:
+                self._pending.update(buckets)  # try again on the next round
+            raise
+
+    def poll(self) -> None:
+        """Read all counters; wake local waiters whose keys map to one that moved."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(WakeupCounter.bucket, WakeupCounter.version)).all()
+            conn.rollback()
+        current = {int(bucket): int(version) for bucket, version in rows}
+        previous, self._seen = self._seen, current
+        if previous is None:
+            return
+        moved = {b for b, v in current.items() if previous.get(b) != v}
+        if not moved:
+            return
+        keys = [key for key in self.notifier.waiting_keys() if bucket_of(key) in moved]
+        if keys:
+            self.notifier.wake(*keys)
