@@ -1,0 +1,176 @@
+"""Migrations: create, upgrade with data kept, refuse an old schema, indexes really made."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, column, create_engine, func, select, table, text
+
+from coordinator import schema
+from coordinator.db import Base
+from coordinator.wakeups import BUCKETS, WakeupCounter
+from tests.helpers import process_env, write_yaml
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = create_engine(database_url, **schema.engine_options(database_url))
+    yield eng
+    eng.dispose()
+
+
+def _seed_0001(engine: Engine) -> None:
+    """Rows as a coordinator of revision 0001 wrote them (plain SQL, no current models)."""
+    users = table(
+        "users", column("client_id"), column("role"), column("hmac_key"), column("created_at")
+    )
+    jobs = table(
+        "jobs",
+        *(
+            column(name)
+            for name in (
+                "id",
+                "requester",
+                "binary",
+                "args",
+                "cwd",
+                "env",
+                "path_variables",
+                "client_paths",
+                "mode",
+                "priority",
+                "state",
+                "created_at",
+                "updated_at",
+                "finished_at",
+                "exit_code",
+            )
+        ),
+    )
+    when = datetime(2026, 1, 2, 3, 4, 5)
+    with engine.begin() as conn:
+        conn.execute(
+            users.insert(),
+            [
+                {"client_id": "alice", "role": "client", "hmac_key": "k1", "created_at": when},
+                {"client_id": "w1", "role": "worker", "hmac_key": "k2", "created_at": when},
+            ],
+        )
+        conn.execute(
+            jobs.insert(),
+            [
+                {
+                    "id": f"job{i}",
+                    "requester": "alice",
+                    "binary": "ffprobe",
+                    "args": '["-version"]',
+                    "cwd": None,
+                    "env": "{}",
+                    "path_variables": "[]",
+                    "client_paths": "{}",
+                    "mode": "active",
+                    "priority": 0,
+                    "state": "completed" if i % 2 else "pending",
+                    "created_at": when,
+                    "updated_at": when,
+                    "finished_at": when if i % 2 else None,
+                    "exit_code": 0 if i % 2 else None,
+                }
+                for i in range(4)
+            ],
+        )
+
+
+def test_upgrade_from_0001_keeps_users_and_jobs(engine: Engine, database_url: str) -> None:
+    command.upgrade(schema.alembic_config(engine), "0001")
+    _seed_0001(engine)
+    with pytest.raises(schema.SchemaError, match=r"dffmpeg-admin --config FILE db upgrade"):
+        schema.ensure_current(engine)
+
+    before, after = schema.upgrade(engine)
+
+    assert (before, after) == ("0001", schema.head_revision())
+    schema.ensure_current(engine)  # no longer refused
+    from coordinator import create_app
+    from coordinator.models import Job, User
+
+    app = create_app({"database_url": database_url}, start_janitor=False)
+    with app.app_context():
+        from coordinator.db import db
+
+        assert {u.client_id: u.role for u in db.session.scalars(select(User))} == {
+            "alice": "client",
+            "w1": "worker",
+        }
+        jobs = {j.id: j for j in db.session.scalars(select(Job))}
+        assert sorted(jobs) == ["job0", "job1", "job2", "job3"]
+        assert jobs["job1"].state == "completed" and jobs["job1"].args == ["-version"]
+        assert jobs["job0"].created_at.isoformat() == "2026-01-02T03:04:05+00:00"
+        assert db.session.scalar(select(func.count()).select_from(WakeupCounter)) == BUCKETS
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_migrations_create_everything_the_models_declare(engine: Engine) -> None:
+    """Autogenerate finds nothing to add: every declared table and index exists."""
+    schema.upgrade(engine)
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    # Only structural differences count; backends report column types their own way.
+    structural = [d for d in diffs if isinstance(d, tuple) and d[0].endswith(("_table", "_index"))]
+    assert structural == []
+
+
+def _coordinator_config(tmp_path: Path, database_url: str) -> Path:
+    return write_yaml(tmp_path / "coordinator.yaml", {"database_url": database_url, "port": 1})
+
+
+def test_coordinator_refuses_an_old_schema_and_admin_upgrades_it(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    command.upgrade(schema.alembic_config(engine), "0001")
+    config = _coordinator_config(tmp_path, database_url)
+    env = process_env()
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "coordinator.serve", "--config", str(config)],
+        capture_output=True,
+        env=env,
+        timeout=30,
+    )
+    assert refused.returncode == 3
+    assert b"dffmpeg-admin --config FILE db upgrade" in refused.stderr
+
+    upgraded = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator.admin_cli",
+            "--config",
+            str(config),
+            "db",
+            "upgrade",
+            "--json",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert b'"from": "0001"' in upgraded.stdout
+    assert schema.current_revision(engine) == schema.head_revision()
+
+
+def test_upgrade_is_idempotent_and_creates_an_empty_database(engine: Engine) -> None:
+    assert schema.upgrade(engine) == (None, schema.head_revision())
+    assert schema.upgrade(engine) == (schema.head_revision(), schema.head_revision())
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM wakeups")).scalar_one() == BUCKETS
