@@ -1,0 +1,123 @@
+"""Wake-ups cross coordinator instances through the database, promptly, on every backend.
+
+Two apps on one database stand for two coordinator instances: separate notifiers,
+engines and wake-up threads, sharing only the database. Their periodic re-check is set
+to a minute, so only the database wake-up path can deliver within the test's bounds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from coordinator.wakeups import bucket_of
+from tests.helpers import SignedClient, process_env
+
+RECHECK = 60.0
+
+
+@pytest.fixture
+def two_instances(database_url: str) -> Iterator[tuple[Flask, Flask]]:
+    from coordinator import create_app
+    from coordinator.db import db
+
+    settings = {"database_url": database_url, "recheck_seconds": RECHECK}
+    first = create_app(settings, start_janitor=False, start_wakeups=True)
+    second = create_app(settings, start_janitor=False, start_wakeups=True)
+    yield first, second
+    for app in (first, second):
+        app.extensions["dffmpeg.wakeups"].stop()
+        with app.app_context():
+            db.engine.dispose()
+
+
+def _clients(first: Flask, second: Flask) -> tuple[SignedClient, SignedClient]:
+    from coordinator import users
+
+    with first.app_context():
+        client_key = users.add_user("alice", "client")["hmac_key"]
+        worker_key = users.add_user("w1", "worker")["hmac_key"]
+    return (
+        SignedClient(first.test_client(), "alice", client_key),
+        SignedClient(second.test_client(), "w1", worker_key),
+    )
+
+
+def test_job_submitted_to_one_instance_wakes_a_worker_polling_another(
+    two_instances: tuple[Flask, Flask],
+) -> None:
+    first, second = two_instances
+    client, worker = _clients(first, second)
+    register = {"slots": 1, "binaries": {"ffprobe": "/usr/bin/ffprobe"}}
+    assert worker.post("/api/v1/workers/register", json_body=register).status_code == 200
+    result: dict[str, Any] = {}
+
+    def poll() -> None:
+        reply = worker.get("/api/v1/workers/poll?wait=20")
+        result["jobs"] = reply.get_json()["jobs"]
+        result["at"] = time.monotonic()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    # Let the poll reach its wait (its first check finds nothing).
+    time.sleep(0.5)
+    assert "jobs" not in result
+    submitted = time.monotonic()
+    reply = client.post("/api/v1/jobs", json_body={"binary": "ffprobe", "args": ["-version"]})
+    assert reply.status_code == 201
+    poller.join(timeout=25)
+    assert [j["job_id"] for j in result["jobs"]] == [reply.get_json()["job"]["job_id"]]
+    # Far below the one-minute re-check; the target is well under half a second.
+    assert result["at"] - submitted < 0.5
+
+
+def test_output_written_through_one_instance_wakes_a_reader_on_another(
+    two_instances: tuple[Flask, Flask],
+) -> None:
+    from coordinator.db import db
+    from coordinator.notify import Notifier
+
+    first, second = two_instances
+    reader: Notifier = second.extensions["dffmpeg.notifier"]
+    writer: Notifier = first.extensions["dffmpeg.notifier"]
+    flag = threading.Event()
+    woke: list[float] = []
+
+    def wait() -> None:
+        # The check reads the database like a real long-poll would.
+        def check() -> bool | None:
+            with second.app_context():
+                db.session.execute(db.select(1)).scalar_one()
+            return True if flag.is_set() else None
+
+        if reader.wait_for(["output:job-x"], check, timeout=20):
+            woke.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    sent = time.monotonic()
+    flag.set()
+    writer.notify("output:job-x")
+    thread.join(timeout=25)
+    assert woke and woke[0] - sent < 0.5
+
+
+def test_keys_map_to_stable_buckets_across_processes() -> None:
+    """Every coordinator process must agree on a key's counter (no per-process hash)."""
+    keys = ["jobs", "worker:w1", "output:0123456789abcdef"]
+    code = (
+        "import sys; from coordinator.wakeups import bucket_of; "
+        "print([bucket_of(k) for k in sys.argv[1:]])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *keys], capture_output=True, env=process_env(), check=True
+    )
+    assert out.stdout.decode().strip() == str([bucket_of(k) for k in keys])
