@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import Any
 
-from flask import Flask
+from flask import Flask, has_app_context
 
 from coordinator import api, errors, health, schema
 from coordinator.db import db as database
@@ -19,6 +19,12 @@ from coordinator.wakeups import DatabaseWakeups
 from dffmpeg.config import CoordinatorConfig, load_coordinator
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def _end_transaction() -> None:
+    """Give the request's pooled connection back before a long-poll sleeps."""
+    if has_app_context():
+        database.session.commit()
 
 
 def create_app(
@@ -57,7 +63,7 @@ def create_app(
     schema.install_sqlite_pragmas(app)
     # Wake-ups from other processes arrive through the database (coordinator.wakeups);
     # the periodic re-check is only a safety net.
-    notifier = Notifier(recheck=settings.recheck_seconds or 5.0)
+    notifier = Notifier(recheck=settings.recheck_seconds or 5.0, before_wait=_end_transaction)
     app.extensions["dffmpeg.notifier"] = notifier
     app.extensions["dffmpeg.draining"] = threading.Event()
     errors.register(app)

@@ -20,8 +20,17 @@ T = TypeVar("T")
 
 
 class Notifier:
-    def __init__(self, recheck: float = 1.0) -> None:
+    """Long-poll waits and wake-ups.
+
+    ``before_wait`` runs each time a waiter is about to block: the coordinator ends the
+    request's database transaction there, so a long-poll never holds a pooled
+    connection while it sleeps (a lazy load inside ``check`` would otherwise keep one,
+    and a few dozen waiting polls would starve every other request of connections).
+    """
+
+    def __init__(self, recheck: float = 1.0, before_wait: Callable[[], None] | None = None) -> None:
         self.recheck = recheck
+        self.before_wait = before_wait
         self._lock = threading.Condition()
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, int] = {}
@@ -88,6 +97,8 @@ class Notifier:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed:
                     return None
+                if self.before_wait is not None:
+                    self.before_wait()
                 with self._lock:
                     self._lock.wait_for(
                         functools.partial(self._changed, keys, seen),

@@ -30,7 +30,13 @@ def engine_options(url: str) -> dict[str, Any]:
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         # Long busy timeout: SQLite has one writer, the others wait instead of failing.
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        # A pool as large as a process's request threads: SQLite connections cost
+        # little, and a request never waits for one.
+        return {
+            "connect_args": {"timeout": 30, "check_same_thread": False},
+            "pool_size": 10,
+            "max_overflow": 30,
+        }
     options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
     if backend in ("mysql", "mariadb"):
         # Long-polls re-read rows in a loop; under REPEATABLE READ they would not see
