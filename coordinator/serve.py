@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="coordinator YAML config file")
     parser.add_argument("--host", help="override the config's host")
     parser.add_argument("--port", type=int, help="override the config's port")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="override the config's gunicorn_workers (processes; all share the database)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="override the config's gunicorn_threads (per process)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -91,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         settings.host = args.host
     if args.port:
         settings.port = args.port
+    if args.workers:
+        settings.gunicorn_workers = args.workers
+    if args.threads:
+        settings.gunicorn_threads = args.threads
     try:
         prepare_database(settings)
     except schema.SchemaError as exc:

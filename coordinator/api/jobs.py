@@ -183,13 +183,19 @@ def read_output(job_id: str) -> ResponseReturnValue:
         if is_requester:
             # Reading is the client's heartbeat: a monitored job lives while it is watched.
             job.client_lease_expires_at = now_utc() + _client_lease()
+        # The state is read before the frames: a worker's output commits before its
+        # finish, so frames read after a final state was seen are complete. The other
+        # order loses output on MariaDB/PostgreSQL, where each statement of a
+        # READ COMMITTED transaction sees a later moment than the one before.
+        state = JobState(
+            db.session.execute(db.select(Job.state).where(Job.id == job_id)).scalar_one()
+        )
         frames = streams.read_output(job_id, after)
         if frames:
             return frames
-        db.session.refresh(job)
-        state = JobState(job.state)
-        db.session.commit()
         if state.terminal:
+            db.session.refresh(job)
+            db.session.commit()
             return [status_frame(_final_status(job))]
         return None
 
