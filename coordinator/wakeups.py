@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import zlib
+from collections import Counter
 
 from sqlalchemy import BigInteger, Engine, Integer, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -70,6 +71,9 @@ class DatabaseWakeups:
         self._stop = threading.Event()
         self._seen: dict[int, int] | None = None
         self._total = 0
+        # Bumps this process made since the last read: its own waiters were woken
+        # directly already, so a counter that moved only by these wakes nobody.
+        self._own: Counter[int] = Counter()
         self._thread: threading.Thread | None = None
         self._last_error_log = 0.0
         notifier.subscribe(self.publish)
@@ -128,6 +132,7 @@ class DatabaseWakeups:
                         .where(WakeupCounter.bucket == bucket)
                         .values(version=WakeupCounter.version + 1)
                     )
+            self._own.update(buckets)
         except SQLAlchemyError:
             with self._pending_lock:
                 self._pending.update(buckets)  # try again on the next round
@@ -150,11 +155,13 @@ class DatabaseWakeups:
         current = {int(bucket): int(version) for bucket, version in rows}
         self._total = sum(current.values())
         previous, self._seen = self._seen, current
+        own, self._own = self._own, Counter()
+        waiting = self.notifier.waiting_keys()
         if previous is None:
+            # No baseline yet: whatever the first waiters missed, they check once more.
+            self.notifier.wake(*waiting)
             return
-        moved = {b for b, v in current.items() if previous.get(b) != v}
-        if not moved:
-            return
-        keys = [key for key in self.notifier.waiting_keys() if bucket_of(key) in moved]
+        moved = {b for b, v in current.items() if v - previous.get(b, 0) > own[b]}
+        keys = [key for key in waiting if bucket_of(key) in moved]
         if keys:
             self.notifier.wake(*keys)

