@@ -13,11 +13,13 @@ Not run by the test suite. Needs the database servers on 127.0.0.1 for those kin
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.db_wakeup import cpu_seconds
 from tests import databases
 from tests.multicluster import multi_cluster, run_jobs
 
@@ -32,16 +34,19 @@ def measure(kind: str, jobs: int, instances: int, processes: int, workers: int, 
             ) as cluster,
         ):
             run_jobs(cluster, 20)  # warm-up: connections, pools, imports
+            cpu_before = cpu_seconds(str(root))
             started = time.monotonic()
             results = run_jobs(cluster, jobs)
             elapsed = time.monotonic() - started
+            cpu = cpu_seconds(str(root)) - cpu_before
     ok = sum(1 for r in results if r.status.get("state") == "completed")
     latencies = sorted(r.done_at - r.submitted_at for r in results)
     print(
         f"{kind:10s} {instances}x{processes} coordinators, {workers}x{slots} slots: "
         f"{ok}/{jobs} jobs in {elapsed:.1f} s = {ok / elapsed:.1f} jobs/s; "
         f"submit->final median {statistics.median(latencies) * 1000:.0f} ms, "
-        f"p95 {latencies[int(len(latencies) * 0.95) - 1] * 1000:.0f} ms",
+        f"p95 {latencies[int(len(latencies) * 0.95) - 1] * 1000:.0f} ms; "
+        f"coordinator CPU {cpu / jobs * 1000:.0f} ms per job; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 

@@ -43,14 +43,14 @@ def _worker_identity(database_url: str) -> str:
     return key
 
 
-def _cpu_seconds(marker: str) -> float:
-    """CPU time of every process whose command line mentions ``marker``."""
+def cpu_seconds(marker: str, kind: str = "coordinator") -> float:
+    """CPU time of every ``kind`` process whose command line mentions ``marker``."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if marker not in cmdline or "coordinator" not in cmdline:
+            if marker not in cmdline or kind not in cmdline:
                 continue
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
@@ -78,7 +78,7 @@ def measure(kind: str, samples: int, idle_seconds: float) -> None:
         f"{kind:10s} cross-instance wake-up over {samples} jobs: "
         f"median {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
         f"max {latencies[-1] * 1000:.0f} ms; idle: {idle * 100:.1f}% of one core "
-        "for 4 coordinator processes",
+        f"for 4 coordinator processes; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
@@ -113,9 +113,9 @@ def _idle_cost(root: Path, worker: Api, seconds: float) -> float:
     poller = threading.Thread(target=keep_polling)
     poller.start()
     time.sleep(1.0)
-    before = _cpu_seconds(str(root))
+    before = cpu_seconds(str(root))
     time.sleep(seconds)
-    used = _cpu_seconds(str(root)) - before
+    used = cpu_seconds(str(root)) - before
     stop.set()
     poller.join()
     return used / seconds
