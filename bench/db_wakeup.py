@@ -70,20 +70,24 @@ def measure(kind: str, samples: int, idle_seconds: float) -> None:
                 client = cluster.api("c0", 0)
                 register = {"slots": 1, "binaries": {BINARY: "/bin/true"}}
                 worker_b.call("POST", "/workers/register", json_body=register)
-                latencies = [_one(client, worker_a, worker_b) for _ in range(samples)]
+                pairs = [_one(client, worker_a, worker_b) for _ in range(samples)]
+                latencies = [p[0] for p in pairs]
+                submits = sorted(p[1] for p in pairs)
                 idle = _idle_cost(root, worker_b, idle_seconds)
     latencies.sort()
     p95 = latencies[max(0, int(len(latencies) * 0.95) - 1)]
     print(
         f"{kind:10s} cross-instance wake-up over {samples} jobs: "
         f"median {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-        f"max {latencies[-1] * 1000:.0f} ms; idle: {idle * 100:.1f}% of one core "
+        f"max {latencies[-1] * 1000:.0f} ms (of which the submit request itself: median "
+        f"{statistics.median(submits) * 1000:.0f} ms); idle: {idle * 100:.1f}% of one core "
         f"for 4 coordinator processes; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
 
-def _one(client: Api, worker_a: Api, worker_b: Api) -> float:
+def _one(client: Api, worker_a: Api, worker_b: Api) -> tuple[float, float]:
+    """(submit start -> worker's poll returns, the submit request's own duration)"""
     got: dict[str, Any] = {}
 
     def poll() -> None:
@@ -95,12 +99,13 @@ def _one(client: Api, worker_a: Api, worker_b: Api) -> float:
     time.sleep(random.uniform(0.15, 0.35))  # the poll is waiting by now
     started = time.monotonic()
     job = client.call("POST", "/jobs", json_body={"binary": BINARY, "args": ["x", "0"]}, timeout=30)
+    submitted = time.monotonic() - started
     poller.join()
     job_id = job["job"]["job_id"]
     assert [j["job_id"] for j in got["reply"]["jobs"]] == [job_id], got
     worker_a.call("POST", f"/jobs/{job_id}/accept")
     worker_a.call("POST", f"/jobs/{job_id}/finish", json_body={"exit_code": 0})
-    return float(got["at"] - started)
+    return float(got["at"] - started), submitted
 
 
 def _idle_cost(root: Path, worker: Api, seconds: float) -> float:
