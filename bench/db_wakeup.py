@@ -30,6 +30,8 @@ from client.api import Api
 from tests import databases
 from tests.multicluster import BINARY, multi_cluster
 
+PROCESSES = int(os.environ.get("DFFMPEG_BENCH_PROCESSES", "2"))
+
 
 def _worker_identity(database_url: str) -> str:
     from coordinator import create_app, users
@@ -64,7 +66,7 @@ def measure(kind: str, samples: int, idle_seconds: float) -> None:
         root = Path(tmp)
         with databases.fresh_database(kind, root) as url:
             key = _worker_identity(url)
-            with multi_cluster(root, url, instances=2, processes=2, workers=0) as cluster:
+            with multi_cluster(root, url, instances=2, processes=PROCESSES, workers=0) as cluster:
                 worker_a = Api(cluster.urls[0], "bench-worker", key)
                 worker_b = Api(cluster.urls[1], "bench-worker", key)
                 client = cluster.api("c0", 0)
