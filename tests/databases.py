@@ -70,9 +70,13 @@ def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
             yield template.format(name=name)
         finally:
             drop = f"DROP DATABASE IF EXISTS {name}"
-            if kind == "postgresql":
-                drop += " WITH (FORCE)"  # coordinator processes may still hold connections
             with admin.connect() as conn:
+                if kind == "postgresql":
+                    drop += " WITH (FORCE)"  # coordinator processes may still be connected
+                else:
+                    # A connection left in a transaction would block the drop for ever;
+                    # fail the test's teardown instead, naming the leak.
+                    conn.execute(text("SET SESSION lock_wait_timeout = 20"))
                 conn.execute(text(drop))
     finally:
         admin.dispose()
