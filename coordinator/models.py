@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import UTCDateTime, db, now_utc
@@ -21,12 +31,15 @@ class User(db.Model):  # type: ignore[name-defined]
     role: Mapped[str] = mapped_column(String(16))
     hmac_key: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+    # CIDRs this identity may connect from; empty means anywhere (see coordinator/auth.py).
+    allowed_networks: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "client_id": self.client_id,
             "role": self.role,
             "created_at": self.created_at.isoformat(),
+            "allowed_networks": list(self.allowed_networks or []),
         }
 
 
@@ -54,11 +67,15 @@ class Worker(db.Model):  # type: ignore[name-defined]
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
     lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Set by an operator: the worker keeps its running jobs but is given no new ones.
+    # Separate from ``state`` so that it survives the worker restarting and registering.
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,
             "state": self.state,
+            "drained": bool(self.drained),
             "slots": self.slots,
             "labels": self.labels,
             "binaries": sorted(self.binaries),
@@ -99,6 +116,8 @@ class Job(db.Model):  # type: ignore[name-defined]
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     client_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The latest ffmpeg progress seen in the job's stderr (coordinator/progress.py).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +136,7 @@ class Job(db.Model):  # type: ignore[name-defined]
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "progress": self.progress,
         }
 
     def assignment(self) -> dict[str, Any]:

@@ -30,9 +30,19 @@ def active_count(worker_id: str) -> int:
     return int(db.session.execute(stmt).scalar_one())
 
 
+def slots_used() -> dict[str, int]:
+    """Active jobs per worker, from one grouped query over the (worker_id, state) index."""
+    stmt = (
+        db.select(Job.worker_id, func.count())
+        .where(Job.worker_id.is_not(None), Job.state.in_(ACTIVE_STATES))
+        .group_by(Job.worker_id)
+    )
+    return {str(w): int(n) for w, n in db.session.execute(stmt)}
+
+
 def claim(worker: Worker) -> list[str]:
     """Assign pending jobs to ``worker`` up to its free slots; return their ids."""
-    if worker.state != "online":
+    if worker.state != "online" or worker.drained:
         return []
     free = worker.slots - active_count(worker.worker_id)
     if free <= 0:

@@ -145,13 +145,59 @@ def poll() -> ResponseReturnValue:
 @requires(Role.ADMIN)
 def list_workers() -> ResponseReturnValue:
     workers = db.session.execute(db.select(Worker).order_by(Worker.worker_id)).scalars()
-    return jsonify({"workers": [w.to_dict() for w in workers]})
+    used = scheduler.slots_used()
+    return jsonify({"workers": [admin_view(w, used.get(w.worker_id, 0)) for w in workers]})
+
+
+def admin_view(worker: Worker, slots_used: int) -> dict[str, Any]:
+    """What an operator sees of a worker: the listing plus load and binary versions."""
+    return {**worker.to_dict(), "slots_used": slots_used, "binary_versions": worker.binaries}
+
+
+def _admin_worker(worker_id: str) -> Worker:
+    worker = db.session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id}")
+    return worker
 
 
 @bp.get("/<worker_id>")
 @requires(Role.ADMIN)
 def show_worker(worker_id: str) -> ResponseReturnValue:
-    worker = db.session.get(Worker, worker_id)
-    if worker is None:
-        raise NotFound(f"no worker {worker_id}")
-    return jsonify({"worker": {**worker.to_dict(), "binaries": worker.binaries}})
+    worker = _admin_worker(worker_id)
+    view = admin_view(worker, scheduler.active_count(worker_id))
+    return jsonify({"worker": {**view, "binaries": worker.binaries}})
+
+
+@bp.post("/<worker_id>/drain")
+@requires(Role.ADMIN)
+def drain(worker_id: str) -> ResponseReturnValue:
+    """Give the worker no new jobs; the ones it runs finish normally."""
+    worker = _admin_worker(worker_id)
+    worker.drained = True
+    db.session.commit()
+    return jsonify({"worker": admin_view(worker, scheduler.active_count(worker_id))})
+
+
+@bp.post("/<worker_id>/resume")
+@requires(Role.ADMIN)
+def resume(worker_id: str) -> ResponseReturnValue:
+    worker = _admin_worker(worker_id)
+    worker.drained = False
+    db.session.commit()
+    notifier().notify(f"worker:{worker_id}")
+    return jsonify({"worker": admin_view(worker, scheduler.active_count(worker_id))})
+
+
+@bp.delete("/<worker_id>")
+@requires(Role.ADMIN)
+def remove(worker_id: str) -> ResponseReturnValue:
+    """Forget a worker that is gone for good. A live one registers again on its own;
+    to keep it out, drain it or delete its user."""
+    worker = _admin_worker(worker_id)
+    busy = scheduler.active_count(worker_id)
+    if busy:
+        raise Conflict(f"worker {worker_id} still holds {busy} job(s); drain it first")
+    db.session.delete(worker)
+    db.session.commit()
+    return jsonify({"removed": worker_id})

@@ -61,6 +61,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(), nullable=True),
         sa.Column("finished_at", sa.DateTime(), nullable=True),
         sa.Column("client_lease_expires_at", sa.DateTime(), nullable=True),
+        sa.Column("progress", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
@@ -95,6 +96,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("hmac_key", sa.String(length=128), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("allowed_networks", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("client_id", name=op.f("pk_users")),
     )
     op.create_table(
@@ -110,6 +112,7 @@ def upgrade() -> None:
         sa.Column("registered_at", sa.DateTime(), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(), nullable=False),
         sa.Column("lease_expires_at", sa.DateTime(), nullable=False),
+        sa.Column("drained", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("worker_id", name=op.f("pk_workers")),
     )
     with op.batch_alter_table("workers", schema=None) as batch_op:

@@ -1,0 +1,109 @@
+"""The console's only way to the coordinator: its admin API, through a signed client.
+
+:class:`ClusterSource` turns API calls into :class:`~console.model.Snapshot` and plain
+results, and every failure into :class:`SourceError` with a sentence an operator can
+act on. It takes any object with the ``call()`` method of :class:`client.api.Api`, so
+tests can hand it a real ``Api`` or, for screenshots, a fixed-data stand-in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from client.api import ApiError, AuthError, Unreachable
+from console.model import JOB_PAGE, JobFilter, Snapshot
+
+# Network calls of the console never wait long: a slow coordinator shows as a banner.
+TIMEOUT = 10.0
+
+
+class CallsApi(Protocol):
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class SourceError(Exception):
+    """A failed call; ``kind`` is ``unreachable``, ``auth`` or ``refused``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def describe(exc: Exception) -> SourceError:
+    if isinstance(exc, Unreachable):
+        return SourceError("unreachable", f"cannot reach the coordinator ({exc})")
+    if isinstance(exc, AuthError) and exc.status == 401:
+        return SourceError(
+            "auth", "the coordinator refused our credentials (check client_id and hmac_key)"
+        )
+    if isinstance(exc, AuthError):
+        return SourceError("auth", f"not allowed: {exc.message}")
+    if isinstance(exc, ApiError):
+        return SourceError("refused", exc.message)
+    return SourceError("refused", str(exc))
+
+
+class ClusterSource:
+    def __init__(self, api: CallsApi) -> None:
+        self.api = api
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("timeout", TIMEOUT)
+        try:
+            return self.api.call(method, path, **kwargs)
+        except (ApiError, Unreachable) as exc:
+            raise describe(exc) from exc
+
+    def snapshot(self, job_filter: JobFilter | None = None) -> Snapshot:
+        """One refresh: four requests, each a bounded query on the coordinator."""
+        params: dict[str, Any] = {"limit": JOB_PAGE}
+        if job_filter is not None:
+            params.update(job_filter.server)
+        summary = self._call("GET", "/cluster")
+        workers = self._call("GET", "/workers")["workers"]
+        page = self._call("GET", "/jobs", params=params)
+        users = self._call("GET", "/users")["users"]
+        return Snapshot(summary, workers, page["jobs"], int(page.get("total", 0)), users)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self._call("GET", f"/jobs/{job_id}")["job"]
+        return job
+
+    def stderr(self, job_id: str, kb: int = 16) -> str:
+        return str(self._call("GET", f"/jobs/{job_id}/stderr", params={"kb": kb})["stderr"])
+
+    def cancel_job(self, job_id: str) -> str:
+        job = self._call("POST", f"/jobs/{job_id}/cancel")["job"]
+        return f"job {job_id[:12]} is {job['state']}"
+
+    def add_user(self, client_id: str, role: str, networks: list[str]) -> dict[str, Any]:
+        body = {"client_id": client_id, "role": role, "allowed_networks": networks}
+        user: dict[str, Any] = self._call("POST", "/users", json_body=body)["user"]
+        return user
+
+    def rotate_key(self, client_id: str) -> dict[str, Any]:
+        user: dict[str, Any] = self._call("POST", f"/users/{client_id}/rotate-key")["user"]
+        return user
+
+    def set_networks(self, client_id: str, networks: list[str]) -> str:
+        body = {"allowed_networks": networks}
+        user = self._call("PUT", f"/users/{client_id}/networks", json_body=body)["user"]
+        allowed = ", ".join(user["allowed_networks"]) or "any network"
+        return f"{client_id} may connect from {allowed}"
+
+    def delete_user(self, client_id: str) -> str:
+        self._call("DELETE", f"/users/{client_id}")
+        return f"user {client_id} deleted"
+
+    def drain_worker(self, worker_id: str) -> str:
+        self._call("POST", f"/workers/{worker_id}/drain")
+        return f"worker {worker_id} drained: it gets no new jobs"
+
+    def resume_worker(self, worker_id: str) -> str:
+        self._call("POST", f"/workers/{worker_id}/resume")
+        return f"worker {worker_id} resumed"
+
+    def remove_worker(self, worker_id: str) -> str:
+        self._call("DELETE", f"/workers/{worker_id}")
+        return f"worker {worker_id} removed"
