@@ -20,6 +20,9 @@ TIMEOUT = 10.0
 class CallsApi(Protocol):
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]: ...
 
+    def close(self) -> None:
+        """Close the calling thread's connection (each thread worker opens its own)."""
+
 
 class SourceError(Exception):
     """A failed call; ``kind`` is ``unreachable``, ``auth`` or ``refused``."""
@@ -47,6 +50,10 @@ def describe(exc: Exception) -> SourceError:
 class ClusterSource:
     def __init__(self, api: CallsApi) -> None:
         self.api = api
+
+    def close(self) -> None:
+        """Called by each thread worker when it is done: its connection dies with it."""
+        self.api.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("timeout", TIMEOUT)

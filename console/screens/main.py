@@ -193,13 +193,16 @@ class MainScreen(ConsoleScreen):
     def on_action_done(self, message: ActionDone) -> None:
         self.query_one("#status", Static).update(message.message)
         self.notify(message.message)
+        self.console.action_refresh_now()
 
     def on_action_failed(self, message: ActionFailed) -> None:
         text = f"Refused: {message.message}"
         self.query_one("#status", Static).update(text)
         self.notify(text, severity="error")
+        self.console.action_refresh_now()
 
     def on_key_issued(self, message: KeyIssued) -> None:
         verb = "added" if message.created else "has a new key"
         self.query_one("#status", Static).update(f"user {message.user['client_id']} {verb}")
         self.app.push_screen(KeyScreen(message.user, message.created))
+        self.console.action_refresh_now()
