@@ -31,6 +31,7 @@ class ConsoleApp(App[None]):
     BINDINGS = [Binding("ctrl+r", "refresh_now", "Refresh", show=False)]
     # Narrow terminals get a compact layout (see console.tcss).
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (24, "-tall")]
 
     def __init__(self, api: CallsApi, refresh_seconds: float = REFRESH_SECONDS) -> None:
         super().__init__()

@@ -58,6 +58,7 @@ class JobDetailScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#stderr-box").border_title = f"stderr (last {STDERR_KB} KiB, live)"
         events = self.query_one("#events", DataTable)
         for name in ("at", "from", "to", "reason"):
             events.add_column(name, key=name)

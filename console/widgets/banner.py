@@ -16,7 +16,8 @@ class ConnectionBanner(Static):
 
     def show_problem(self, kind: str, message: str, retry_seconds: float) -> None:
         title = TITLES.get(kind, "Coordinator error")
-        self.update(f"{title}: {message}. Retrying every {retry_seconds:g} s.")
+        retry = f"Retrying every {retry_seconds:g} s" if retry_seconds > 0 else "Press r to retry"
+        self.update(f"{title}: {message}. {retry}.")
         self.set_class(True, "-problem")
 
     def clear_problem(self) -> None:
