@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from client import status
 from client.api import Api
 from client.job import JobSession, explain, report
 from client.submit import build_request, run, submit
@@ -83,33 +84,23 @@ def cmd_job_attach(args: argparse.Namespace, api: Api) -> int:
 
 
 def cmd_status(args: argparse.Namespace, api: Api) -> int:
+    """Your own jobs; with ``--all`` (admin role) the whole cluster, as the console shows it."""
+    params = {"limit": args.limit}
+    if not args.all:
+        page = api.call("GET", "/jobs", params=params)
+        rows = [status.job_row(j, None) for j in page["jobs"]]
+        _emit(args, page, status.text_table(status.JOB_COLUMNS, rows))
+        return 0
     summary = api.call("GET", "/cluster")
     workers = api.call("GET", "/workers")["workers"]
-    jobs = api.call("GET", "/jobs", params={"limit": 50})["jobs"]
-    data = {"summary": summary, "workers": workers, "jobs": jobs}
-    text = "\n\n".join(
-        [
-            "WORKERS\n"
-            + _table(
-                workers,
-                [
-                    "worker_id",
-                    "state",
-                    "slots",
-                    "labels",
-                    "path_variables",
-                    "version",
-                    "last_seen_at",
-                ],
-            ),
-            "JOBS\n"
-            + _table(
-                jobs,
-                ["job_id", "state", "binary", "requester", "worker_id", "exit_code", "created_at"],
-            ),
-        ]
-    )
-    _emit(args, data, text)
+    page = api.call("GET", "/jobs", params=params)
+    data = {
+        "summary": summary,
+        "workers": workers,
+        "jobs": page["jobs"],
+        "jobs_total": page["total"],
+    }
+    _emit(args, data, status.render(summary, workers, page["jobs"], page["total"]))
     return 0
 
 
@@ -142,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", parents=[common], help="the cluster's workers and jobs")
     st.add_argument("--all", action="store_true", help="the whole cluster (admin role)")
+    st.add_argument("--limit", type=int, default=50, help="how many of the newest jobs")
     st.set_defaults(func=cmd_status)
     return parser
 

@@ -7,6 +7,8 @@ jobs. The console talks to it with a real signed ``Api``, exactly as in producti
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -360,3 +362,37 @@ def test_banner_when_unreachable_then_recovers(coordinator: Coordinator, tmp_pat
             await until(pilot, lambda: "wk0" in keys_of(app, "workers"))
 
     drive(None, scenario, api=Api(url, "ops", coordinator.keys["ops"], timeout=5))
+
+
+def client_cli(coord: Coordinator, tmp_path: Path, who: str, *args: str) -> str:
+    config = write_yaml(
+        tmp_path / f"{who}.yaml",
+        {"client_id": who, "hmac_key": coord.keys[who], "coordinator_url": coord.url},
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "client.cli", "--config", str(config), *args],
+        capture_output=True,
+        check=True,
+        env=process_env(),
+        timeout=30,
+    )
+    return out.stdout.decode()
+
+
+def test_status_all_prints_the_cluster_as_text_and_json(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    job_id = submit(coordinator, "carol", "-i", "x.mkv", "y.mkv")
+    text = client_cli(coordinator, tmp_path, "ops", "status", "--all")
+    assert text.startswith("workers: online 3")
+    assert "WORKERS\nWORKER  STATE" in text
+    assert "wk0     online  0/3    gpu,fast  0.1.0    ffmpeg 5.1.8  Media  " in text
+    assert job_id[:12] in text
+    data = json.loads(client_cli(coordinator, tmp_path, "ops", "status", "--all", "--json"))
+    assert {w["worker_id"] for w in data["workers"]} >= {"wk0", "wk1", "wk2"}
+    assert data["jobs_total"] == sum(data["summary"]["jobs_by_state"].values())
+    assert data["jobs"][0]["job_id"] == job_id
+    # Without --all a client sees its own jobs only.
+    submit(coordinator, "dave")
+    mine = json.loads(client_cli(coordinator, tmp_path, "dave", "status", "--json"))
+    assert {j["requester"] for j in mine["jobs"]} == {"dave"}

@@ -15,6 +15,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from client import status
+
 
 @dataclass
 class RowAction(Message):
@@ -76,7 +78,7 @@ class KeyedTable(DataTable[Text]):
 
 
 class JobsTable(KeyedTable):
-    COLUMNS = ("job", "state", "binary", "requester", "worker", "progress", "age", "exit")
+    COLUMNS = tuple(status.JOB_COLUMNS)
     BINDINGS = [
         Binding("enter", "open", "Details"),
         Binding("c", "cancel_job", "Cancel job"),
@@ -90,7 +92,7 @@ class JobsTable(KeyedTable):
 
 
 class WorkersTable(KeyedTable):
-    COLUMNS = ("worker", "state", "slots", "labels", "version", "binaries", "paths", "seen")
+    COLUMNS = tuple(status.WORKER_COLUMNS)
     BINDINGS = [
         Binding("d", "drain", "Drain"),
         Binding("u", "resume", "Resume"),
@@ -108,7 +110,7 @@ class WorkersTable(KeyedTable):
 
 
 class UsersTable(KeyedTable):
-    COLUMNS = ("user", "role", "networks", "created")
+    COLUMNS = tuple(status.USER_COLUMNS)
     BINDINGS = [
         Binding("a", "add", "Add user"),
         Binding("k", "rotate", "Rotate key"),
