@@ -93,6 +93,8 @@ class Job(db.Model):  # type: ignore[name-defined]
         # The claim query: pending jobs by priority, oldest first.
         Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
         Index("ix_jobs_worker_state", "worker_id", "state"),
+        # Job listings, newest first: a page is read from this index, not sorted.
+        Index("ix_jobs_created_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -71,6 +71,7 @@ def upgrade() -> None:
             "ix_jobs_state_priority_created", ["state", "priority", "created_at"], unique=False
         )
         batch_op.create_index("ix_jobs_worker_state", ["worker_id", "state"], unique=False)
+        batch_op.create_index("ix_jobs_created_id", ["created_at", "id"], unique=False)
 
     op.create_table(
         "nonces",
@@ -136,6 +137,7 @@ def downgrade() -> None:
 
     op.drop_table("nonces")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_created_id")
         batch_op.drop_index("ix_jobs_worker_state")
         batch_op.drop_index("ix_jobs_state_priority_created")
         batch_op.drop_index(batch_op.f("ix_jobs_requester"))
