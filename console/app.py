@@ -58,8 +58,6 @@ class ConsoleApp(App[None]):
         except SourceError as exc:
             self.main.post_message(ConnectionProblem(exc.kind, exc.message))
             return
-        finally:
-            self.source.close()
         self.main.post_message(SnapshotReady(snapshot))
 
     def administer(
@@ -86,7 +84,5 @@ class ConsoleApp(App[None]):
             message = ActionFailed(exc.message)
         else:
             message = KeyIssued(result, issued) if issued is not None else ActionDone(str(result))
-        finally:
-            self.source.close()
         # The target's handler refreshes, so the table shows the outcome straight away.
         target.post_message(message)

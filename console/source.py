@@ -8,11 +8,15 @@ tests can hand it a real ``Api`` or, for screenshots, a fixed-data stand-in.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
 
 from client.api import ApiError, AuthError, Unreachable
 from console.model import JOB_PAGE, JobFilter, Snapshot
 
+F = TypeVar("F", bound=Callable[..., Any])
 # Network calls of the console never wait long: a slow coordinator shows as a banner.
 TIMEOUT = 10.0
 
@@ -21,7 +25,7 @@ class CallsApi(Protocol):
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]: ...
 
     def close(self) -> None:
-        """Close the calling thread's connection (each thread worker opens its own)."""
+        """Close the connections this client opened."""
 
 
 class SourceError(Exception):
@@ -47,13 +51,30 @@ def describe(exc: Exception) -> SourceError:
     return SourceError("refused", str(exc))
 
 
+def _exclusive(method: F) -> F:
+    """Run one public operation at a time, then close its connection.
+
+    Every Textual thread worker is a new thread, and the API client keeps one
+    connection per thread; closing after each operation keeps sockets from piling up.
+    The lock makes that close safe (the client closes every thread's connection) and
+    keeps a refresh and an action from racing; each is a few milliseconds.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: ClusterSource, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.api.close()
+
+    return cast(F, wrapper)
+
+
 class ClusterSource:
     def __init__(self, api: CallsApi) -> None:
         self.api = api
-
-    def close(self) -> None:
-        """Called by each thread worker when it is done: its connection dies with it."""
-        self.api.close()
+        self._lock = threading.Lock()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("timeout", TIMEOUT)
@@ -62,6 +83,7 @@ class ClusterSource:
         except (ApiError, Unreachable) as exc:
             raise describe(exc) from exc
 
+    @_exclusive
     def snapshot(self, job_filter: JobFilter | None = None) -> Snapshot:
         """One refresh: four requests, each a bounded query on the coordinator."""
         params: dict[str, Any] = {"limit": JOB_PAGE}
@@ -73,44 +95,54 @@ class ClusterSource:
         users = self._call("GET", "/users")["users"]
         return Snapshot(summary, workers, page["jobs"], int(page.get("total", 0)), users)
 
+    @_exclusive
     def job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = self._call("GET", f"/jobs/{job_id}")["job"]
         return job
 
+    @_exclusive
     def stderr(self, job_id: str, kb: int = 16) -> str:
         return str(self._call("GET", f"/jobs/{job_id}/stderr", params={"kb": kb})["stderr"])
 
+    @_exclusive
     def cancel_job(self, job_id: str) -> str:
         job = self._call("POST", f"/jobs/{job_id}/cancel")["job"]
         return f"job {job_id[:12]} is {job['state']}"
 
+    @_exclusive
     def add_user(self, client_id: str, role: str, networks: list[str]) -> dict[str, Any]:
         body = {"client_id": client_id, "role": role, "allowed_networks": networks}
         user: dict[str, Any] = self._call("POST", "/users", json_body=body)["user"]
         return user
 
+    @_exclusive
     def rotate_key(self, client_id: str) -> dict[str, Any]:
         user: dict[str, Any] = self._call("POST", f"/users/{client_id}/rotate-key")["user"]
         return user
 
+    @_exclusive
     def set_networks(self, client_id: str, networks: list[str]) -> str:
         body = {"allowed_networks": networks}
         user = self._call("PUT", f"/users/{client_id}/networks", json_body=body)["user"]
         allowed = ", ".join(user["allowed_networks"]) or "any network"
         return f"{client_id} may connect from {allowed}"
 
+    @_exclusive
     def delete_user(self, client_id: str) -> str:
         self._call("DELETE", f"/users/{client_id}")
         return f"user {client_id} deleted"
 
+    @_exclusive
     def drain_worker(self, worker_id: str) -> str:
         self._call("POST", f"/workers/{worker_id}/drain")
         return f"worker {worker_id} drained: it gets no new jobs"
 
+    @_exclusive
     def resume_worker(self, worker_id: str) -> str:
         self._call("POST", f"/workers/{worker_id}/resume")
         return f"worker {worker_id} resumed"
 
+    @_exclusive
     def remove_worker(self, worker_id: str) -> str:
         self._call("DELETE", f"/workers/{worker_id}")
         return f"worker {worker_id} removed"

@@ -77,8 +77,6 @@ class JobDetailScreen(ConsoleScreen):
         except SourceError as exc:
             self.post_message(DetailFailed(exc.message))
             return
-        finally:
-            source.close()
         self.post_message(DetailReady(job, stderr))
 
     def on_detail_ready(self, message: DetailReady) -> None:
