@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import socket
 import subprocess
@@ -120,15 +121,22 @@ class QueryLog:
 
 
 async def open_console(api: Api) -> tuple[float, ConsoleApp]:
+    """Seconds from creating the app to 200 job rows in the table.
+
+    Also prints how long Textual itself took to start (the first frame, before any
+    data), which the coordinator's size cannot influence.
+    """
     started = time.perf_counter()
     app = ConsoleApp(api, refresh_seconds=0)
     async with app.run_test(size=(140, 50)) as pilot:
+        ready = time.perf_counter() - started
         while app.main.snapshot is None:
             await pilot.pause(0.01)
         await pilot.pause()
         opened = time.perf_counter() - started
         rows = app.main.query_one("#jobs-table").row_count  # type: ignore[attr-defined]
         assert rows == 200, rows
+    print(f"    (empty screen after {ready:.2f} s, 200 rows after {opened:.2f} s)")
     return opened, app
 
 
@@ -189,6 +197,7 @@ def time_with_real_coordinator(tmp: Path, url_db: str, key: str) -> None:
             fetches.append(time.perf_counter() - t0)
         api.close()
         print(f"one refresh (4 requests) against the coordinator process: {_fmt(fetches)} s")
+        print(f"load average before the console runs: {os.getloadavg()[0]:.1f}")
         times = [asyncio.run(open_console(api))[0] for _ in range(3)]
         print(f"console start to 200 job rows on screen: {_fmt(times)} s")
     finally:

@@ -46,6 +46,7 @@ class JobDetailScreen(ConsoleScreen):
         super().__init__()
         self.job_id = job_id
         self.job: dict[str, Any] | None = None
+        self._first_load = True
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -60,8 +61,8 @@ class JobDetailScreen(ConsoleScreen):
     def on_mount(self) -> None:
         self.query_one("#stderr-box").border_title = f"stderr (last {STDERR_KB} KiB, live)"
         events = self.query_one("#events", DataTable)
-        for name in ("at", "from", "to", "reason"):
-            events.add_column(name, key=name)
+        for name, width in (("at", 19), ("from", 9), ("to", 9), ("reason", None)):
+            events.add_column(name, key=name, width=width)
         self.action_reload()
         self.set_interval(DETAIL_REFRESH_SECONDS, self.action_reload)
 
@@ -106,11 +107,13 @@ class JobDetailScreen(ConsoleScreen):
                     model.cell(event["reason"]),
                 )
         box = self.query_one("#stderr-box", VerticalScroll)
-        at_end = box.scroll_y >= box.max_scroll_y
+        # Follow the tail unless the operator scrolled up to read something.
+        follow = self._first_load or box.scroll_y >= box.max_scroll_y
+        self._first_load = False
         text = "\n".join(model.stderr_lines(message.stderr)) or "(no stderr yet)"
         self.query_one("#stderr", Static).update(text)
-        if at_end:
-            box.scroll_end(animate=False)
+        if follow:
+            self.call_after_refresh(box.scroll_end, animate=False)
 
     def on_detail_failed(self, message: DetailFailed) -> None:
         self.query_one("#status", Static).update(f"Refused: {message.message}")

@@ -60,7 +60,7 @@ class KeyedTable(DataTable[Text]):
                 old = self._shown.get(key, [])
                 for index, (column, value) in enumerate(zip(self.COLUMNS, cells, strict=True)):
                     if index >= len(old) or old[index] != value:
-                        self.update_cell(key, column, Text(value))
+                        self.update_cell(key, column, Text(value), update_width=True)
                 self._shown[key] = cells
             return
         self.clear()
