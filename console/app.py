@@ -9,6 +9,7 @@ fixed-data stand-in.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +19,16 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
-from console.messages import ActionDone, ActionFailed, ConnectionProblem, KeyIssued, SnapshotReady
+from console.messages import (
+    ActionDone,
+    ActionFailed,
+    ConnectionProblem,
+    KeyIssued,
+    RefreshRequested,
+    SnapshotReady,
+)
 from console.screens.main import MainScreen
-from console.source import CallsApi, ClusterSource, SourceError
+from console.source import TIMEOUT, CallsApi, ClusterSource, SourceError
 
 REFRESH_SECONDS = 2.0
 
@@ -33,10 +41,17 @@ class ConsoleApp(App[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (24, "-tall")]
 
-    def __init__(self, api: CallsApi, refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(
+        self,
+        api: CallsApi,
+        refresh_seconds: float = REFRESH_SECONDS,
+        timeout: float = TIMEOUT,
+    ) -> None:
         super().__init__()
-        self.source = ClusterSource(api)
+        self.source = ClusterSource(api, timeout)
         self.refresh_seconds = refresh_seconds
+        self._refreshing = threading.Lock()
+        self._again = False
         self.main = MainScreen()
         sub = getattr(api, "client_id", None)
         self.sub_title = f"as {sub}" if sub else ""
@@ -48,11 +63,29 @@ class ConsoleApp(App[None]):
             self.set_interval(self.refresh_seconds, self.action_refresh_now)
 
     def action_refresh_now(self) -> None:
-        self.load_snapshot()
+        # One refresh at a time: against a hanging coordinator, timer ticks must not
+        # pile up threads that all wait for it.
+        if self._refreshing.acquire(blocking=False):
+            self._again = False
+            self.load_snapshot()
+        else:
+            # Asked while one runs (a new filter, an action's outcome): run once more after.
+            self._again = True
 
-    @work(thread=True, exclusive=True, group="refresh")
+    @work(thread=True, group="refresh")
     def load_snapshot(self) -> None:
         """Fetch one snapshot; a failure becomes the banner, and the timer retries."""
+        try:
+            self._load_snapshot()
+        finally:
+            self._refreshing.release()
+            if self._again:
+                self.post_message(RefreshRequested())
+
+    def on_refresh_requested(self, message: RefreshRequested) -> None:
+        self.action_refresh_now()
+
+    def _load_snapshot(self) -> None:
         try:
             snapshot = self.source.snapshot(self.main.job_filter)
         except SourceError as exc:

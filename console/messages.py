@@ -45,3 +45,7 @@ class KeyIssued(Message):
 
     user: dict[str, Any]
     created: bool
+
+
+class RefreshRequested(Message):
+    """A refresh was asked for while another ran; the app runs one more."""

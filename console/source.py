@@ -72,12 +72,13 @@ def _exclusive(method: F) -> F:
 
 
 class ClusterSource:
-    def __init__(self, api: CallsApi) -> None:
+    def __init__(self, api: CallsApi, timeout: float = TIMEOUT) -> None:
         self.api = api
+        self.timeout = timeout
         self._lock = threading.Lock()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        kwargs.setdefault("timeout", TIMEOUT)
+        kwargs.setdefault("timeout", self.timeout)
         try:
             return self.api.call(method, path, **kwargs)
         except (ApiError, Unreachable) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -102,9 +103,10 @@ def drive(
     scenario: Callable[[ConsoleApp, Pilot[None]], Coroutine[Any, Any, None]],
     api: Api | None = None,
     size: tuple[int, int] = (140, 40),
+    timeout: float = 10.0,
 ) -> None:
     assert api is not None or coord is not None
-    app = ConsoleApp(api or coord.api("ops"), refresh_seconds=0.3)  # type: ignore[union-attr]
+    app = ConsoleApp(api or coord.api("ops"), refresh_seconds=0.3, timeout=timeout)  # type: ignore[union-attr]
 
     async def run() -> None:
         async with app.run_test(size=size) as pilot:
@@ -341,6 +343,38 @@ def test_banner_when_credentials_are_refused(coordinator: Coordinator) -> None:
         assert "Retrying" in str(banner.render())
 
     drive(None, scenario, api=Api(coordinator.url, "ops", "not-the-key"))
+
+
+def test_banner_when_the_identity_is_not_an_admin(coordinator: Coordinator) -> None:
+    async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
+        banner = app.main.query_one(ConnectionBanner)
+        await until(pilot, lambda: banner.has_problem)
+        assert "not allowed: this action needs the role admin" in str(banner.render())
+
+    drive(None, scenario, api=coordinator.api("carol"))
+
+
+def test_keys_work_while_the_coordinator_hangs() -> None:
+    """A coordinator that accepts connections and never answers: the refresh thread
+    waits, the keyboard does not, and the banner says it timed out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        api = Api(f"http://127.0.0.1:{port}", "ops", "k" * 43)
+
+        async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
+            banner = app.main.query_one(ConnectionBanner)
+            for tab, key in (("users", "3"), ("workers", "2"), ("jobs", "1")):
+                await pilot.press(key)
+                assert app.main.query_one(TabbedContent).active == tab
+            # All of that happened while the first refresh was still waiting.
+            assert not banner.has_problem
+            await until(pilot, lambda: banner.has_problem, timeout=15)
+            assert "Coordinator unreachable" in str(banner.render())
+            assert "timed out" in str(banner.render())
+
+        drive(None, scenario, api=api, timeout=4)
 
 
 def test_banner_when_unreachable_then_recovers(coordinator: Coordinator, tmp_path: Path) -> None:

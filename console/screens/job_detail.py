@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class JobDetailScreen(ConsoleScreen):
         self.job_id = job_id
         self.job: dict[str, Any] | None = None
         self._first_load = True
+        self._fetching = threading.Lock()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -67,10 +69,18 @@ class JobDetailScreen(ConsoleScreen):
         self.set_interval(DETAIL_REFRESH_SECONDS, self.action_reload)
 
     def action_reload(self) -> None:
-        self.fetch()
+        # Never more than one fetch in flight, whatever the coordinator's latency.
+        if self._fetching.acquire(blocking=False):
+            self.fetch()
 
-    @work(thread=True, exclusive=True, group="detail")
+    @work(thread=True, group="detail")
     def fetch(self) -> None:
+        try:
+            self._fetch()
+        finally:
+            self._fetching.release()
+
+    def _fetch(self) -> None:
         source = self.console.source
         try:
             job = source.job(self.job_id)
