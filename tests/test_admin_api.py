@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from coordinator import progress
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, encode_frames
 from tests.conftest import Identities
+from tests.helpers import SignedClient, port_open, require
 
 WORKER = {
     "slots": 2,
@@ -77,15 +79,11 @@ def test_add_user_shows_key_once_and_key_works(app: Flask, api: Identities) -> N
     assert len(user["hmac_key"]) >= 32
     listed = api.admin.get("/api/v1/users").get_json()["users"]
     assert "hmac_key" not in next(u for u in listed if u["client_id"] == "jellyfin")
-    from tests.helpers import SignedClient
-
     jellyfin = SignedClient(app.test_client(), "jellyfin", user["hmac_key"])
     assert jellyfin.get("/api/v1/jobs").status_code == 200
 
 
 def test_rotate_key_invalidates_old_key(app: Flask, api: Identities) -> None:
-    from tests.helpers import SignedClient
-
     old = SignedClient(app.test_client(), "alice", api.keys["alice"])
     assert old.get("/api/v1/jobs").status_code == 200
     new_key = api.admin.post("/api/v1/users/alice/rotate-key").get_json()["user"]["hmac_key"]
@@ -277,3 +275,90 @@ def test_cluster_summary_counts(api: Identities) -> None:
     assert summary["workers_by_state"] == {"online": 1}
     assert summary["slots"] == {"total": 2, "used": 2, "accepting_workers": 1}
     assert summary["users_by_role"] == {"admin": 1, "client": 2, "worker": 1}
+
+
+# -- the same queries on MariaDB and PostgreSQL ----------------------------------------
+
+SERVER_DATABASES = {
+    "mariadb": ("127.0.0.1", 3306, "mysql+pymysql://root@127.0.0.1:3306/dffmpeg_console_test"),
+    "postgres": (
+        "127.0.0.1",
+        5432,
+        "postgresql+psycopg://postgres@127.0.0.1:5432/dffmpeg_console_test",
+    ),
+}
+
+
+def _fresh_database(url: str) -> None:
+    """Create this module's own database if needed and empty it (never a shared one)."""
+    from sqlalchemy import MetaData, create_engine, text
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin_db = "postgres" if target.get_backend_name() == "postgresql" else "mysql"
+    server = create_engine(target.set(database=admin_db), isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        if target.get_backend_name() == "postgresql":
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}
+            ).first()
+            if not exists:
+                conn.execute(text(f"CREATE DATABASE {target.database}"))
+        else:
+            conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {target.database}"))
+    server.dispose()
+    engine = create_engine(url)
+    meta = MetaData()
+    meta.reflect(engine)
+    meta.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "postgres"])
+def test_admin_queries_on_server_databases(backend: str) -> None:
+    """Summary, paged filtered listing, drain and progress use portable SQL."""
+    host, port, url = SERVER_DATABASES[backend]
+    require(port_open(host, port), f"{backend} on {host}:{port}")
+    from coordinator import create_app, users
+
+    _fresh_database(url)
+    app = create_app({"database_url": url}, start_janitor=False)
+    try:
+        keys = {}
+        with app.app_context():
+            for client_id, role in (("root", "admin"), ("alice", "client"), ("w1", "worker")):
+                keys[client_id] = users.add_user(client_id, role)["hmac_key"]
+        flask_client = app.test_client()
+        api = Identities(
+            admin=SignedClient(flask_client, "root", keys["root"]),
+            client=SignedClient(flask_client, "alice", keys["alice"]),
+            other_client=SignedClient(flask_client, "alice", keys["alice"]),
+            worker=SignedClient(flask_client, "w1", keys["w1"]),
+            keys=keys,
+        )
+        jobs = [submit(api) for _ in range(3)]
+        claimed = run_on_worker(api)
+        assert len(claimed) == 2
+        write_stderr(
+            api,
+            claimed[0],
+            [b"Duration: 00:00:04.00\nframe=1 fps=1 time=00:00:01.00 bitrate=1k speed=2x\r"],
+        )
+        page = api.admin.get("/api/v1/jobs?limit=2&offset=1&state=running,pending").get_json()
+        assert page["total"] == 3
+        assert len(page["jobs"]) == 2
+        assert {j["job_id"] for j in page["jobs"]} < set(jobs)
+        job = api.admin.get(f"/api/v1/jobs/{claimed[0]}").get_json()["job"]
+        assert job["progress"]["percent"] == 25.0
+        assert api.admin.post("/api/v1/workers/w1/drain").status_code == 200
+        summary = api.admin.get("/api/v1/cluster").get_json()
+        assert summary["slots"] == {"total": 2, "used": 2, "accepting_workers": 0}
+        assert summary["jobs_by_state"] == {"running": 2, "pending": 1}
+        assert api.admin.get("/api/v1/workers").get_json()["workers"][0]["slots_used"] == 2
+        tail = api.admin.get(f"/api/v1/jobs/{claimed[0]}/stderr?kb=1").get_json()
+        assert tail["stderr"].startswith("Duration")
+    finally:
+        from coordinator.db import db
+
+        with app.app_context():
+            db.engine.dispose()

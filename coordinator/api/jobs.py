@@ -308,27 +308,31 @@ def write_output(job_id: str) -> ResponseReturnValue:
     if job.state not in (JobState.RUNNING.value, JobState.CANCELING.value):
         raise Conflict(f"job is {job.state}", state=job.state)
     frames = frames_body()
+    # Read before the append commits (which expires the loaded row): no extra query.
+    previous = job.progress
     added = streams.append_output(job_id, frames)
     if added:
-        _record_progress(job, frames)
+        _record_progress(job_id, previous, frames)
     notifier().notify(f"output:{job_id}")
     return jsonify({"added": added})
 
 
-def _record_progress(job: Job, frames: list[Frame]) -> None:
-    """Keep the latest ffmpeg progress of this append on the job (one small UPDATE)."""
+def _record_progress(job_id: str, previous: dict[str, Any] | None, frames: list[Frame]) -> None:
+    """Keep the latest ffmpeg progress of this append on the job (one small UPDATE).
+
+    The worker is the only writer of a job's output, and so of its progress: reading
+    ``previous`` before the append cannot lose a concurrent update.
+    """
     stderr = b"".join(f.data for f in frames if f.kind == FrameKind.STDERR)
-    if not stderr:
+    latest = progress.parse(stderr, previous) if stderr else None
+    if latest is None or latest == previous:
         return
-    db.session.refresh(job)
-    latest = progress.parse(stderr, job.progress)
-    if latest is not None:
-        db.session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(progress=latest)
-            .execution_options(synchronize_session=False)
-        )
+    db.session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(progress=latest)
+        .execution_options(synchronize_session=False)
+    )
     db.session.commit()
 
 
