@@ -62,6 +62,12 @@ class ConsoleApp(App[None]):
         if self.refresh_seconds > 0:
             self.set_interval(self.refresh_seconds, self.action_refresh_now)
 
+    def exit(self, *args: Any, **kwargs: Any) -> None:
+        """Quit at once: a request still waiting on a hung coordinator is broken off,
+        since the process waits for its thread workers before it ends."""
+        super().exit(*args, **kwargs)
+        self.source.abort()
+
     def action_refresh_now(self) -> None:
         # One refresh at a time: against a hanging coordinator, timer ticks must not
         # pile up threads that all wait for it.

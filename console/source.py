@@ -77,6 +77,12 @@ class ClusterSource:
         self.timeout = timeout
         self._lock = threading.Lock()
 
+    def abort(self) -> None:
+        """Break off a call in flight (the console is quitting); safe from any thread."""
+        abort = getattr(self.api, "abort", None)
+        if abort is not None:
+            abort()
+
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("timeout", self.timeout)
         try:
