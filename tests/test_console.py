@@ -27,6 +27,7 @@ from console.screens.dialogs import ConfirmScreen, KeyScreen
 from console.screens.job_detail import JobDetailScreen
 from console.widgets.banner import ConnectionBanner
 from console.widgets.tables import KeyedTable
+from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, encode_frames
 from tests.helpers import admin, free_port, health, process_env, running, wait_until, write_yaml
 
 WORKER = {
@@ -442,3 +443,46 @@ def test_status_all_prints_the_cluster_as_text_and_json(
     submit(coordinator, "dave")
     mine = json.loads(client_cli(coordinator, tmp_path, "dave", "status", "--json"))
     assert {j["requester"] for j in mine["jobs"]} == {"dave"}
+
+
+def test_progress_and_live_stderr_of_a_running_job(coordinator: Coordinator) -> None:
+    """A worker (through the API) runs a job and streams ffmpeg-like stderr: the jobs
+    table shows progress and speed, the detail screen follows the stderr tail."""
+    body = {"binary": "ffmpeg", "args": ["-i", "x.mkv", "y.mp4"], "priority": 100}
+    job_id = coordinator.call("carol", "POST", "/jobs", json_body=body)["job"]["job_id"]
+    worker = coordinator.api("wk0")
+    claimed = worker.call("GET", "/workers/poll", params={"wait": 0})["jobs"]
+    assert job_id in [j["job_id"] for j in claimed]
+    worker.call("POST", f"/jobs/{job_id}/accept")
+    seq = 0
+
+    def stderr(data: bytes) -> None:
+        nonlocal seq
+        seq += 1
+        frames = encode_frames([Frame(FrameKind.STDERR, seq, data)])
+        worker.request(
+            "POST", f"/jobs/{job_id}/output", body=frames, content_type=CONTENT_TYPE_FRAMES
+        )
+
+    async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
+        stderr(b"Input #0, matroska\n  Duration: 00:00:20.00, start: 0.0\n")
+        stderr(b"frame=  100 fps= 50 q=28.0 size=  10kB time=00:00:05.00 bitrate=1k speed=2x\r")
+        await until(pilot, lambda: job_id in keys_of(app, "jobs"))
+        await until(pilot, lambda: str(table(app, "jobs").get_row(job_id)[5]) == "25.0% 2x")
+        await select(pilot, app, "jobs", job_id)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, JobDetailScreen))
+        text = lambda: str(app.screen.query_one("#stderr").render())  # noqa: E731
+        await until(pilot, lambda: "time=00:00:05.00" in text())
+        stderr(b"frame=  300 fps= 50 q=28.0 size=  30kB time=00:00:15.00 bitrate=1k speed=2.5x\r")
+        await until(pilot, lambda: "time=00:00:15.00" in text())
+        # Of the rewritten progress line only the latest version is shown.
+        assert "time=00:00:05.00" not in text()
+        await until(pilot, lambda: "75.0% 2.5x" in str(app.screen.query_one("#job-head").render()))
+        worker.call("POST", f"/jobs/{job_id}/finish", json_body={"exit_code": 0})
+        await until(pilot, lambda: "completed" in str(app.screen.query_one("#job-head").render()))
+
+    try:
+        drive(coordinator, scenario)
+    finally:
+        worker.close()
