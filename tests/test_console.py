@@ -215,8 +215,11 @@ def test_add_user_shows_the_key_once_and_it_works(coordinator: Coordinator) -> N
         await pilot.press("a")
         await pilot.press(*"emby", "enter")
         await until(pilot, lambda: isinstance(app.screen, KeyScreen))
-        key = app.screen.query_one("#key", Input).value
+        key = str(app.screen.query_one("#key").render())
         assert coordinator.call("emby", "GET", "/jobs", key=key)["total"] == 0
+        await pilot.press("c")  # copies; nothing typed can alter the key shown
+        assert app.clipboard == key
+        assert str(app.screen.query_one("#key").render()) == key
         await pilot.press("escape")
         await until(pilot, lambda: "emby" in keys_of(app, "users"))
         assert status(app) == "user emby added"
@@ -246,7 +249,7 @@ def test_rotate_key_after_confirmation(coordinator: Coordinator) -> None:
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
         await until(pilot, lambda: isinstance(app.screen, KeyScreen))
-        new_key = app.screen.query_one("#key", Input).value
+        new_key = str(app.screen.query_one("#key").render())
         assert new_key != old_key
         with pytest.raises(AuthError):
             coordinator.call("sonarr", "GET", "/jobs", key=old_key)

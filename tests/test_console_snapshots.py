@@ -148,6 +148,10 @@ class FixedApi:
                 "truncated": False,
             },
         }
+        if method == "POST" and path == "/users":
+            body = kwargs["json_body"]
+            user = {"client_id": body["client_id"], "role": body["role"], "allowed_networks": []}
+            return {"user": {**user, "hmac_key": "3q2-Wn9xJdLk0cQvT1m4Zb8yRrE6uHsPaGfNoKiV7wE"}}
         if path == f"/jobs/{JOBS[0]['job_id']}":
             detail = copy.deepcopy(JOBS[0])
             detail["events"] = [
@@ -250,3 +254,16 @@ def test_unreachable_banner(snap_compare: Any) -> None:
 
 def test_help_screen(snap_compare: Any) -> None:
     assert snap_compare(make(), terminal_size=(110, 34), press=["question_mark"])
+
+
+def test_new_key_dialog(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("3", "a", *"emby", "enter")
+        for _ in range(200):
+            if type(pilot.app.screen).__name__ == "KeyScreen":
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(make(), terminal_size=(100, 24), run_before=run_before)

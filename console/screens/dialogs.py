@@ -126,8 +126,9 @@ class NetworksScreen(ModalScreen[list[str] | None]):
 
 
 class KeyScreen(ModalScreen[None]):
-    """The new key, shown this once. It sits in an input so it can be selected, and
-    ``c`` copies it to the terminal's clipboard (OSC 52)."""
+    """The new key, shown this once, alone on its line so the mouse can select it;
+    ``c`` copies it to the terminal's clipboard (OSC 52). Not an input: nothing typed
+    here can change it."""
 
     BINDINGS = [
         Binding("c", "copy", "Copy key"),
@@ -144,7 +145,7 @@ class KeyScreen(ModalScreen[None]):
         with Vertical(classes="dialog"):
             yield Label(f"{self.user['client_id']} ({self.user['role']}) {verb}.")
             yield Static("Its key is shown only now. Put it in the client's hmac_key:")
-            yield Input(self.user["hmac_key"], id="key")
+            yield Static(self.user["hmac_key"], id="key", markup=False)
             yield Static("c copies it, Escape closes.", classes="hint")
 
     def action_copy(self) -> None:
