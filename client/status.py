@@ -127,7 +127,10 @@ def user_row(user: dict[str, Any], now: datetime | None) -> list[str]:
     ]
 
 
-def summary_text(summary: dict[str, Any], jobs_total: int) -> str:
+def summary_text(
+    summary: dict[str, Any], jobs_total: int, offset: int = 0, shown: int | None = None
+) -> str:
+    """One line: workers by state, slots, jobs by state, and which jobs are listed."""
     jobs = summary.get("jobs_by_state", {})
     workers = summary.get("workers_by_state", {})
     slots = summary.get("slots", {})
@@ -135,8 +138,16 @@ def summary_text(summary: dict[str, Any], jobs_total: int) -> str:
     worker_part = "  ".join(f"{k} {v}" for k, v in sorted(workers.items())) or "none"
     return (
         f"workers: {worker_part}  |  slots {slots.get('used', 0)}/{slots.get('total', 0)}"
-        f"  |  jobs: {job_part}  |  listed {jobs_total}"
+        f"  |  jobs: {job_part}  |  {_listed(jobs_total, offset, shown)}"
     )
+
+
+def _listed(total: int, offset: int, shown: int | None) -> str:
+    if shown is None or (offset == 0 and shown >= total):
+        return f"listed {total}"
+    if shown == 0:
+        return f"listed 0 of {total}"
+    return f"listed {offset + 1}-{offset + shown} of {total}"
 
 
 def text_table(columns: list[str], rows: list[list[str]]) -> str:
@@ -157,7 +168,7 @@ def render(
     shown = f"JOBS (newest {len(jobs)} of {total})" if len(jobs) < total else "JOBS"
     return "\n\n".join(
         [
-            summary_text(summary, total),
+            summary_text(summary, total, 0, len(jobs)),
             "WORKERS\n" + text_table(WORKER_COLUMNS, [worker_row(w, now) for w in workers]),
             shown + "\n" + text_table(JOB_COLUMNS, [job_row(j, now) for j in jobs]),
         ]

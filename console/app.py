@@ -27,6 +27,7 @@ from console.messages import (
     RefreshRequested,
     SnapshotReady,
 )
+from console.model import JOB_PAGE
 from console.screens.main import MainScreen
 from console.source import TIMEOUT, CallsApi, ClusterSource, SourceError
 
@@ -46,10 +47,12 @@ class ConsoleApp(App[None]):
         api: CallsApi,
         refresh_seconds: float = REFRESH_SECONDS,
         timeout: float = TIMEOUT,
+        page_size: int = JOB_PAGE,
     ) -> None:
         super().__init__()
         self.source = ClusterSource(api, timeout)
         self.refresh_seconds = refresh_seconds
+        self.page_size = page_size
         self._refreshing = threading.Lock()
         self._again = False
         self.main = MainScreen()
@@ -93,7 +96,8 @@ class ConsoleApp(App[None]):
 
     def _load_snapshot(self) -> None:
         try:
-            snapshot = self.source.snapshot(self.main.job_filter)
+            main = self.main
+            snapshot = self.source.snapshot(main.job_filter, main.jobs_offset, self.page_size)
         except SourceError as exc:
             self.main.post_message(ConnectionProblem(exc.kind, exc.message))
             return

@@ -81,6 +81,7 @@ class Snapshot:
     jobs: list[dict[str, Any]]
     jobs_total: int
     users: list[dict[str, Any]]
+    jobs_offset: int = 0
 
     @property
     def now(self) -> datetime | None:

@@ -91,16 +91,19 @@ class ClusterSource:
             raise describe(exc) from exc
 
     @_exclusive
-    def snapshot(self, job_filter: JobFilter | None = None) -> Snapshot:
+    def snapshot(
+        self, job_filter: JobFilter | None = None, offset: int = 0, page: int = JOB_PAGE
+    ) -> Snapshot:
         """One refresh: four requests, each a bounded query on the coordinator."""
-        params: dict[str, Any] = {"limit": JOB_PAGE}
+        params: dict[str, Any] = {"limit": page, "offset": offset}
         if job_filter is not None:
             params.update(job_filter.server)
         summary = self._call("GET", "/cluster")
         workers = self._call("GET", "/workers")["workers"]
-        page = self._call("GET", "/jobs", params=params)
+        jobs = self._call("GET", "/jobs", params=params)
         users = self._call("GET", "/users")["users"]
-        return Snapshot(summary, workers, page["jobs"], int(page.get("total", 0)), users)
+        total = int(jobs.get("total", 0))
+        return Snapshot(summary, workers, jobs["jobs"], total, users, offset)
 
     @_exclusive
     def job(self, job_id: str) -> dict[str, Any]:

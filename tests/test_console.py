@@ -105,9 +105,15 @@ def drive(
     api: Api | None = None,
     size: tuple[int, int] = (140, 40),
     timeout: float = 10.0,
+    page_size: int = 200,
 ) -> None:
     assert api is not None or coord is not None
-    app = ConsoleApp(api or coord.api("ops"), refresh_seconds=0.3, timeout=timeout)  # type: ignore[union-attr]
+    app = ConsoleApp(
+        api or coord.api("ops"),  # type: ignore[union-attr]
+        refresh_seconds=0.3,
+        timeout=timeout,
+        page_size=page_size,
+    )
 
     async def run() -> None:
         async with app.run_test(size=size) as pilot:
@@ -207,6 +213,27 @@ def test_filters_jobs_on_the_server_and_rows_by_text(coordinator: Coordinator) -
         await until(pilot, lambda: keys_of(app, "workers") == ["wk1"])
 
     drive(coordinator, scenario)
+
+
+def test_pages_through_jobs(coordinator: Coordinator) -> None:
+    # Submitted by the admin (which may submit too), the only jobs of that requester.
+    jobs = [submit(coordinator, "ops") for _ in range(5)][::-1]  # newest first
+
+    async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
+        summary = lambda: str(app.main.query_one("#summary").render())  # noqa: E731
+        await pilot.press("slash", *"user:ops", "enter")
+        await until(pilot, lambda: keys_of(app, "jobs") == jobs[:2])
+        assert summary().endswith("listed 1-2 of 5")
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: keys_of(app, "jobs") == jobs[2:4])
+        assert summary().endswith("listed 3-4 of 5")
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: keys_of(app, "jobs") == jobs[4:])
+        await pilot.press("right_square_bracket")  # nothing older: stays
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        await until(pilot, lambda: keys_of(app, "jobs") == jobs[:2])
+
+    drive(coordinator, scenario, page_size=2)
 
 
 def test_add_user_shows_the_key_once_and_it_works(coordinator: Coordinator) -> None:

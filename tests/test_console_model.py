@@ -76,7 +76,7 @@ def test_text_table_and_render() -> None:
     assert status.text_table(["a", "bb"], [["xyz", "1"]]) == "A    BB\nxyz  1"
     summary = {"now": NOW.isoformat(), "jobs_by_state": {"running": 1}, "slots": {"used": 1}}
     text = status.render(summary, [], [], 120)
-    assert text.startswith("workers: none  |  slots 1/0  |  jobs: running 1  |  listed 120")
+    assert text.startswith("workers: none  |  slots 1/0  |  jobs: running 1  |  listed 0 of 120")
     assert "JOBS (newest 0 of 120)" in text
 
 
@@ -87,3 +87,9 @@ def test_split_networks() -> None:
         "fd00::/8",
     ]
     assert split_networks("") == []
+
+
+def test_summary_says_which_jobs_are_listed() -> None:
+    assert status.summary_text({}, 7).endswith("|  listed 7")
+    assert status.summary_text({}, 7, 0, 7).endswith("|  listed 7")
+    assert status.summary_text({}, 450, 200, 200).endswith("|  listed 201-400 of 450")

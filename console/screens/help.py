@@ -21,6 +21,7 @@ Everything here goes through the coordinator's admin API, signed with your ident
 | `r` | anywhere | refresh now |
 | `enter` | jobs | job details: arguments, history, live stderr |
 | `c` | jobs, details | cancel the job (asks first) |
+| `[` / `]` | jobs | newer / older page of jobs |
 | `d` / `u` | workers | drain (no new jobs) / resume |
 | `x` or `delete` | workers | remove a worker that is gone (asks first) |
 | `a` | users | add a user; its key is shown once |

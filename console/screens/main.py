@@ -37,6 +37,8 @@ class MainScreen(ConsoleScreen):
         super().__init__()
         self.snapshot: model.Snapshot | None = None
         self.job_filter = model.JobFilter()
+        # Which page of jobs is shown; a new filter starts again at the newest.
+        self.jobs_offset = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -73,7 +75,9 @@ class MainScreen(ConsoleScreen):
             return
         now = snap.now
         words = self.job_filter
-        self.query_one("#summary", Static).update(model.summary_text(snap.summary, snap.jobs_total))
+        self.query_one("#summary", Static).update(
+            model.summary_text(snap.summary, snap.jobs_total, snap.jobs_offset, len(snap.jobs))
+        )
         self._fill("#jobs-table", snap.jobs, "job_id", lambda j: model.job_row(j, now), words)
         self._fill(
             "#workers-table", snap.workers, "worker_id", lambda w: model.worker_row(w, now), words
@@ -111,6 +115,8 @@ class MainScreen(ConsoleScreen):
     def filter_changed(self, event: Input.Changed) -> None:
         previous = self.job_filter.server
         self.job_filter = model.JobFilter.parse(event.value)
+        if self.job_filter.server != previous:
+            self.jobs_offset = 0
         self.render_snapshot()
         if self.job_filter.server != previous:
             self.app.call_later(self.console.action_refresh_now)
@@ -138,6 +144,9 @@ class MainScreen(ConsoleScreen):
         run = self.console.administer
         if message.action == "add_user":
             self.app.push_screen(AddUserScreen(), self._add_user)
+            return
+        if message.action in ("older_jobs", "newer_jobs"):
+            self._turn_page(message.action == "older_jobs")
             return
         if key is None:
             self.notify("nothing selected", severity="warning")
@@ -171,6 +180,16 @@ class MainScreen(ConsoleScreen):
             )
         elif message.action == "delete_user":
             self._confirm(f"Delete user {key}?", lambda: run(lambda: source.delete_user(key)))
+
+    def _turn_page(self, older: bool) -> None:
+        page = self.console.page_size
+        total = self.snapshot.jobs_total if self.snapshot else 0
+        offset = self.jobs_offset + page if older else max(self.jobs_offset - page, 0)
+        if offset >= total or offset == self.jobs_offset:
+            self.notify("no older jobs" if older else "already at the newest jobs")
+            return
+        self.jobs_offset = offset
+        self.console.action_refresh_now()
 
     def _confirm(self, question: str, then: Callable[[], None]) -> None:
         def answered(yes: bool | None) -> None:

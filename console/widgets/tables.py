@@ -82,7 +82,12 @@ class JobsTable(KeyedTable):
     BINDINGS = [
         Binding("enter", "open", "Details"),
         Binding("c", "cancel_job", "Cancel job"),
+        Binding("left_square_bracket", "page('newer_jobs')", "Newer"),
+        Binding("right_square_bracket", "page('older_jobs')", "Older"),
     ]
+
+    def action_page(self, direction: str) -> None:
+        self.request(direction)
 
     def action_open(self) -> None:
         self.request("open_job")
