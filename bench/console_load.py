@@ -40,11 +40,19 @@ sys.path.insert(0, str(REPO))
 
 from client.api import Api  # noqa: E402
 from console.app import ConsoleApp  # noqa: E402
+from console.model import JobFilter  # noqa: E402
 from console.source import ClusterSource  # noqa: E402
 from coordinator import create_app, users  # noqa: E402
 from coordinator.db import db, now_utc  # noqa: E402
 from coordinator.models import Job, Worker  # noqa: E402
 
+# Filters an operator types; each is a refresh whose jobs page is filtered on the server.
+FILTERS = {
+    "requester": "user:jellyfin",
+    "common state": "state:completed",
+    "rare state": "state:running,pending",
+    "worker": "worker:node001",
+}
 STATES = ["completed"] * 80 + ["failed"] * 8 + ["canceled"] * 4 + ["pending"] * 4 + ["running"] * 4
 
 
@@ -195,8 +203,15 @@ def time_with_real_coordinator(tmp: Path, url_db: str, key: str) -> None:
             t0 = time.perf_counter()
             source.snapshot()
             fetches.append(time.perf_counter() - t0)
-        api.close()
         print(f"one refresh (4 requests) against the coordinator process: {_fmt(fetches)} s")
+        for name, job_filter in FILTERS.items():
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                source.snapshot(JobFilter.parse(job_filter))
+                times.append(time.perf_counter() - t0)
+            print(f"  refresh filtered by {name} ({job_filter}): {_fmt(times)} s")
+        api.close()
         print(f"load average before the console runs: {os.getloadavg()[0]:.1f}")
         times = [asyncio.run(open_console(api))[0] for _ in range(3)]
         print(f"console start to 200 job rows on screen: {_fmt(times)} s")
