@@ -48,8 +48,62 @@ class Janitor:
     def sweep(self) -> None:
         self.expire_workers()
         self.release_lost_jobs()
+        self.requeue_unaccepted()
+        self.close_unconfirmed_cancels()
+        self.expire_queued()
         self.cancel_abandoned_jobs()
         self.purge()
+
+    def _stale(self, state: JobState) -> list[str]:
+        """Jobs in ``state`` whose last transition is older than the assign timeout."""
+        limit = now_utc() - timedelta(seconds=self.app.config["DFFMPEG"].assign_timeout_seconds)
+        stmt = db.select(Job.id).where(Job.state == state.value, Job.updated_at < limit)
+        ids = list(db.session.execute(stmt).scalars())
+        db.session.commit()
+        return ids
+
+    def requeue_unaccepted(self) -> None:
+        """An assignment its (live) worker did not accept in time goes back to the queue."""
+        moved = False
+        for job_id in self._stale(JobState.ASSIGNED):
+            moved |= lifecycle.transition(
+                job_id,
+                [JobState.ASSIGNED],
+                JobState.PENDING,
+                "not accepted in time; back in the queue",
+                worker_id=None,
+            )
+        if moved:
+            self.app.extensions["dffmpeg.notifier"].notify("jobs")
+
+    def close_unconfirmed_cancels(self) -> None:
+        """A cancel its worker never confirmed (it lost the job) ends as canceled."""
+        for job_id in self._stale(JobState.CANCELING):
+            lifecycle.transition(
+                job_id,
+                [JobState.CANCELING],
+                JobState.CANCELED,
+                "canceled (the worker did not confirm)",
+                failure="canceled",
+            )
+
+    def expire_queued(self) -> None:
+        """Pending jobs past the queue timeout their requester set fail."""
+        now = now_utc()
+        stmt = db.select(Job.id, Job.created_at).where(
+            Job.state == JobState.PENDING.value, Job.queue_deadline < now
+        )
+        rows = list(db.session.execute(stmt))
+        db.session.commit()
+        for job_id, created_at in rows:
+            waited = (now - created_at).total_seconds()
+            lifecycle.transition(
+                job_id,
+                [JobState.PENDING],
+                JobState.FAILED,
+                f"queue timeout: no capable worker was free within {waited:.0f}s",
+                failure="queue_timeout",
+            )
 
     def expire_workers(self) -> None:
         """Workers silent past their lease go offline."""
@@ -90,6 +144,7 @@ class Janitor:
                     [JobState.CANCELING],
                     JobState.CANCELED,
                     "canceled (worker went offline)",
+                    failure="canceled",
                 )
             else:
                 lifecycle.transition(

@@ -24,10 +24,24 @@ def _lease() -> timedelta:
 
 
 def current_worker() -> Worker:
+    """The calling worker's row; 409 when it must register (again) first.
+
+    A worker the janitor declared offline has lost its jobs; answering 409 makes it
+    register anew instead of heartbeating a row nobody assigns work to.
+    """
     worker = db.session.get(Worker, g.user.client_id)
-    if worker is None:
+    if worker is None or worker.state == "offline":
         raise Conflict("worker is not registered")
     return worker
+
+
+def _capabilities(binaries: dict[str, Any]) -> dict[str, Any]:
+    """The names the scheduler matches against, per binary (None: not probed)."""
+    result: dict[str, Any] = {}
+    for name, info in binaries.items():
+        caps = info.get("capabilities") if isinstance(info, dict) else None
+        result[name] = caps if isinstance(caps, dict) else None
+    return result
 
 
 def touch(worker: Worker) -> None:
@@ -57,6 +71,7 @@ def register() -> ResponseReturnValue:
     worker.slots = slots
     worker.labels = str_list(data, "labels", [])
     worker.binaries = binaries
+    worker.capabilities = _capabilities(binaries)
     worker.path_variables = str_list(data, "path_variables", [])
     worker.version = str(field(data, "version", str, ""))[:32]
     worker.hostname = str(field(data, "hostname", str, ""))[:255]
@@ -102,6 +117,27 @@ def heartbeat() -> ResponseReturnValue:
     return jsonify({"state": worker.state})
 
 
+@bp.post("/paths")
+@requires(Role.WORKER)
+def update_paths() -> ResponseReturnValue:
+    """The worker's mounts changed: offer only the path variables present now."""
+    worker = current_worker()
+    worker.path_variables = str_list(json_body(), "path_variables")
+    touch(worker)
+    notifier().notify("jobs")
+    return jsonify({"worker": worker.to_dict()})
+
+
+@bp.post("/drain")
+@requires(Role.WORKER)
+def drain() -> ResponseReturnValue:
+    """Take no new jobs; the worker finishes what it runs, then deregisters."""
+    worker = current_worker()
+    worker.state = "draining"
+    touch(worker)
+    return jsonify({"state": worker.state})
+
+
 @bp.post("/deregister")
 @requires(Role.WORKER)
 def deregister() -> ResponseReturnValue:
@@ -112,9 +148,8 @@ def deregister() -> ResponseReturnValue:
 
 
 def _work_for(worker_id: str) -> dict[str, Any] | None:
-    worker = db.session.get(Worker, worker_id)
-    if worker is None:
-        raise Conflict("worker is not registered")
+    db.session.expire_all()
+    worker = current_worker()
     touch(worker)
     scheduler.claim(worker)
     stmt = db.select(Job).where(
