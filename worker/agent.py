@@ -1,15 +1,15 @@
 """The worker agent: registration, heartbeats, the poll loop and the jobs it runs.
 
 Threads, all owned here: one heartbeat thread, one poll thread (long-polls the
-coordinator for jobs and cancellations) and one thread per running job (plus that
-job's pipe readers). ``start`` starts them, ``stop`` stops taking work, ``join`` waits.
+coordinator for jobs and cancellations), one mount-monitor thread and one thread per
+running job (plus that job's pipe readers). ``start`` starts them; ``drain`` stops
+taking work; ``abort_all`` stops running jobs; ``stop`` deregisters and ends the loops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -20,6 +20,7 @@ from dffmpeg import __version__
 from dffmpeg.config import WorkerConfig
 from worker.capabilities import probe_binaries
 from worker.executor import JobExecution
+from worker.mounts import MountMonitor
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,11 @@ class WorkerAgent:
         self.api = api
         self.jobs: dict[str, JobExecution] = {}
         self._jobs_lock = threading.Lock()
-        self._stopping = threading.Event()  # no new jobs
+        self._draining = threading.Event()  # no new jobs
         self._stopped = threading.Event()  # all threads should end
         self._threads: list[threading.Thread] = []
         self.binaries: dict[str, dict[str, Any]] = {}
+        self.mounts = MountMonitor(config.paths, self._paths_changed)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -43,11 +45,13 @@ class WorkerAgent:
         self.binaries = probe_binaries(self.config.binaries)
         if not self.binaries:
             raise RuntimeError("none of the configured binaries could be run")
+        self.mounts.available()
         self.register()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._poll_loop, "poll")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.mounts.start()
 
     def register(self) -> None:
         """Register, retrying with back-off while the coordinator is unreachable."""
@@ -58,6 +62,8 @@ class WorkerAgent:
                 log.info(
                     "registered with %s as %s", self.config.coordinator_url, self.config.client_id
                 )
+                if self._draining.is_set():
+                    self._announce_drain()
                 return
             except AuthError:
                 raise
@@ -77,23 +83,57 @@ class WorkerAgent:
         }
 
     def available_paths(self) -> list[str]:
-        return sorted(name for name, root in self.config.paths.items() if os.path.isdir(root))
+        """The path variables whose roots were present at the last mount check."""
+        return list(self.mounts.current)
+
+    def _paths_changed(self, variables: list[str]) -> None:
+        """A mount came or went: offer exactly the variables present now."""
+        log.info("offering path variables: %s", ", ".join(variables) or "none")
+        try:
+            self.api.call(
+                "POST", "/workers/paths", json_body={"path_variables": variables}, timeout=10
+            )
+        except ApiError as exc:
+            if exc.status == 409:
+                self.register()  # registration carries the current variables
+            else:
+                log.warning("path update refused: %s", exc)
+        except Unreachable as exc:
+            # The next registration (the coordinator answers 409 once it is back and
+            # has expired us) carries the current variables.
+            log.warning("path update failed: %s", exc)
 
     def drain(self) -> None:
-        """Stop taking jobs; running ones finish."""
-        self._stopping.set()
+        """Stop taking jobs (the coordinator assigns no more); running ones finish."""
+        self._draining.set()
+        self._announce_drain()
 
-    def cancel_all(self) -> None:
+    def _announce_drain(self) -> None:
+        try:
+            self.api.request("POST", "/workers/drain", timeout=10)
+        except (ApiError, Unreachable) as exc:
+            log.warning("could not announce the drain: %s", exc)
+
+    def abort_all(self, reason: str) -> None:
+        """Stop every running job now; each is reported to its requester as lost."""
         with self._jobs_lock:
             running = list(self.jobs.values())
         for job in running:
-            job.cancel()
+            job.abort(reason)
+
+    def cancel_all(self) -> None:
+        self.abort_all("worker shutting down")
+
+    def running_jobs(self) -> list[str]:
+        with self._jobs_lock:
+            return [job_id for job_id, j in self.jobs.items() if not j.reported]
 
     def wait_jobs(self, timeout: float | None = None) -> bool:
+        """Wait until every job has ended and its end was reported."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._jobs_lock:
-                busy = [j for j in self.jobs.values() if not j.done]
+                busy = [j for j in self.jobs.values() if not j.reported]
             if not busy:
                 return True
             if deadline is not None and time.monotonic() >= deadline:
@@ -101,8 +141,9 @@ class WorkerAgent:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._draining.set()
         self._stopped.set()
+        self.mounts.stop()
         try:
             self.api.request("POST", "/workers/deregister", timeout=5)
         except (ApiError, Unreachable) as exc:
@@ -127,8 +168,9 @@ class WorkerAgent:
                 log.warning("heartbeat failed: %s", exc)
 
     def _poll_loop(self) -> None:
+        # Runs while draining too: cancellations of running jobs still arrive this way.
         delay = 0.5
-        while not self._stopping.is_set():
+        while not self._stopped.is_set():
             try:
                 work = self.api.call(
                     "GET",
@@ -142,12 +184,12 @@ class WorkerAgent:
                     self.register()
                     continue
                 log.warning("poll refused: %s", exc)
-                self._stopping.wait(delay)
+                self._stopped.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             except Unreachable as exc:
                 log.warning("poll failed: %s", exc)
-                self._stopping.wait(delay)
+                self._stopped.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             for job_id in work.get("cancel", []):
@@ -158,8 +200,10 @@ class WorkerAgent:
     def _start_job(self, assignment: dict[str, Any]) -> None:
         job_id = assignment["job_id"]
         with self._jobs_lock:
-            self.jobs = {k: v for k, v in self.jobs.items() if not v.done}
-            if job_id in self.jobs or self._stopping.is_set():
+            self.jobs = {k: v for k, v in self.jobs.items() if not v.reported}
+            # While draining, a job assigned just before the coordinator heard of the
+            # drain is still run: it was ours, and the drain finishes what it holds.
+            if job_id in self.jobs or self._stopped.is_set():
                 return
             paths = {n: r for n, r in self.config.paths.items()}
             binaries = {n: str(b["path"]) for n, b in self.binaries.items()}
