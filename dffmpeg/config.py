@@ -134,6 +134,12 @@ class ClientConfig:
     transports: list[str] = field(default_factory=lambda: ["http"])
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
     source: str | None = None
+    # Defaults for every job this client submits (see docs/lifecycle.md).
+    require_labels: list[str] = field(default_factory=list)
+    prefer_labels: list[str] = field(default_factory=list)
+    priority: int = 0
+    queue_timeout: float | None = None
+    wait_for_worker: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -150,7 +156,21 @@ class ClientConfig:
             transports=_str_list(data, "transports", ["http"]),
             brokers=BrokerSettings.from_dict(data),
             source=source,
+            require_labels=_str_list(data, "require_labels", []),
+            prefer_labels=_str_list(data, "prefer_labels", []),
+            priority=int(data.get("priority", 0)),
+            queue_timeout=_positive_or_none(data, "queue_timeout"),
+            wait_for_worker=bool(data.get("wait_for_worker", False)),
         )
+
+
+def _positive_or_none(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number of seconds")
+    return float(value)
 
 
 @dataclass
