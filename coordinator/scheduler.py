@@ -6,7 +6,8 @@ processes serving two workers can never hand the same job out twice.
 
 Order: higher priority first; within a priority, requesters take turns (the requester
 with the fewest jobs already active goes first), so one client that submits a hundred
-jobs cannot starve another that submits one. A job goes only to a worker that has its
+jobs cannot starve another that submits one; between requesters with as many active
+jobs, the one served longest ago goes first. A job goes only to a worker that has its
 binary, the path variables it uses, its required labels and the capabilities its
 arguments need. A job that *prefers* labels skips a worker without them while another
 online worker that has them could take it now.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func
 
@@ -29,6 +30,7 @@ ACTIVE_STATES = [JobState.ASSIGNED.value, JobState.RUNNING.value, JobState.CANCE
 # How many pending jobs of each requester one claim looks at beyond the free slots;
 # jobs this worker cannot run are skipped.
 LOOKAHEAD = 32
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -101,11 +103,22 @@ def fair_order(free: int) -> list[Job]:
             .group_by(Job.requester)
         ).all()
     )
-    requesters = db.session.execute(
-        db.select(Job.requester).where(Job.state == JobState.PENDING.value).distinct()
-    ).scalars()
+    requesters = list(
+        db.session.execute(
+            db.select(Job.requester).where(Job.state == JobState.PENDING.value).distinct()
+        ).scalars()
+    )
+    # Ties between requesters go to the one served longest ago.
+    last_served = {
+        requester: started
+        for requester, started in db.session.execute(
+            db.select(Job.requester, func.max(Job.started_at))
+            .where(Job.requester.in_(requesters), Job.started_at.is_not(None))
+            .group_by(Job.requester)
+        ).all()
+    }
     candidates: list[Job] = []
-    for requester in list(requesters):
+    for requester in requesters:
         candidates += db.session.execute(
             db.select(Job)
             .where(Job.state == JobState.PENDING.value, Job.requester == requester)
@@ -117,15 +130,21 @@ def fair_order(free: int) -> list[Job]:
         # transaction, instead of being reloaded one by one.
         db.session.expunge(job)
     turn: dict[tuple[str, int], int] = defaultdict(int)
-    keyed: list[tuple[int, int, datetime, Job]] = []
+    keyed: list[tuple[int, int, datetime, datetime, Job]] = []
     for job in candidates:  # each requester's jobs arrive in its own order
         slot = (job.requester, job.priority)
         keyed.append(
-            (-job.priority, int(active.get(job.requester, 0)) + turn[slot], job.created_at, job)
+            (
+                -job.priority,
+                int(active.get(job.requester, 0)) + turn[slot],
+                last_served.get(job.requester) or NEVER,
+                job.created_at,
+                job,
+            )
         )
         turn[slot] += 1
-    keyed.sort(key=lambda k: k[:3])
-    return [k[3] for k in keyed]
+    keyed.sort(key=lambda k: k[:4])
+    return [k[4] for k in keyed]
 
 
 def _preferred_elsewhere(job: Job, offer: Offer, others: list[Offer]) -> bool:
