@@ -181,6 +181,7 @@ class WorkerConfig(ClientConfig):
     slots: int = 0
     labels: list[str] = field(default_factory=list)
     heartbeat_seconds: float = 5.0
+    mount_check_seconds: float = 5.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
@@ -199,6 +200,7 @@ class WorkerConfig(ClientConfig):
             slots=slots,
             labels=_str_list(data, "labels", []),
             heartbeat_seconds=float(data.get("heartbeat_seconds", 5.0)),
+            mount_check_seconds=float(data.get("mount_check_seconds", 5.0)),
         )
 
 

@@ -327,8 +327,8 @@ def test_job_lifecycle_state_machine() -> None:
     run_state_machine_as_test(
         JobLifecycle,
         settings=settings(
-            max_examples=30,
-            stateful_step_count=40,
+            max_examples=20,
+            stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),

@@ -37,7 +37,9 @@ class WorkerAgent:
         self._stopped = threading.Event()  # all threads should end
         self._threads: list[threading.Thread] = []
         self.binaries: dict[str, dict[str, Any]] = {}
-        self.mounts = MountMonitor(config.paths, self._paths_changed)
+        self.mounts = MountMonitor(
+            config.paths, self._paths_changed, interval=config.mount_check_seconds
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
