@@ -32,6 +32,10 @@ from tests.lifecycle_cluster import (
     wait_gone,
 )
 
+# Real processes on a shared machine: starting a worker (it probes its binaries) takes
+# seconds under load, so these tests get more than the default timeout.
+pytestmark = pytest.mark.timeout(240)
+
 LEASE_SECONDS = 5  # shorter than the default 15 s so the worker-loss test is quick
 
 
@@ -200,8 +204,11 @@ def test_first_sigterm_drains_second_aborts(coord: Coordinator) -> None:
 
 
 CHILD_SPAWNING_FFMPEG = """#!/bin/sh
-# Starts a helper of its own (as some wrappers and hardware tools do), then ffmpeg.
-sleep 300 {marker} &
+# For jobs (not the start-up probes) it starts a helper of its own, as some wrappers
+# and hardware tools do, then ffmpeg.
+if [ "$1" = "-v" ]; then
+    sh -c 'sleep 300; :' {marker} </dev/null >/dev/null 2>&1 &
+fi
 exec "{ffmpeg}" "$@"
 """
 

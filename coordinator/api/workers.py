@@ -148,9 +148,11 @@ def deregister() -> ResponseReturnValue:
 
 
 def _work_for(worker_id: str) -> dict[str, Any] | None:
+    # No lease extension here: this runs again and again while a poll waits, also
+    # after the worker behind the connection died (kill -9); only a request that
+    # arrives proves the worker is alive.
     db.session.expire_all()
     worker = current_worker()
-    touch(worker)
     scheduler.claim(worker)
     stmt = db.select(Job).where(
         Job.worker_id == worker_id,
@@ -170,6 +172,7 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
 def poll() -> ResponseReturnValue:
     """Long-poll for work: jobs assigned to this worker and jobs it must cancel."""
     worker_id = g.user.client_id
+    touch(current_worker())
     result = notifier().wait_for(
         ["jobs", f"worker:{worker_id}"], lambda: _work_for(worker_id), wait_arg()
     )
