@@ -4,7 +4,7 @@ Ideal makespan is 5 s (20 jobs / 4 slots x 1 s). Measures the cluster's makespan
 submit to last job finished, from the coordinator's own timestamps and as the caller saw
 it) and the same 20 jobs run locally 4 at a time, for the ratio.
 
-Run: .venv/bin/python bench/burst.py   (not part of the test suite)
+Run: .venv/bin/python -m bench.burst   (not part of the test suite)
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.lifecycle_cluster import TERMINAL, coordinator, submit  # noqa: E402
+from tests.lifecycle_cluster import TERMINAL, coordinator, submit
 
 JOBS = 20
 SLOTS = 4
