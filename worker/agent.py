@@ -36,6 +36,8 @@ class WorkerAgent:
         self._draining = threading.Event()  # no new jobs
         self._stopped = threading.Event()  # all threads should end
         self._threads: list[threading.Thread] = []
+        self._register_lock = threading.Lock()
+        self._registered_at = 0.0
         self.binaries: dict[str, dict[str, Any]] = {}
         self.mounts = MountMonitor(
             config.paths, self._paths_changed, interval=config.mount_check_seconds
@@ -55,12 +57,24 @@ class WorkerAgent:
             self._threads.append(thread)
         self.mounts.start()
 
-    def register(self) -> None:
-        """Register, retrying with back-off while the coordinator is unreachable."""
+    def register(self, unless_since: float | None = None) -> None:
+        """Register, retrying with back-off while the coordinator is unreachable.
+
+        ``unless_since``: the monotonic time a refused request was sent; if another
+        thread registered after that, do not register again (a second registration
+        would settle the jobs accepted since as lost).
+        """
+        with self._register_lock:
+            if unless_since is not None and self._registered_at > unless_since:
+                return
+            self._register()
+
+    def _register(self) -> None:
         delay = 0.5
         while not self._stopped.is_set():
             try:
                 self.api.call("POST", "/workers/register", json_body=self.registration())
+                self._registered_at = time.monotonic()
                 log.info(
                     "registered with %s as %s", self.config.coordinator_url, self.config.client_id
                 )
@@ -91,13 +105,14 @@ class WorkerAgent:
     def _paths_changed(self, variables: list[str]) -> None:
         """A mount came or went: offer exactly the variables present now."""
         log.info("offering path variables: %s", ", ".join(variables) or "none")
+        sent = time.monotonic()
         try:
             self.api.call(
                 "POST", "/workers/paths", json_body={"path_variables": variables}, timeout=10
             )
         except ApiError as exc:
             if exc.status == 409:
-                self.register()  # registration carries the current variables
+                self.register(unless_since=sent)  # it carries the current variables
             else:
                 log.warning("path update refused: %s", exc)
         except Unreachable as exc:
@@ -159,11 +174,12 @@ class WorkerAgent:
 
     def _heartbeat_loop(self) -> None:
         while not self._stopped.wait(self.config.heartbeat_seconds):
+            sent = time.monotonic()
             try:
                 self.api.request("POST", "/workers/heartbeat", timeout=10)
             except ApiError as exc:
-                if exc.status == 409:  # the coordinator forgot us (e.g. new database)
-                    self.register()
+                if exc.status == 409:  # the coordinator forgot us, or declared us lost
+                    self.register(unless_since=sent)
                 else:
                     log.warning("heartbeat refused: %s", exc)
             except Unreachable as exc:
@@ -173,6 +189,7 @@ class WorkerAgent:
         # Runs while draining too: cancellations of running jobs still arrive this way.
         delay = 0.5
         while not self._stopped.is_set():
+            sent = time.monotonic()
             try:
                 work = self.api.call(
                     "GET",
@@ -183,7 +200,7 @@ class WorkerAgent:
                 delay = 0.5
             except ApiError as exc:
                 if exc.status == 409:
-                    self.register()
+                    self.register(unless_since=sent)
                     continue
                 log.warning("poll refused: %s", exc)
                 self._stopped.wait(delay)
