@@ -313,3 +313,57 @@ def test_finished_output_is_purged_after_retention(app: Flask, api: Identities) 
     sweep(app)
     assert b"log line" not in api.client.get(f"/api/v1/jobs/{job}/output?after=0").get_data()
     assert show(api.client, job)["state"] == "completed"  # the job row itself stays
+
+
+def test_two_coordinators_never_double_assign_or_double_fail(
+    app: Flask, api: Identities, database_url: str
+) -> None:
+    """Two app instances on one database (as two coordinator processes would be) claim
+    and sweep at the same time: every job is assigned once and failed once."""
+    import threading
+
+    from coordinator import create_app
+
+    second = create_app({"database_url": database_url}, start_janitor=False)
+    w2 = worker_client(app, api, "w2")
+    other_w1 = SignedClient(second.test_client(), "w1", api.keys["w1"])
+    other_w2 = SignedClient(second.test_client(), "w2", w2.key)
+    register(api.worker, slots=30)
+    register(w2, slots=30)
+    jobs = [submit(api.client) for _ in range(24)]
+    barrier = threading.Barrier(4)
+    claimed: list[list[str]] = []
+
+    def claim(worker: SignedClient) -> None:
+        barrier.wait()
+        claimed.append(poll(worker))
+
+    threads = [
+        threading.Thread(target=claim, args=(w,)) for w in (api.worker, w2, other_w1, other_w2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    flat = [j for batch in claimed for j in batch]
+    assert sorted(set(flat)) == sorted(jobs)
+    for job in jobs:
+        api.worker.post(f"/api/v1/jobs/{job}/accept")
+        w2.post(f"/api/v1/jobs/{job}/accept")
+    expire_worker(app, "w1")
+    expire_worker(app, "w2")
+    sweepers = [
+        threading.Thread(target=sweep, args=(instance,)) for instance in (app, second, app, second)
+    ]
+    for thread in sweepers:
+        thread.start()
+    for thread in sweepers:
+        thread.join(30)
+    for job in jobs:
+        detail = show(api.client, job)
+        assert detail["state"] == "failed" and detail["failure"] == "worker_lost"
+        assert [e["to"] for e in detail["events"]] == ["pending", "assigned", "running", "failed"]
+    from coordinator.db import db
+
+    with second.app_context():
+        db.engine.dispose()
