@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Flask
 from sqlalchemy import delete, update
@@ -54,23 +54,25 @@ class Janitor:
         self.cancel_abandoned_jobs()
         self.purge()
 
-    def _stale(self, state: JobState) -> list[str]:
+    def _stale(self, state: JobState) -> tuple[list[str], datetime]:
         """Jobs in ``state`` whose last transition is older than the assign timeout."""
         limit = now_utc() - timedelta(seconds=self.app.config["DFFMPEG"].assign_timeout_seconds)
         stmt = db.select(Job.id).where(Job.state == state.value, Job.updated_at < limit)
         ids = list(db.session.execute(stmt).scalars())
         db.session.commit()
-        return ids
+        return ids, limit
 
     def requeue_unaccepted(self) -> None:
         """An assignment its (live) worker did not accept in time goes back to the queue."""
         moved = False
-        for job_id in self._stale(JobState.ASSIGNED):
+        ids, limit = self._stale(JobState.ASSIGNED)
+        for job_id in ids:
             moved |= lifecycle.transition(
                 job_id,
                 [JobState.ASSIGNED],
                 JobState.PENDING,
                 "not accepted in time; back in the queue",
+                unchanged_since=limit,
                 worker_id=None,
             )
         if moved:
@@ -78,12 +80,14 @@ class Janitor:
 
     def close_unconfirmed_cancels(self) -> None:
         """A cancel its worker never confirmed (it lost the job) ends as canceled."""
-        for job_id in self._stale(JobState.CANCELING):
+        ids, limit = self._stale(JobState.CANCELING)
+        for job_id in ids:
             lifecycle.transition(
                 job_id,
                 [JobState.CANCELING],
                 JobState.CANCELED,
                 "canceled (the worker did not confirm)",
+                unchanged_since=limit,
                 failure="canceled",
             )
 
@@ -118,7 +122,7 @@ class Janitor:
     def release_lost_jobs(self) -> None:
         """Jobs held by offline workers: requeue unstarted ones, fail running ones."""
         stmt = (
-            db.select(Job.id, Job.state)
+            db.select(Job.id, Job.state, Job.worker_id)
             .join(Worker, Worker.worker_id == Job.worker_id)
             .where(
                 Worker.state == "offline",
@@ -129,13 +133,15 @@ class Janitor:
         )
         rows = list(db.session.execute(stmt))
         db.session.commit()
-        for job_id, state in rows:
+        for job_id, state, worker_id in rows:
+            # held_by: the job may have been requeued and assigned elsewhere meanwhile.
             if state == JobState.ASSIGNED.value:
                 lifecycle.transition(
                     job_id,
                     [JobState.ASSIGNED],
                     JobState.PENDING,
                     "worker went offline before starting it",
+                    held_by=worker_id,
                     worker_id=None,
                 )
             elif state == JobState.CANCELING.value:
@@ -144,6 +150,7 @@ class Janitor:
                     [JobState.CANCELING],
                     JobState.CANCELED,
                     "canceled (worker went offline)",
+                    held_by=worker_id,
                     failure="canceled",
                 )
             else:
@@ -152,6 +159,7 @@ class Janitor:
                     [JobState.RUNNING],
                     JobState.FAILED,
                     "worker lost",
+                    held_by=worker_id,
                     failure="worker_lost",
                 )
         if rows:

@@ -97,6 +97,7 @@ def _forget_previous_life(worker_id: str) -> None:
                 [JobState.ASSIGNED],
                 JobState.PENDING,
                 "worker restarted before starting",
+                held_by=worker_id,
                 worker_id=None,
             )
         else:
@@ -105,6 +106,7 @@ def _forget_previous_life(worker_id: str) -> None:
                 [JobState.RUNNING, JobState.CANCELING],
                 JobState.FAILED,
                 "worker lost (it restarted)",
+                held_by=worker_id,
                 failure="worker_lost",
             )
 
