@@ -116,6 +116,9 @@ def test_kill_9_of_worker_fails_job_as_lost_and_leaves_no_ffmpeg(
             wait_until(lambda: processes_with(marker) and len(processes_with(marker)) > 1, 60)
             worker.kill()
             killed_at = time.monotonic()
+            # The worker's ffmpeg dies with it (PR_SET_PDEATHSIG), long before the lease
+            # runs out: nothing else could stop it that soon.
+            wait_until(lambda: set(processes_with(marker)) <= {dropin.pid}, timeout=3)
             _, stderr = dropin.communicate(timeout=LEASE_SECONDS + 30)
             elapsed = time.monotonic() - killed_at
         assert dropin.returncode == ExitCode.WORKER_LOST, stderr
