@@ -60,7 +60,12 @@ class Worker(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="online")
     slots: Mapped[int] = mapped_column(Integer, default=1)
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
-    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The full probe report (raw -version/-encoders/... outputs, a few hundred KB): loaded
+    # only when asked for, never by the scheduler.
+    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, deferred=True)
+    # {binary: {"encoders": [...], ...}} or {binary: None} when not probed; what the
+    # scheduler matches jobs against (names only, tens of KB).
+    capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     path_variables: Mapped[list[str]] = mapped_column(JSON, default=list)
     version: Mapped[str] = mapped_column(String(32), default="")
     hostname: Mapped[str] = mapped_column(String(255), default="")
@@ -78,7 +83,7 @@ class Worker(db.Model):  # type: ignore[name-defined]
             "drained": bool(self.drained),
             "slots": self.slots,
             "labels": self.labels,
-            "binaries": sorted(self.binaries),
+            "binaries": sorted(self.capabilities),
             "path_variables": self.path_variables,
             "version": self.version,
             "hostname": self.hostname,
@@ -108,6 +113,14 @@ class Job(db.Model):  # type: ignore[name-defined]
     client_paths: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     mode: Mapped[str] = mapped_column(String(16), default="active")
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # What the job needs from a worker ({"encoders": [...], ...}, derived from args).
+    needs: Mapped[dict[str, list[str]]] = mapped_column(JSON, default=dict)
+    required_labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    preferred_labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Absolute deadline for leaving ``pending``; None waits forever.
+    queue_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Queue even when no online worker can run the job now (else it fails at once).
+    wait_for_worker: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -130,6 +143,11 @@ class Job(db.Model):  # type: ignore[name-defined]
             "cwd": self.cwd,
             "mode": self.mode,
             "priority": self.priority,
+            "needs": self.needs,
+            "required_labels": self.required_labels,
+            "preferred_labels": self.preferred_labels,
+            "queue_deadline": self.queue_deadline.isoformat() if self.queue_deadline else None,
+            "wait_for_worker": self.wait_for_worker,
             "state": self.state,
             "worker_id": self.worker_id,
             "exit_code": self.exit_code,

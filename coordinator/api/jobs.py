@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, update
 
-from coordinator import lifecycle, progress, streams
+from coordinator import capabilities, lifecycle, progress, scheduler, streams
 from coordinator.api.parse import (
     field,
     frames_body,
@@ -95,6 +95,10 @@ def submit() -> ResponseReturnValue:
     client_paths = field(data, "client_paths", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in client_paths.items()):
         raise BadRequest("field 'client_paths' must map variable names to paths")
+    queue_timeout = field(data, "queue_timeout", (int, float, type(None)), None)
+    if isinstance(queue_timeout, bool) or (queue_timeout is not None and queue_timeout <= 0):
+        raise BadRequest("field 'queue_timeout' must be a positive number of seconds")
+    wait_for_worker = field(data, "wait_for_worker", bool, False)
     now = now_utc()
     job = Job(
         id=uuid.uuid4().hex,
@@ -107,6 +111,11 @@ def submit() -> ResponseReturnValue:
         client_paths=client_paths,
         mode=mode,
         priority=priority,
+        needs=capabilities.derive_needs(args),
+        required_labels=str_list(data, "required_labels", []),
+        preferred_labels=str_list(data, "preferred_labels", []),
+        queue_deadline=now + timedelta(seconds=queue_timeout) if queue_timeout else None,
+        wait_for_worker=wait_for_worker,
         state=JobState.PENDING.value,
         created_at=now,
         updated_at=now,
@@ -115,7 +124,10 @@ def submit() -> ResponseReturnValue:
     db.session.add(job)
     lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
     db.session.commit()
+    if not wait_for_worker:
+        _fail_if_unrunnable(job)
     notifier().notify("jobs")
+    db.session.refresh(job)
     return jsonify({"job": job.to_dict()}), 201
 
 
@@ -124,6 +136,20 @@ MAX_PAGE = 500
 
 def _csv_arg(name: str) -> list[str]:
     return [v for v in request.args.get(name, "").split(",") if v]
+
+
+def _fail_if_unrunnable(job: Job) -> None:
+    """Fail at once, naming what is missing, when no online worker could ever take it."""
+    lacking = scheduler.unmet_by_all(job)
+    db.session.commit()
+    if lacking is not None:
+        lifecycle.transition(
+            job.id,
+            [JobState.PENDING],
+            JobState.FAILED,
+            capabilities.describe_missing(lacking),
+            failure="no_capable_worker",
+        )
 
 
 @bp.get("")
@@ -360,15 +386,30 @@ def read_input(job_id: str) -> ResponseReturnValue:
 @bp.post("/<job_id>/finish")
 @requires(Role.WORKER)
 def finish(job_id: str) -> ResponseReturnValue:
-    """The process ended (``exit_code``) or could not start (``error``)."""
+    """The process ended (``exit_code``) or could not start (``error``).
+
+    ``aborted`` (with ``exit_code``) says the worker itself stopped the job, e.g. a
+    shutdown that could not wait for it: the job fails as lost, not as completed.
+    """
     held_job(job_id)
     data = json_body()
     error = field(data, "error", (str, type(None)), None)
     exit_code = field(data, "exit_code", (int, type(None)), None)
+    aborted = field(data, "aborted", (str, type(None)), None)
     if error is None and exit_code is None:
         raise BadRequest("one of 'exit_code' or 'error' is required")
     worker_id = g.user.client_id
-    if error is not None:
+    if aborted is not None:
+        done = lifecycle.transition(
+            job_id,
+            [JobState.RUNNING, JobState.CANCELING],
+            JobState.FAILED,
+            f"worker lost ({aborted[:200]})",
+            held_by=worker_id,
+            exit_code=exit_code,
+            failure="worker_lost",
+        )
+    elif error is not None:
         done = lifecycle.transition(
             job_id,
             [JobState.RUNNING, JobState.CANCELING],
