@@ -7,9 +7,8 @@ Create Date: 2026-11-26 02:50:00
 * ``wakeups``: the fixed set of counters that carries wake-ups between coordinator
   processes (coordinator/wakeups.py); all rows are made here, so bumping one is a
   plain UPDATE on every database.
-* ``ix_jobs_created_at``: ``job list`` (admin) orders every job by creation, newest first.
-* ``ix_jobs_requester_created``: a client's ``job list`` filters by requester and orders
-  by creation.
+* ``ix_jobs_requester_created``: a client's job list filters by requester and orders
+  by creation (then id), newest first: a page is read from the index, not sorted.
 * ``ix_jobs_state_client_lease``: the janitor's search for monitored jobs whose client
   went away reads live states by client lease instead of every job ever run.
 """
@@ -36,9 +35,8 @@ def upgrade() -> None:
     )
     op.bulk_insert(wakeups, [{"bucket": b, "version": 0} for b in range(BUCKETS)])
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_jobs_created_at", ["created_at"], unique=False)
         batch_op.create_index(
-            "ix_jobs_requester_created", ["requester", "created_at"], unique=False
+            "ix_jobs_requester_created", ["requester", "created_at", "id"], unique=False
         )
         batch_op.create_index(
             "ix_jobs_state_client_lease", ["state", "client_lease_expires_at"], unique=False
@@ -49,5 +47,4 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_state_client_lease")
         batch_op.drop_index("ix_jobs_requester_created")
-        batch_op.drop_index("ix_jobs_created_at")
     op.drop_table("wakeups")
