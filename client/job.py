@@ -91,6 +91,7 @@ class InputRelay:
         self.job_id = job_id
         self._queue: queue.SimpleQueue[tuple[FrameKind, bytes] | None] = queue.SimpleQueue()
         self._seq = 0
+        self.stdin_bytes = 0  # read from our stdin so far (and so lost to a local rerun)
         self._thread = threading.Thread(target=self._send_loop, name="input", daemon=True)
 
     def start(self, stdin_fd: int | None) -> None:
@@ -115,6 +116,7 @@ class InputRelay:
             if not data:
                 self.put(FrameKind.STDIN_EOF)
                 return
+            self.stdin_bytes += len(data)
             self.put(FrameKind.STDIN, data)
 
     def _send_loop(self) -> None:
@@ -170,6 +172,11 @@ class JobSession:
         self.on_status = on_status
         self.relay = InputRelay(api, job_id)
         self._stdout_broken = False
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing of the job reached the caller and nothing of the caller's stdin left."""
+        return self.after == 0 and self.relay.stdin_bytes == 0
 
     def relay_input(self, stdin_fd: int | None) -> None:
         self.relay.start(stdin_fd)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +46,14 @@ def build_request(
         args=map_args(argv, config.paths),
         # A working directory outside every mapped root means nothing on a worker.
         cwd=mapped_cwd if mapped_cwd != cwd else None,
+        env=forwarded_env(config.forward_env),
         client_paths=dict(config.paths),
     )
+
+
+def forwarded_env(names: Sequence[str]) -> dict[str, str]:
+    """The allow-listed variables (client key ``forward_env``) that are set here."""
+    return {name: value for name in names if (value := os.environ.get(name)) is not None}
 
 
 def current_directory() -> str:
@@ -69,8 +75,19 @@ def submit(api: Api, request: JobRequest) -> str:
     return job_id
 
 
-def run(api: Api, request: JobRequest, stdin_fd: int | None = 0) -> int:
-    """Submit ``request``, relay its streams and signals, return the exit code to use."""
+def run(
+    api: Api,
+    request: JobRequest,
+    stdin_fd: int | None = 0,
+    fallback: Callable[[str], int] | None = None,
+) -> int:
+    """Submit ``request``, relay its streams and signals, return the exit code to use.
+
+    ``fallback(reason)`` runs the command some other way (the local binary) when the
+    cluster failed before the caller saw anything of the job: no output written and no
+    stdin consumed, so running it again elsewhere is indistinguishable from a first run.
+    """
+    session: JobSession | None = None
     try:
         job_id = submit(api, request)
         session = JobSession(api, job_id)
@@ -79,8 +96,12 @@ def run(api: Api, request: JobRequest, stdin_fd: int | None = 0) -> int:
         outcome = session.follow()
     except Exception as exc:  # every failure becomes one line and a documented code
         failure: ClusterFailure = explain(exc)
+        if fallback is not None and (session is None or session.untouched):
+            return fallback(failure.message)
         report(failure.message)
         return int(failure.code)
     if outcome.message:
+        if fallback is not None and session.untouched:
+            return fallback(outcome.message)
         report(outcome.message)
     return outcome.exit_code

@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from worker.probes import capture_probes
+
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 20.0
@@ -32,5 +34,5 @@ def probe_binaries(binaries: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             log.warning("binary %s (%s) does not run: %s", name, path, exc)
             continue
         first = result.stdout.split(b"\n", 1)[0].decode(errors="replace").strip()
-        found[name] = {"path": path, "version": first}
+        found[name] = {"path": path, "version": first, "probes": capture_probes(path)}
     return found
