@@ -13,6 +13,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +172,7 @@ class JobSession:
         self.after = 0
         self.on_status = on_status
         self.relay = InputRelay(api, job_id)
+        self.signals_received: list[int] = []
         self._stdout_broken = False
 
     @property
@@ -185,6 +187,7 @@ class JobSession:
         """SIGINT/SIGTERM/SIGHUP are sent on to the remote process, as a terminal would."""
 
         def handler(signum: int, _frame: Any) -> None:
+            self.signals_received.append(signum)
             self.relay.put(FrameKind.SIGNAL, str(signum).encode())
 
         for sig in FORWARDED_SIGNALS:
@@ -221,6 +224,19 @@ class JobSession:
                     return outcome_of(status)
                 self._write(frame)
                 self.after = frame.seq
+
+
+def die_like_remote(session: JobSession, exit_code: int) -> None:
+    """Die by signal N when we passed N on and the remote process died of it (128+N).
+
+    A local ffmpeg killed by SIGHUP is seen by its parent as killed by SIGHUP, not as
+    exiting with 129; dying the same way keeps even that difference away from the caller.
+    """
+    for signum in session.signals_received:
+        if exit_code == 128 + signum:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            time.sleep(1)  # the signal is delivered before this returns
 
 
 def report(message: str) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.api import Api
-from client.job import ClusterFailure, JobSession, explain, report
+from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
 from dffmpeg.config import ClientConfig
 from dffmpeg.paths import map_args, to_variables
 
@@ -104,4 +104,5 @@ def run(
         if fallback is not None and session.untouched:
             return fallback(outcome.message)
         report(outcome.message)
+    die_like_remote(session, outcome.exit_code)
     return outcome.exit_code

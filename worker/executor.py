@@ -85,6 +85,7 @@ class JobExecution:
         self.process: subprocess.Popen[bytes] | None = None
         self._canceled = threading.Event()
         self._done = threading.Event()
+        self._stdout_hung_up = threading.Event()
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
 
     # -- preparing ---------------------------------------------------------------------
@@ -172,7 +173,7 @@ class JobExecution:
             readers.append(
                 threading.Thread(
                     target=read_pipe,
-                    args=(fd, kind, buffer, self.rewriter(kind)),
+                    args=(fd, kind, buffer, self.rewriter(kind), self._hang_up_for(kind)),
                     name=f"read-{kind.name}",
                     daemon=True,
                 )
@@ -248,7 +249,17 @@ class JobExecution:
             self.send_signal(int(frame.data or b"0"))
         return stdin
 
+    def _hang_up_for(self, kind: FrameKind) -> threading.Event | None:
+        return self._stdout_hung_up if kind == FrameKind.STDOUT else None
+
     def send_signal(self, signum: int) -> None:
+        """Deliver a signal the caller's drop-in received (or SIGPIPE, see below)."""
+        if signum == signal.SIGPIPE:
+            # The caller closed our stdout. A local ffmpeg would see its next write fail,
+            # not a SIGPIPE out of the blue (it may ignore SIGPIPE and exit cleanly on
+            # EPIPE): close the pipe it writes into and let the same thing happen here.
+            self._stdout_hung_up.set()
+            return
         if signum not in (
             signal.SIGINT,
             signal.SIGTERM,
