@@ -22,7 +22,7 @@ import pytest
 
 from dffmpeg.exitcodes import ExitCode
 from tests.conftest import Cluster, start_cluster
-from tests.helpers import admin, wait_until
+from tests.helpers import admin, free_port, wait_until
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
@@ -577,3 +577,48 @@ def test_sigkilled_dropin_remote_process_stops_within_lease(short_lease_cluster:
         # The lease (3 s) runs out, the janitor (every 0.5 s) cancels, the worker stops it.
         wait_until(lambda: not remote_processes(cluster, out.name), timeout=10)
         assert time.monotonic() - killed < 3 + 3
+
+
+def test_reader_closing_stdout_ends_remote_like_local(cluster: Cluster, case: Path) -> None:
+    """A caller that stops reading stdout: a local ffmpeg's next write fails (EPIPE) and it
+    exits with its error code; the remote one must see the same, not run on forever."""
+    args = ["-hide_banner", "-re", "-stream_loop", "-1", "-i",
+            str(cluster.client_media / "clip.mp4"), "-c", "copy", "-f", "mpegts", "-"]  # fmt: skip
+    results = {}
+    for side in ("local", "remote"):
+        cmd = [FFMPEG if side == "local" else cluster.dropin("ffmpeg"), *args]
+        with start(cmd, cluster if side == "remote" else None) as proc, stopped_after(proc):
+            assert proc.stdout is not None and proc.stderr is not None
+            assert len(proc.stdout.read(1000)) == 1000
+            proc.stdout.close()
+            closed = time.monotonic()
+            err = proc.stderr.read()
+            proc.wait(timeout=20)
+            results[side] = (proc.returncode, time.monotonic() - closed, err)
+    assert results["remote"][0] == results["local"][0] != 0
+    assert b"Broken pipe" in results["remote"][2]
+    assert results["remote"][1] < 5.0
+
+
+def test_local_fallback_when_cluster_unreachable(cluster: Cluster, tmp_path: Path) -> None:
+    import yaml
+
+    config = yaml.safe_load(cluster.client_config.read_text())
+    config["coordinator_url"] = f"http://127.0.0.1:{free_port()}"
+    config["local_fallback"] = FFMPEG
+    path = tmp_path / "fallback.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ["-v", "error", "-i", str(cluster.client_media / "clip.mp4"), "-c", "copy", "-f",
+            "mpegts", "-"]  # fmt: skip
+    rem = subprocess.run(
+        [cluster.dropin("ffmpeg"), *args],
+        env={**cluster.env(), "DFFMPEG_CLIENT_CONFIG": str(path)},
+        capture_output=True,
+        timeout=60,
+    )
+    loc = local(FFMPEG, *args)
+    assert rem.returncode == loc.returncode == 0
+    assert rem.stdout == loc.stdout
+    lines = rem.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dffmpeg: coordinator unreachable")
+    assert lines[0].endswith(f"; running {FFMPEG} locally")
