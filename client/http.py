@@ -90,8 +90,15 @@ class PlainConnection:
             raise HttpError("no request was sent")
         return reply
 
+    def _stream(self) -> Any:
+        # ``close`` may run in another thread (``Api.close`` closes every connection).
+        stream = self._file
+        if stream is None:
+            raise HttpError("connection closed")
+        return stream
+
     def _readline(self) -> bytes:
-        line: bytes = self._file.readline(MAX_HEADER_LINE + 1)
+        line: bytes = self._stream().readline(MAX_HEADER_LINE + 1)
         if not line:
             raise HttpError("connection closed by the coordinator")
         if len(line) > MAX_HEADER_LINE:
@@ -122,12 +129,12 @@ class PlainConnection:
         elif "content-length" in fields:
             body = self._read_exactly(int(fields["content-length"]))
         else:
-            body = self._file.read()
+            body = self._stream().read()
             close = True
         return PlainReply(status, headers, body, close)
 
     def _read_exactly(self, size: int) -> bytes:
-        data: bytes = self._file.read(size)
+        data: bytes = self._stream().read(size)
         if len(data) != size:
             raise HttpError("connection closed in the middle of an answer")
         return data
