@@ -177,8 +177,9 @@ class JobSession:
 
     @property
     def untouched(self) -> bool:
-        """Nothing of the job reached the caller and nothing of the caller's stdin left."""
-        return self.after == 0 and self.relay.stdin_bytes == 0
+        """Nothing of the job reached the caller, nothing of the caller's stdin left, and
+        the caller did not signal us: running the command elsewhere is a clean first run."""
+        return self.after == 0 and self.relay.stdin_bytes == 0 and not self.signals_received
 
     def relay_input(self, stdin_fd: int | None) -> None:
         self.relay.start(stdin_fd)

@@ -10,6 +10,7 @@ from typing import Any
 from client.api import Api
 from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
 from dffmpeg.config import ClientConfig
+from dffmpeg.exitcodes import ExitCode
 from dffmpeg.paths import map_args, to_variables
 
 
@@ -101,7 +102,8 @@ def run(
         report(failure.message)
         return int(failure.code)
     if outcome.message:
-        if fallback is not None and session.untouched:
+        canceled = outcome.exit_code == ExitCode.CANCELED_BY_CLUSTER  # someone meant it
+        if fallback is not None and session.untouched and not canceled:
             return fallback(outcome.message)
         report(outcome.message)
     die_like_remote(session, outcome.exit_code)

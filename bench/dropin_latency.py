@@ -1,0 +1,177 @@
+"""Drop-in latencies against a local ffmpeg, on one machine, in one run.
+
+Measures: fast probes (``-version``, ``-encoders``) local vs drop-in; the time from
+writing ``q`` to exit for a running HLS transcode, local vs drop-in; drop-in start-up
+(to exit against an unreachable coordinator) and its resident memory; stderr delivery
+latency (a byte written by the worker's child to the moment the caller reads it).
+Prints a Markdown table for docs/performance.md. Not run by the test suite.
+
+    .venv/bin/python -m bench.dropin_latency [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import Cluster, start_cluster
+from tests.helpers import free_port
+
+FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
+
+# A stand-in "ffmpeg" for the stderr measurement: answers the worker's start-up probes,
+# otherwise writes its wall-clock time to stderr every 100 ms, unbuffered.
+TICKER = """#!{python}
+import os, sys, time
+if len(sys.argv) > 1 and sys.argv[-1].startswith("-") and sys.argv[-1] != "-tick":
+    print("ticker version 1")
+    sys.exit(0)
+for _ in range(int(os.environ.get("TICKS", "40"))):
+    os.write(2, ("%.6f\\n" % time.time()).encode())
+    time.sleep(0.1)
+"""
+
+
+@contextmanager
+def cluster(root: Path, media: Path, **worker: object) -> Iterator[Cluster]:
+    root.mkdir()
+    generator = start_cluster(root, media, worker_extra=dict(worker) or None)
+    try:
+        yield next(generator)
+    finally:
+        generator.close()
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def med_p95(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
+    return f"{statistics.median(ordered) * 1000:.0f} ms ({p95 * 1000:.0f})"
+
+
+def hls_args(clip: Path, out: Path) -> list[str]:
+    return ["-hide_banner", "-re", "-stream_loop", "-1", "-i", str(clip), "-t", "30",
+            "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-c:a", "aac", "-f", "hls",
+            "-hls_time", "1", "-hls_segment_filename", str(out / "h%d.ts"),
+            str(out / "h.m3u8")]  # fmt: skip
+
+
+def q_to_exit(cmd: list[str], out: Path, env: dict[str, str] | None) -> float:
+    out.mkdir(parents=True)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    assert proc.stdin is not None
+    deadline = time.monotonic() + 30
+    while not (out / "h1.ts").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    start = time.perf_counter()
+    proc.stdin.write(b"q")
+    proc.stdin.flush()
+    proc.wait(timeout=30)
+    elapsed = time.perf_counter() - start
+    proc.stdin.close()
+    return elapsed
+
+
+def child_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, max resident MB) of one run, from wait4 on that child alone."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def stderr_latency(c: Cluster) -> list[float]:
+    proc = subprocess.Popen(
+        [c.dropin("ffmpeg"), "-tick"],
+        env=c.env(TICKS="40"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    delays = []
+    buffered = b""
+    while True:
+        data = os.read(proc.stderr.fileno(), 65536)
+        now = time.time()
+        if not data:
+            break
+        buffered += data
+        *lines, buffered = buffered.split(b"\n")
+        delays += [now - float(line) for line in lines if line.strip()]
+    proc.wait()
+    proc.stderr.close()
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--q-runs", type=int, default=5)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="dffmpeg-bench-dropin-"))
+    media = root / "media"
+    media.mkdir()
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc=duration=2:size=320x240:rate=25", "-f", "lavfi", "-i",
+                    "sine=duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-shortest", str(media / "clip.mp4")], check=True)  # fmt: skip
+    rows: list[tuple[str, str, str]] = []
+    with cluster(root / "c1", media) as c:
+        env = c.env()
+        for option in ("-version", "-encoders"):
+            loc = [timed([FFMPEG, option]) for _ in range(args.runs)]
+            rem = [timed([c.dropin("ffmpeg"), option], env) for _ in range(args.runs)]
+            rows.append((f"`ffmpeg {option}`, median (p95)", med_p95(loc), med_p95(rem)))
+        loc_q = [
+            q_to_exit([FFMPEG, *hls_args(c.client_media / "clip.mp4", out)], out, None)
+            for out in (c.client_media / f"ql{i}" for i in range(args.q_runs))
+        ]
+        rem_q = [
+            q_to_exit([c.dropin("ffmpeg"), *hls_args(c.client_media / "clip.mp4", out)], out, env)
+            for out in (c.client_media / f"qr{i}" for i in range(args.q_runs))
+        ]
+        rows.append(("`q` written to exit (HLS), median (p95)", med_p95(loc_q), med_p95(rem_q)))
+        bad = {**env, "DFFMPEG_CLIENT_CONFIG": str(root / "unreachable.yaml")}
+        (root / "unreachable.yaml").write_text(
+            c.client_config.read_text().replace(c.url, f"http://127.0.0.1:{free_port()}")
+        )
+        starts, rss = [], []
+        for _ in range(args.runs):
+            wall, mb = child_rss_mb([c.dropin("ffprobe"), "-v", "error", "x.mkv"], bad)
+            starts.append(wall)
+            rss.append(mb)
+        bare = [timed([sys.executable, "-c", "pass"]) for _ in range(args.runs)]
+        rows.append(("drop-in start to exit (unreachable), median (p95)", "-", med_p95(starts)))
+        rows.append(("bare `python -c pass`, median (p95)", "-", med_p95(bare)))
+        rows.append(("drop-in resident memory (max)", "-", f"{max(rss):.1f} MB"))
+    ticker = root / "ticker"
+    ticker.write_text(TICKER.format(python=sys.executable))
+    ticker.chmod(0o755)
+    with cluster(root / "c2", media, binaries={"ffmpeg": str(ticker)}) as c:
+        delays = stderr_latency(c)
+    rows.append(("stderr write (worker child) to caller, median (p95)", "-", med_p95(delays)))
+    print("| measure | local ffmpeg | drop-in |")
+    print("|---|---|---|")
+    for name, loc_value, rem_value in rows:
+        print(f"| {name} | {loc_value} | {rem_value} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
