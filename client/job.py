@@ -173,6 +173,7 @@ class JobSession:
         self.on_status = on_status
         self.relay = InputRelay(api, job_id)
         self.signals_received: list[int] = []
+        self.stopping_signal: int | None = None
         self._stdout_broken = False
 
     @property
@@ -190,9 +191,25 @@ class JobSession:
         def handler(signum: int, _frame: Any) -> None:
             self.signals_received.append(signum)
             self.relay.put(FrameKind.SIGNAL, str(signum).encode())
+            threading.Thread(
+                target=self._stop_if_unstarted, args=(signum,), name="stop", daemon=True
+            ).start()
 
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, handler)
+
+    def _stop_if_unstarted(self, signum: int) -> None:
+        """A job still waiting for a worker has no process to pass the signal to: cancel it
+        and die of the signal, as a local ffmpeg would have at once."""
+        try:
+            state = self.api.call("GET", f"/jobs/{self.job_id}", timeout=5)["job"]["state"]
+            if state not in ("pending", "assigned"):
+                return
+            self.stopping_signal = signum  # the main thread may see "canceled" first
+            self.api.request("POST", f"/jobs/{self.job_id}/cancel", timeout=5)
+        except (ApiError, Unreachable, KeyError, TypeError):
+            return
+        die_of(signum)
 
     def _write(self, frame: Frame) -> None:
         if frame.kind == FrameKind.STDERR:
@@ -233,11 +250,17 @@ def die_like_remote(session: JobSession, exit_code: int) -> None:
     A local ffmpeg killed by SIGHUP is seen by its parent as killed by SIGHUP, not as
     exiting with 129; dying the same way keeps even that difference away from the caller.
     """
+    if session.stopping_signal is not None:
+        die_of(session.stopping_signal)
     for signum in session.signals_received:
         if exit_code == 128 + signum:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            time.sleep(1)  # the signal is delivered before this returns
+            die_of(signum)
+
+
+def die_of(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1)  # the signal is delivered before this returns
 
 
 def report(message: str) -> None:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,14 +125,9 @@ def long_hls_args(clip: Path, out: Path) -> list[str]:
 
 
 def start(cmd: list[str], cluster: Cluster | None, **kwargs: object) -> subprocess.Popen[bytes]:
-    env = cluster.env() if cluster is not None else None
+    kwargs.setdefault("env", cluster.env() if cluster is not None else None)
     return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        **kwargs,
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
     )
 
 
@@ -622,3 +618,31 @@ def test_local_fallback_when_cluster_unreachable(cluster: Cluster, tmp_path: Pat
     lines = rem.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dffmpeg: coordinator unreachable")
     assert lines[0].endswith(f"; running {FFMPEG} locally")
+
+
+def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    """No worker can take the job (a path variable none of them has): SIGTERM must not
+    leave the caller waiting for a process that never started."""
+    import yaml
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    config = yaml.safe_load(cluster.client_config.read_text())
+    config["paths"]["Elsewhere"] = str(other)
+    path = tmp_path / "client.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [cluster.dropin("ffmpeg"), "-i", str(other / "a.mkv"), "-f", "null", "-"]
+    env = {**cluster.env(), "DFFMPEG_CLIENT_CONFIG": str(path)}
+    with start(cmd, None, env=env) as proc, stopped_after(proc):
+        queued = wait_until(lambda: _jobs_in(cluster, "pending"), timeout=20)
+        time.sleep(0.5)  # the drop-in is following the job (its signal handlers are set)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=5)
+    assert proc.returncode == -signal.SIGTERM
+    assert {j["job_id"] for j in queued} <= {j["job_id"] for j in _jobs_in(cluster, "canceled")}
+
+
+def _jobs_in(cluster: Cluster, state: str) -> list[Any]:
+    jobs: Any = admin(cluster.coordinator_config, "job", "list", "--state", state)
+    return list(jobs)
