@@ -65,3 +65,18 @@ def recognise(args: list[str]) -> ProbeCall | None:
     if option is None:
         return None
     return ProbeCall(option, banner=bool(level_banner) and not hide)
+
+
+# Options that make ffmpeg print information and exit at once. Not answered from a
+# capture (too many forms), but such jobs jump the queue (see ``INFO_PRIORITY``).
+INFO_OPTIONS = frozenset(
+    {"-h", "-?", "-help", "--help", "-L", "-buildconf", "-codecs", "-bsfs", "-protocols",
+     "-pix_fmts", "-layouts", "-sample_fmts", "-colors", "-devices", "-muxers", "-demuxers",
+     "-sources", "-sinks", "-dispositions"} | OPTIONS
+)  # fmt: skip
+INFO_PRIORITY = 100
+
+
+def is_information_call(args: list[str]) -> bool:
+    """A call that only prints information: no input, no output, well under a second."""
+    return any(arg in INFO_OPTIONS for arg in args) and "-i" not in args

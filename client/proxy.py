@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 
-from client.fastprobe import recognise
+from client.fastprobe import INFO_PRIORITY, is_information_call, recognise
 from dffmpeg.config import ClientConfig, ConfigError, load_client
 from dffmpeg.exitcodes import ExitCode
 
@@ -84,7 +84,10 @@ def main() -> int:
         assert local is not None
         return run_locally(local, args, reason)
 
-    return run(api, build_request(config, binary, args), fallback=fallback if local else None)
+    request = build_request(config, binary, args)
+    if is_information_call(args):
+        request.priority = INFO_PRIORITY  # ahead of queued transcodes (docs/dropin.md)
+    return run(api, request, fallback=fallback if local else None)
 
 
 if __name__ == "__main__":

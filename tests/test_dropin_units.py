@@ -74,3 +74,12 @@ def test_default_forward_env_is_a_small_safe_list() -> None:
     config = _config(None)
     assert "TZ" in config.forward_env and "LANG" in config.forward_env
     assert not any(name.startswith("LD_") or name == "PATH" for name in config.forward_env)
+
+
+def test_information_calls_are_recognised() -> None:
+    from client.fastprobe import is_information_call
+
+    assert is_information_call(["-hide_banner", "-h", "encoder=libx264"])
+    assert is_information_call(["-pix_fmts"])
+    assert not is_information_call(["-i", "a.mkv", "-h"])
+    assert not is_information_call(["-i", "a.mkv", "-f", "null", "-"])
