@@ -199,17 +199,17 @@ class JobSession:
             signal.signal(sig, handler)
 
     def _stop_if_unstarted(self, signum: int) -> None:
-        """A job still waiting for a worker has no process to pass the signal to: cancel it
-        and die of the signal, as a local ffmpeg would have at once."""
+        """A job still waiting for a worker has no process to pass the signal to: cancel it,
+        and the main thread, seeing it canceled, dies of the signal (``die_like_remote``),
+        as a local ffmpeg would have at once. (Only the main thread may reset handlers.)"""
         try:
             state = self.api.call("GET", f"/jobs/{self.job_id}", timeout=5)["job"]["state"]
             if state not in ("pending", "assigned"):
                 return
-            self.stopping_signal = signum  # the main thread may see "canceled" first
+            self.stopping_signal = signum
             self.api.request("POST", f"/jobs/{self.job_id}/cancel", timeout=5)
         except (ApiError, Unreachable, KeyError, TypeError):
-            return
-        die_of(signum)
+            self.stopping_signal = None
 
     def _write(self, frame: Frame) -> None:
         if frame.kind == FrameKind.STDERR:

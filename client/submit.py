@@ -101,6 +101,8 @@ def run(
             return fallback(failure.message)
         report(failure.message)
         return int(failure.code)
+    if session.stopping_signal is not None:
+        die_like_remote(session, outcome.exit_code)  # we canceled it: no message
     if outcome.message:
         canceled = outcome.exit_code == ExitCode.CANCELED_BY_CLUSTER  # someone meant it
         if fallback is not None and session.untouched and not canceled:

@@ -638,8 +638,9 @@ def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path
         time.sleep(0.5)  # the drop-in is following the job (its signal handlers are set)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=5)
+        _, err = proc.communicate(timeout=5)
     assert proc.returncode == -signal.SIGTERM
+    assert err == b""  # nothing of ours: no message, no traceback from a helper thread
     assert {j["job_id"] for j in queued} <= {j["job_id"] for j in _jobs_in(cluster, "canceled")}
 
 
