@@ -154,6 +154,9 @@ _ABSOLUTE = re.compile(
 )
 # Paths every process may name without touching anyone's files.
 HARMLESS_PATHS = frozenset({"/dev/null", "/dev/zero", "/dev/stdin", "/dev/stdout", "/dev/stderr"})
+# GPU render nodes named by hardware acceleration options (``-vaapi_device``,
+# ``-init_hw_device vaapi=va:/dev/dri/renderD128``): devices, not anyone's files.
+HARMLESS_PREFIXES = ("/dev/dri/",)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -183,7 +186,7 @@ def unmapped_paths(
             path = re.sub("/+", "/", match.group(1))
             head, _, rest = path.partition(":")
             head = os.path.normpath(head)
-            if head in HARMLESS_PATHS:
+            if head in HARMLESS_PATHS or head.startswith(HARMLESS_PREFIXES):
                 continue
             if _climbs(rest) or not any(_inside(head, root) for root in roots):
                 outside.append(path)

@@ -240,14 +240,17 @@ def test_keys_pass_through_in_real_time(cluster: Cluster, case: Path) -> None:
     assert (case / "remote" / "out.mkv").stat().st_size > 10_000
 
 
-def test_subtitle_burn_in_with_fonts_dir(cluster: Cluster, case: Path) -> None:
+@pytest.mark.parametrize("form", ["quoted", "escaped"])
+def test_subtitle_burn_in_with_fonts_dir(cluster: Cluster, case: Path, form: str) -> None:
     fonts = case / "fonts"
     fonts.mkdir()
     font = next(Path("/usr/share/fonts").rglob("*.ttf"), None)
     if font is None:
         pytest.skip("no TrueType font under /usr/share/fonts")
     shutil.copy(font, fonts / font.name)
-    subs = case / "subs, one [x].ass"  # filtergraph separators inside the quoted value
+    # quoted: filtergraph separators inside a quoted value; escaped: ':' and "'" escaped
+    # for the filter option and again for the graph, in an unquoted value.
+    subs = case / ("subs, one [x].ass" if form == "quoted" else "a:b's.ass")
     subs.write_text(
         "[Script Info]\nScriptType: v4.00+\nPlayResX: 320\nPlayResY: 240\n\n"
         "[V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, Alignment\n"
@@ -265,7 +268,11 @@ def test_subtitle_burn_in_with_fonts_dir(cluster: Cluster, case: Path) -> None:
             "-i",
             str(cluster.client_media / "clip.mp4"),
             "-vf",
-            f"subtitles=f='{subs}':fontsdir='{fonts}'",
+            f"subtitles=f='{subs}':fontsdir='{fonts}'"
+            if form == "quoted"
+            else "subtitles=f="
+            + str(subs).replace(":", r"\\\:").replace("'", r"\\\'")
+            + f":fontsdir={fonts}",
             "-frames:v",
             "1",
             str(case / side / "frame.png"),

@@ -42,6 +42,22 @@ WORKER = {"Media": "/srv/media", "TV": "/srv/tv", "Cache": "/tmp/cache"}
         ("/mnt/mediaextra/a.mkv", "/mnt/mediaextra/a.mkv", "/mnt/mediaextra/a.mkv"),
         ("-c:v", "-c:v", "-c:v"),
         ("/var/cache/jf", "$Cache", "/tmp/cache"),
+        (
+            "subtitles=f='/mnt/media/It\\'s a\\:b.ass':si=0",
+            "subtitles=f='$Media/It\\'s a\\:b.ass':si=0",
+            "subtitles=f='/srv/media/It\\'s a\\:b.ass':si=0",
+        ),
+        (
+            "movie=/mnt/media/logo.png[wm];[0:v][wm]overlay",
+            "movie=$Media/logo.png[wm];[0:v][wm]overlay",
+            "movie=/srv/media/logo.png[wm];[0:v][wm]overlay",
+        ),
+        (
+            "-hls_segment_filename",
+            "-hls_segment_filename",
+            "-hls_segment_filename",
+        ),
+        ("/var/cache/jf/t/x%d.ts", "$Cache/t/x%d.ts", "/tmp/cache/t/x%d.ts"),
     ],
 )
 def test_round_trip(local: str, wire: str, remote: str) -> None:
@@ -138,6 +154,9 @@ WORKER_ROOTS = {"Media": "/srv/media", "Cache": "/tmp/cache"}
         (["-f", "null", "/dev/null"], []),
         (["-i", "../../etc/passwd"], ["../../etc/passwd"]),
         (["-i", "sub/../clip.mp4"], []),
+        (["-init_hw_device", "vaapi=va:/dev/dri/renderD128", "-vaapi_device", "/dev/dri/x"], []),
+        (["-user_agent", "Mozilla/5.0", "-i", "http://localhost:8096/videos/a/stream"], []),
+        (["-filter_complex", "[0:3]scale=1280:-1[s];[0:0][s]overlay"], []),
     ],
 )
 def test_unmapped_paths_are_found(args: list[str], outside: list[str]) -> None:
