@@ -142,6 +142,13 @@ def main() -> None:
             loc = [timed([FFMPEG, option]) for _ in range(args.runs)]
             rem = [timed([c.dropin("ffmpeg"), option], env) for _ in range(args.runs)]
             rows.append((f"`ffmpeg {option}`, median (p95)", med_p95(loc), med_p95(rem)))
+        probe_args = ["-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+                      str(c.client_media / "clip.mp4")]  # fmt: skip
+        loc_p = [timed(["ffprobe", *probe_args]) for _ in range(args.runs)]
+        rem_p = [timed([c.dropin("ffprobe"), *probe_args], env) for _ in range(args.runs)]
+        overhead = statistics.median(rem_p) - statistics.median(loc_p)
+        rows.append(("ffprobe JSON round-trip, median (p95)", med_p95(loc_p),
+                     f"{med_p95(rem_p)}, +{overhead * 1000:.0f} ms"))  # fmt: skip
         loc_q = [
             q_to_exit([FFMPEG, *hls_args(c.client_media / "clip.mp4", out)], out, None)
             for out in (c.client_media / f"ql{i}" for i in range(args.q_runs))

@@ -28,6 +28,10 @@ OUTPUT_WAIT_SECONDS = 5.0
 # How long to keep trying when the coordinator goes away in the middle of a job.
 RECONNECT_SECONDS = 60.0
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# At most this many 64 KiB stdin chunks wait to be sent, and one request carries at most
+# MAX_INPUT_BATCH bytes.
+STDIN_CHUNKS_IN_FLIGHT = 64
+MAX_INPUT_BATCH = 1024 * 1024
 
 FAILURE_CODES = {
     "worker_lost": ExitCode.WORKER_LOST,
@@ -93,6 +97,9 @@ class InputRelay:
         self._queue: queue.SimpleQueue[tuple[FrameKind, bytes] | None] = queue.SimpleQueue()
         self._seq = 0
         self.stdin_bytes = 0  # read from our stdin so far (and so lost to a local rerun)
+        # stdin chunks read but not yet sent: a fast pipe (``-i pipe:0``) waits for the
+        # network instead of filling memory. Signals and EOF never wait.
+        self._room = threading.Semaphore(STDIN_CHUNKS_IN_FLIGHT)
         self._thread = threading.Thread(target=self._send_loop, name="input", daemon=True)
 
     def start(self, stdin_fd: int | None) -> None:
@@ -118,6 +125,7 @@ class InputRelay:
                 self.put(FrameKind.STDIN_EOF)
                 return
             self.stdin_bytes += len(data)
+            self._room.acquire()
             self.put(FrameKind.STDIN, data)
 
     def _send_loop(self) -> None:
@@ -126,8 +134,9 @@ class InputRelay:
             if item is None:
                 return
             batch = [item]
+            size = len(item[1])
             # Coalesce what is already waiting: fewer requests, same order.
-            while True:
+            while size < MAX_INPUT_BATCH:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -136,6 +145,7 @@ class InputRelay:
                     self._queue.put(None)
                     break
                 batch.append(more)
+                size += len(more[1])
             frames = []
             for kind, data in batch:
                 self._seq += 1
@@ -150,8 +160,17 @@ class InputRelay:
                 )
             except ApiError as exc:
                 if exc.status == 409:
+                    self._open_the_gate()
                     return  # the job is over; nothing more to feed it
                 raise
+            for kind, _ in batch:
+                if kind == FrameKind.STDIN:
+                    self._room.release()
+
+    def _open_the_gate(self) -> None:
+        # The reader must never stay blocked once nothing is sent any more.
+        for _ in range(STDIN_CHUNKS_IN_FLIGHT):
+            self._room.release()
 
 
 class JobSession:

@@ -654,3 +654,16 @@ def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path
 def _jobs_in(cluster: Cluster, state: str) -> list[Any]:
     jobs: Any = admin(cluster.coordinator_config, "job", "list", "--state", state)
     return list(jobs)
+
+
+def test_large_pipe_input_is_relayed_whole(cluster: Cluster) -> None:
+    """Megabytes on stdin, faster than the network: nothing lost, nothing reordered, and
+    the drop-in's memory stays bounded (stdin waits for the network)."""
+    raw = ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", "320x240", "-r", "25"]
+    frames = local(FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=duration=3:size=320x240",
+                   *raw, "-").stdout  # fmt: skip
+    assert len(frames) == 75 * 320 * 240 * 3 // 2
+    args = ["-v", "error", *raw, "-i", "pipe:0", "-f", "framemd5", "-"]
+    loc, rem = both(cluster, "ffmpeg", lambda _side: args, input=frames, timeout=120)
+    assert (rem.returncode, rem.stdout, rem.stderr) == (loc.returncode, loc.stdout, loc.stderr)
+    assert rem.stdout.count(b"\n0,") == 75
