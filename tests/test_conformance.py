@@ -667,3 +667,20 @@ def test_large_pipe_input_is_relayed_whole(cluster: Cluster) -> None:
     loc, rem = both(cluster, "ffmpeg", lambda _side: args, input=frames, timeout=120)
     assert (rem.returncode, rem.stdout, rem.stderr) == (loc.returncode, loc.stdout, loc.stderr)
     assert rem.stdout.count(b"\n0,") == 75
+
+
+def test_progress_on_stderr_arrives_while_running(cluster: Cluster, case: Path) -> None:
+    """``\\r`` progress lines reach the caller as ffmpeg writes them, not at the end."""
+    cmd = [cluster.dropin("ffmpeg"), "-hide_banner", "-stats_period", "0.2", "-re", "-i",
+           str(cluster.client_media / "clip.mp4"), "-f", "null", "-"]  # fmt: skip
+    arrivals: list[tuple[float, bytes]] = []
+    with start(cmd, cluster) as proc, stopped_after(proc):
+        assert proc.stderr is not None
+        while data := os.read(proc.stderr.fileno(), 65536):
+            arrivals.append((time.monotonic(), data))
+        proc.wait(timeout=30)
+    end = arrivals[-1][0]
+    progress = [t for t, data in arrivals if b"frame=" in data and b"\r" in data]
+    assert progress, arrivals
+    assert end - progress[0] > 1.0  # the first progress arrived well before the end
+    assert len(progress) >= 4  # and several more separately while it ran
