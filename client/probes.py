@@ -33,6 +33,10 @@ def answer_probe(api: Api, binary: str, probe: ProbeCall) -> int | None:
         exit_code = int(data["exit_code"])
     except (ApiError, Unreachable, KeyError, TypeError, ValueError, binascii.Error):
         return None
+    if exit_code != 0 and not probe.banner:
+        # A failing probe (``ffprobe -hwaccels``) prints its error after the banner; what
+        # it prints without the banner is not in the capture, so let the binary say it.
+        return None
     try:
         _write_all(1, stdout)
         if probe.banner:
