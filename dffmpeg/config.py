@@ -166,6 +166,12 @@ class ClientConfig:
     transports: list[str] = field(default_factory=lambda: ["http"])
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
     source: str | None = None
+    # Defaults for every job this client submits (see docs/lifecycle.md).
+    require_labels: list[str] = field(default_factory=list)
+    prefer_labels: list[str] = field(default_factory=list)
+    priority: int = 0
+    queue_timeout: float | None = None
+    wait_for_worker: bool = False
     forward_env: list[str] = field(default_factory=lambda: list(DEFAULT_FORWARD_ENV))
     local_fallback: str | dict[str, str] | None = None
 
@@ -184,9 +190,23 @@ class ClientConfig:
             transports=_str_list(data, "transports", ["http"]),
             brokers=BrokerSettings.from_dict(data),
             source=source,
+            require_labels=_str_list(data, "require_labels", []),
+            prefer_labels=_str_list(data, "prefer_labels", []),
+            priority=int(data.get("priority", 0)),
+            queue_timeout=_positive_or_none(data, "queue_timeout"),
+            wait_for_worker=bool(data.get("wait_for_worker", False)),
             forward_env=_str_list(data, "forward_env", DEFAULT_FORWARD_ENV),
             local_fallback=_local_fallback(data),
         )
+
+
+def _positive_or_none(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number of seconds")
+    return float(value)
 
 
 @dataclass
@@ -197,6 +217,7 @@ class WorkerConfig(ClientConfig):
     slots: int = 0
     labels: list[str] = field(default_factory=list)
     heartbeat_seconds: float = 5.0
+    mount_check_seconds: float = 5.0
     # Paths outside every mapped root are refused unless this is set (see docs/dropin.md).
     allow_unmapped_paths: bool = False
 
@@ -217,6 +238,7 @@ class WorkerConfig(ClientConfig):
             slots=slots,
             labels=_str_list(data, "labels", []),
             heartbeat_seconds=float(data.get("heartbeat_seconds", 5.0)),
+            mount_check_seconds=float(data.get("mount_check_seconds", 5.0)),
             allow_unmapped_paths=bool(data.get("allow_unmapped_paths", False)),
         )
 
@@ -239,6 +261,9 @@ class CoordinatorConfig:
     recheck_seconds: float = 0.0
     janitor_seconds: float = 2.0
     retention_seconds: int = 86400
+    # An assigned job not accepted (or a canceling job not confirmed) in this time is
+    # taken back from its worker.
+    assign_timeout_seconds: int = 30
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
     source: str | None = None
 
@@ -260,6 +285,7 @@ class CoordinatorConfig:
             recheck_seconds=float(data.get("recheck_seconds", 0.0)),
             janitor_seconds=float(data.get("janitor_seconds", 2.0)),
             retention_seconds=int(data.get("retention_seconds", 86400)),
+            assign_timeout_seconds=int(data.get("assign_timeout_seconds", 30)),
             brokers=BrokerSettings.from_dict(data),
             source=source,
         )
