@@ -647,6 +647,7 @@ def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path
     other.mkdir()
     config = yaml.safe_load(cluster.client_config.read_text())
     config["paths"]["Elsewhere"] = str(other)
+    config["wait_for_worker"] = True  # queue instead of failing fast
     path = tmp_path / "client.yaml"
     path.write_text(yaml.safe_dump(config))
     cmd = [cluster.dropin("ffmpeg"), "-i", str(other / "a.mkv"), "-f", "null", "-"]
