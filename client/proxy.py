@@ -86,7 +86,7 @@ def main() -> int:
 
     request = build_request(config, binary, args)
     if is_information_call(args):
-        request.priority = INFO_PRIORITY  # ahead of queued transcodes (docs/dropin.md)
+        request.priority = max(request.priority, INFO_PRIORITY)  # ahead of transcodes
     return run(api, request, fallback=fallback if local else None)
 
 
