@@ -162,7 +162,10 @@ class Cluster:
 
 
 def start_cluster(
-    tmp_path: Path, media_dir: Path, worker_extra: dict[str, Any] | None = None
+    tmp_path: Path,
+    media_dir: Path,
+    worker_extra: dict[str, Any] | None = None,
+    coordinator_extra: dict[str, Any] | None = None,
 ) -> Iterator[Cluster]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -173,6 +176,7 @@ def start_cluster(
             "port": port,
             "database_url": f"sqlite:///{tmp_path / 'coordinator.db'}",
             "janitor_seconds": 0.5,
+            **(coordinator_extra or {}),
         },
     )
     worker_user = admin(coordinator_config, "user", "add", "worker1", "--role", "worker")
