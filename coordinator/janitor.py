@@ -193,5 +193,11 @@ class Janitor:
                 )
 
     def purge(self) -> None:
-        """Drop expired nonces, and everything of jobs finished past the retention."""
-        retention.purge(timedelta(seconds=self.app.config["DFFMPEG"].retention_seconds))
+        """Drop expired nonces, old jobs' output, and older jobs (coordinator.retention)."""
+        settings = self.app.config["DFFMPEG"]
+        cursor = self.app.extensions.setdefault("dffmpeg.retention", retention.Cursor())
+        retention.purge(
+            timedelta(seconds=settings.retention_seconds),
+            timedelta(seconds=settings.job_retention_seconds),
+            cursor,
+        )

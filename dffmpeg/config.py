@@ -261,6 +261,7 @@ class CoordinatorConfig:
     recheck_seconds: float = 0.0
     janitor_seconds: float = 2.0
     retention_seconds: int = 86400
+    job_retention_seconds: int = 30 * 86400
     # An assigned job not accepted (or a canceling job not confirmed) in this time is
     # taken back from its worker.
     assign_timeout_seconds: int = 30
@@ -285,6 +286,7 @@ class CoordinatorConfig:
             recheck_seconds=float(data.get("recheck_seconds", 0.0)),
             janitor_seconds=float(data.get("janitor_seconds", 2.0)),
             retention_seconds=int(data.get("retention_seconds", 86400)),
+            job_retention_seconds=int(data.get("job_retention_seconds", 30 * 86400)),
             assign_timeout_seconds=int(data.get("assign_timeout_seconds", 30)),
             brokers=BrokerSettings.from_dict(data),
             source=source,

@@ -5,14 +5,25 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, column, create_engine, func, select, table, text
+from sqlalchemy import (
+    Engine,
+    MetaData,
+    Table,
+    column,
+    create_engine,
+    func,
+    select,
+    table,
+    text,
+)
 
 from coordinator import schema
 from coordinator.db import Base
@@ -27,66 +38,63 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
+def _table_0001(engine: Engine, name: str, model_table: Table) -> tuple[Any, dict[str, Any]]:
+    """The table as revision 0001 made it, typed like the models (JSON stays JSON), plus
+    a plain value for every NOT NULL column without a default in the database.
+
+    Columns are read from the database, so columns added to 0001 later are covered.
+    """
+    reflected = Table(name, MetaData(), autoload_with=engine)
+    columns = []
+    fill: dict[str, Any] = {}
+    for col in reflected.columns:
+        model_col = model_table.c.get(col.name)
+        columns.append(column(col.name, model_col.type if model_col is not None else col.type))
+        if col.nullable or col.server_default is not None:
+            continue
+        default = model_col.default if model_col is not None else None
+        if default is not None and getattr(default, "is_callable", False):
+            fill[col.name] = (
+                default.arg(None) if default.arg.__code__.co_argcount else default.arg()
+            )
+        elif default is not None:
+            fill[col.name] = default.arg
+    return table(name, *columns), fill
+
+
 def _seed_0001(engine: Engine) -> None:
     """Rows as a coordinator of revision 0001 wrote them (plain SQL, no current models)."""
-    users = table(
-        "users", column("client_id"), column("role"), column("hmac_key"), column("created_at")
-    )
-    jobs = table(
-        "jobs",
-        *(
-            column(name)
-            for name in (
-                "id",
-                "requester",
-                "binary",
-                "args",
-                "cwd",
-                "env",
-                "path_variables",
-                "client_paths",
-                "mode",
-                "priority",
-                "state",
-                "created_at",
-                "updated_at",
-                "finished_at",
-                "exit_code",
-            )
-        ),
-    )
-    when = datetime(2026, 1, 2, 3, 4, 5)
+    from coordinator.models import Job, User
+
+    users, user_fill = _table_0001(engine, "users", User.__table__)
+    jobs, job_fill = _table_0001(engine, "jobs", Job.__table__)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    user_rows = [
+        {"client_id": "alice", "role": "client", "hmac_key": "k1", "created_at": when},
+        {"client_id": "w1", "role": "worker", "hmac_key": "k2", "created_at": when},
+    ]
+    job_rows = [
+        {
+            "id": f"job{i}",
+            "requester": "alice",
+            "binary": "ffprobe",
+            "args": ["-version"],
+            "env": {},
+            "path_variables": [],
+            "client_paths": {},
+            "mode": "active",
+            "priority": 0,
+            "state": "completed" if i % 2 else "pending",
+            "created_at": when,
+            "updated_at": when,
+            "finished_at": when if i % 2 else None,
+            "exit_code": 0 if i % 2 else None,
+        }
+        for i in range(4)
+    ]
     with engine.begin() as conn:
-        conn.execute(
-            users.insert(),
-            [
-                {"client_id": "alice", "role": "client", "hmac_key": "k1", "created_at": when},
-                {"client_id": "w1", "role": "worker", "hmac_key": "k2", "created_at": when},
-            ],
-        )
-        conn.execute(
-            jobs.insert(),
-            [
-                {
-                    "id": f"job{i}",
-                    "requester": "alice",
-                    "binary": "ffprobe",
-                    "args": '["-version"]',
-                    "cwd": None,
-                    "env": "{}",
-                    "path_variables": "[]",
-                    "client_paths": "{}",
-                    "mode": "active",
-                    "priority": 0,
-                    "state": "completed" if i % 2 else "pending",
-                    "created_at": when,
-                    "updated_at": when,
-                    "finished_at": when if i % 2 else None,
-                    "exit_code": 0 if i % 2 else None,
-                }
-                for i in range(4)
-            ],
-        )
+        conn.execute(users.insert(), [{**user_fill, **r} for r in user_rows])
+        conn.execute(jobs.insert(), [{**job_fill, **r} for r in job_rows])
 
 
 def test_upgrade_from_0001_keeps_users_and_jobs(engine: Engine, database_url: str) -> None:
