@@ -26,7 +26,7 @@ from tests.helpers import free_port, health, process_env, running, wait_until, w
 
 BINARY = "stressjob"
 SCRIPT = """#!/bin/sh
-if [ "$1" = "-hide_banner" ]; then echo "stressjob 1"; exit 0; fi
+case "$1" in -*) echo "stressjob 1"; exit 0;; esac  # the worker's capability probes
 echo "$1" >> {runs}
 printf 'stdout %s\\n' "$1"
 printf 'stderr %s\\n' "$1" >&2
