@@ -7,9 +7,10 @@ from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import DateTime, MetaData
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 # Explicit constraint names keep Alembic migrations identical on every database.
 NAMING = {
@@ -33,10 +34,19 @@ def now_utc() -> datetime:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Stores naive UTC (every backend agrees on that), hands back aware UTC datetimes."""
+    """Stores naive UTC (every backend agrees on that), hands back aware UTC datetimes.
+
+    Microseconds are kept everywhere: MariaDB/MySQL's plain DATETIME drops them, which
+    would make "oldest first" and lease comparisons tie within a second.
+    """
 
     impl = DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

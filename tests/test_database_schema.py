@@ -123,6 +123,12 @@ def test_upgrade_from_0001_keeps_users_and_jobs(engine: Engine, database_url: st
         assert jobs["job1"].state == "completed" and jobs["job1"].args == ["-version"]
         assert jobs["job0"].created_at.isoformat() == "2026-01-02T03:04:05+00:00"
         assert db.session.scalar(select(func.count()).select_from(WakeupCounter)) == BUCKETS
+        # Microseconds survive on every database (0002 widens MariaDB's DATETIME).
+        precise = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+        jobs["job0"].updated_at = precise
+        db.session.commit()
+        db.session.expire_all()
+        assert db.session.get(Job, "job0").updated_at == precise
         db.session.remove()
         db.engine.dispose()
 
