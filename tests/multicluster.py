@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -197,23 +196,16 @@ def run_jobs(
     results = [JobResult(marker=f"job-{i}") for i in range(count)]
     batches = [results[i : i + burst] for i in range(0, count, burst)]
     clients = sorted(cluster.client_keys)
-    lock = threading.Lock()
-    apis: dict[tuple[str, int], Api] = {}
-
-    def api_for(client_id: str, instance: int) -> Api:
-        with lock:
-            key = (client_id, instance % len(cluster.urls))
-            if key not in apis:
-                apis[key] = cluster.api(client_id, instance)
-            return apis[key]
 
     def run_batch(number: int) -> None:
+        # Api objects of its own: Api.close() closes the connections of every thread
+        # using that object, so sharing one would break other batches' requests.
         client_id = clients[number % len(clients)]
-        submit_api, follow_api = api_for(client_id, number), api_for(client_id, number + 1)
+        submit_api, follow_api = cluster.api(client_id, number), cluster.api(client_id, number + 1)
         try:
             _run_batch(batches[number], submit_api, follow_api)
         finally:
-            submit_api.close()  # this thread's connections
+            submit_api.close()
             follow_api.close()
 
     def _run_batch(batch: list[JobResult], submit_api: Api, follow_api: Api) -> None:
