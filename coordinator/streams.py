@@ -60,11 +60,14 @@ def _read(model: Model, job_id: str, after: int) -> list[Frame]:
     )
     frames: list[Frame] = []
     size = 0
-    for seq, kind, data in db.session.execute(stmt):
-        frames.append(Frame(FrameKind(kind), int(seq), bytes(data)))
-        size += len(data)
-        if size >= READ_BUDGET:
-            break
+    # Closed explicitly: on PostgreSQL yield_per is a server-side cursor, which a
+    # loop that stops early would otherwise leave open.
+    with db.session.execute(stmt) as result:
+        for seq, kind, data in result:
+            frames.append(Frame(FrameKind(kind), int(seq), bytes(data)))
+            size += len(data)
+            if size >= READ_BUDGET:
+                break
     db.session.commit()
     return frames
 

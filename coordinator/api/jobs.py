@@ -208,12 +208,13 @@ def stderr_tail(job_id: str) -> ResponseReturnValue:
     parts: list[bytes] = []
     size = 0
     truncated = False
-    for (data,) in db.session.execute(stmt):
-        parts.append(bytes(data))
-        size += len(data)
-        if size >= budget:
-            truncated = True
-            break
+    with db.session.execute(stmt) as result:  # closes PostgreSQL's server-side cursor
+        for (data,) in result:
+            parts.append(bytes(data))
+            size += len(data)
+            if size >= budget:
+                truncated = True
+                break
     db.session.commit()
     tail = b"".join(reversed(parts))[-budget:]
     return jsonify(
