@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask
 
-from coordinator import api, errors, health, schema
+from coordinator import api, errors, health, publish, schema
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
@@ -52,7 +52,8 @@ def create_app(
     database.init_app(app)
     schema.install_sqlite_pragmas(app)
     recheck = 0.5 if settings.gunicorn_workers > 1 else 2.0
-    app.extensions["dffmpeg.notifier"] = Notifier(recheck=settings.recheck_seconds or recheck)
+    notifier = Notifier(recheck=settings.recheck_seconds or recheck)
+    app.extensions["dffmpeg.notifier"] = notifier
     app.extensions["dffmpeg.draining"] = threading.Event()
     errors.register(app)
     app.register_blueprint(health.bp)
@@ -65,4 +66,6 @@ def create_app(
     app.extensions["dffmpeg.janitor"] = janitor
     if start_janitor:
         janitor.start()
+    # Broker connections and the stream hub (nothing when only HTTP long-poll is enabled).
+    publish.install(app, settings, notifier)
     return app
