@@ -40,13 +40,12 @@ def _fanout() -> Fanout | None:
 def usable() -> list[str]:
     """The coordinator's transports, in its order, minus brokers it cannot reach now."""
     fanout = _fanout()
-    names = []
-    for name in current_app.config["DFFMPEG"].transports:
-        if name == "http":
-            names.append(name)
-        elif fanout is not None and name in fanout.publishers and fanout.publishers[name].healthy():
-            names.append(name)
-    return names
+    publishers = fanout.publishers if fanout is not None else {}
+    return [
+        name
+        for name in current_app.config["DFFMPEG"].transports
+        if name == "http" or (name in publishers and publishers[name].healthy())
+    ]
 
 
 @bp.post("/negotiate")

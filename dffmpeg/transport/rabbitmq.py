@@ -157,7 +157,7 @@ class RabbitTransport(Transport):
                 conn, self._conn, self._channel = self._conn, None, None
                 self._queues.clear()
                 if conn is not None and conn.is_open:
-                    with contextlib.suppress(CONNECTION_ERRORS):
+                    with contextlib.suppress(*CONNECTION_ERRORS):
                         conn.close()
             if not self._stopped.is_set():
                 self._stopped.wait(backoff.next())
@@ -264,7 +264,7 @@ class RabbitPublisher(Publisher):
             finally:
                 self._connected.clear()
                 if conn is not None and conn.is_open:
-                    with contextlib.suppress(CONNECTION_ERRORS):
+                    with contextlib.suppress(*CONNECTION_ERRORS):
                         conn.close()
             if not self._stopped.is_set():
                 self._stopped.wait(backoff.next())
