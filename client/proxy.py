@@ -34,7 +34,7 @@ def main() -> int:
     except (ConfigError, ValueError) as exc:
         report(str(exc))
         return int(ExitCode.CONFIG_ERROR)
-    return run(api, build_request(config, binary, args))
+    return run(api, build_request(config, binary, args), config=config)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.api import Api
+from client.downlink import open_downlink
 from client.job import ClusterFailure, JobSession, explain, report
 from dffmpeg.config import ClientConfig
 from dffmpeg.paths import map_args, to_variables
@@ -69,11 +70,17 @@ def submit(api: Api, request: JobRequest) -> str:
     return job_id
 
 
-def run(api: Api, request: JobRequest, stdin_fd: int | None = 0) -> int:
-    """Submit ``request``, relay its streams and signals, return the exit code to use."""
+def run(
+    api: Api, request: JobRequest, stdin_fd: int | None = 0, config: ClientConfig | None = None
+) -> int:
+    """Submit ``request``, relay its streams and signals, return the exit code to use.
+
+    With ``config`` its ``transports`` are negotiated for following the job.
+    """
     try:
         job_id = submit(api, request)
-        session = JobSession(api, job_id)
+        downlink = open_downlink(api, config, "client") if config is not None else None
+        session = JobSession(api, job_id, downlink=downlink)
         session.forward_signals()
         session.relay_input(stdin_fd)
         outcome = session.follow()

@@ -16,14 +16,19 @@ import time
 from typing import Any
 
 from client.api import Api, ApiError, AuthError, Unreachable
+from client.downlink import open_downlink
 from dffmpeg import __version__
 from dffmpeg.config import WorkerConfig
+from dffmpeg.transport.session import Downlink
 from worker.capabilities import probe_binaries
 from worker.executor import JobExecution
 
 log = logging.getLogger(__name__)
 
 POLL_WAIT_SECONDS = 20.0
+# With a broker or stream transport: how often to read anyway (catches up on anything a
+# notification could not bring, e.g. a change made through another coordinator).
+CATCHUP_SECONDS = 30.0
 
 
 class WorkerAgent:
@@ -36,6 +41,7 @@ class WorkerAgent:
         self._stopped = threading.Event()  # all threads should end
         self._threads: list[threading.Thread] = []
         self.binaries: dict[str, dict[str, Any]] = {}
+        self.downlink: Downlink | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -43,6 +49,9 @@ class WorkerAgent:
         self.binaries = probe_binaries(self.config.binaries)
         if not self.binaries:
             raise RuntimeError("none of the configured binaries could be run")
+        # Transport first: the worker goes online only once its transport passed the
+        # reachability handshake (or it settled on HTTP long-poll).
+        self.downlink = self._open_downlink()
         self.register()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._poll_loop, "poll")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -65,6 +74,23 @@ class WorkerAgent:
                 log.warning("cannot register yet (%s); retrying in %.1fs", exc, delay)
                 self._stopped.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _open_downlink(self) -> Downlink | None:
+        delay = 0.5
+        while not self._stopped.is_set():
+            try:
+                downlink = open_downlink(self.api, self.config, "worker")
+                if downlink is not None:
+                    downlink.watch("worker")
+                    log.info("jobs arrive over %s", downlink.name)
+                return downlink
+            except AuthError:
+                raise
+            except (Unreachable, ApiError) as exc:
+                log.warning("cannot negotiate a transport yet (%s); retrying", exc)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 10.0)
+        return None
 
     def registration(self) -> dict[str, Any]:
         return {
@@ -107,6 +133,8 @@ class WorkerAgent:
             self.api.request("POST", "/workers/deregister", timeout=5)
         except (ApiError, Unreachable) as exc:
             log.warning("deregister failed: %s", exc)
+        if self.downlink is not None:
+            self.downlink.close()
 
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:
@@ -129,11 +157,15 @@ class WorkerAgent:
     def _poll_loop(self) -> None:
         delay = 0.5
         while not self._stopping.is_set():
+            downlink = self.downlink
+            long_poll = downlink is None or downlink.long_poll
+            if downlink is not None and not long_poll:
+                downlink.arm("worker")  # before the read: news during it is not lost
             try:
                 work = self.api.call(
                     "GET",
                     "/workers/poll",
-                    params={"wait": POLL_WAIT_SECONDS},
+                    params={"wait": POLL_WAIT_SECONDS if long_poll else 0},
                     timeout=POLL_WAIT_SECONDS + 30,
                 )
                 delay = 0.5
@@ -154,6 +186,15 @@ class WorkerAgent:
                 self._cancel(job_id)
             for assignment in work.get("jobs", []):
                 self._start_job(assignment)
+            if downlink is not None and not long_poll and not work.get("jobs"):
+                self._await_news(downlink)
+
+    def _await_news(self, downlink: Downlink) -> None:
+        """Sleep until the transport brings news, it breaks, or it is time to catch up."""
+        deadline = time.monotonic() + CATCHUP_SECONDS
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            if downlink.wait("worker", 1.0) or downlink.long_poll:
+                return
 
     def _start_job(self, assignment: dict[str, Any]) -> None:
         job_id = assignment["job_id"]

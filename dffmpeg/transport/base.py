@@ -100,10 +100,12 @@ class Signals:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._set: set[str] = set()
+        self._known: set[str] = set()  # keys armed so far: what fire_all sets
         self.tokens: set[str] = set()
 
     def arm(self, key: str) -> None:
         with self._lock:
+            self._known.add(key)
             self._set.discard(key)
 
     def fire(self, key: str, token: str | None = None) -> None:
@@ -114,23 +116,24 @@ class Signals:
             self._lock.notify_all()
 
     def fire_all(self) -> None:
-        """Every key: after a (re)connect the party must catch up over HTTP."""
+        """Every key: after a (re)connect the party must catch up over HTTP.
+
+        A key never armed needs nothing: its first read comes after this anyway.
+        """
         with self._lock:
-            self._set.add("*")
+            self._set |= self._known
             self._lock.notify_all()
 
     def is_set(self, key: str) -> bool:
         with self._lock:
-            return key in self._set or "*" in self._set
+            return key in self._set
 
     def wait(self, key: str, timeout: float) -> bool:
         """True when ``key`` fired (the flag is consumed); False on timeout."""
         with self._lock:
-            fired = self._lock.wait_for(
-                lambda: key in self._set or "*" in self._set, timeout=max(0.0, timeout)
-            )
+            self._known.add(key)
+            fired = self._lock.wait_for(lambda: key in self._set, timeout=max(0.0, timeout))
             self._set.discard(key)
-            self._set.discard("*")
             return fired
 
     def wait_token(self, token: str, timeout: float) -> bool:

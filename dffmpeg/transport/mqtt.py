@@ -115,9 +115,9 @@ class MqttTransport(Transport):
         self.client.loop_start()
 
     def close(self) -> None:
+        self._connected.clear()  # first: the disconnect below is not an outage
         self.client.disconnect()
         self.client.loop_stop()
-        self._connected.clear()
 
     def healthy(self) -> bool:
         return self._connected.is_set()
@@ -193,6 +193,7 @@ class MqttPublisher(Publisher):
         self.client.loop_start()
 
     def close(self) -> None:
+        self._connected.clear()
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -41,13 +41,17 @@ from dffmpeg.transport.base import (
 )
 
 log = logging.getLogger(__name__)
+# pika reports every connection step at INFO; only problems matter in our logs.
+logging.getLogger("pika").setLevel(logging.WARNING)
 
 # Notifications are hints; a backlog beyond this is useless (one HTTP read catches up).
 QUEUE_ARGUMENTS = {"x-max-length": 1000, "x-overflow": "drop-head"}
 CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 
-def connection_parameters(url: str | None, ca_file: str | None) -> pika.URLParameters:
+def connection_parameters(
+    url: str | None, ca_file: str | None, name: str = "dffmpeg"
+) -> pika.URLParameters:
     if not url:
         raise TransportError("the rabbitmq transport needs rabbitmq: {url: amqp://user:pass@host}")
     if not url.startswith(("amqp://", "amqps://")):
@@ -60,6 +64,8 @@ def connection_parameters(url: str | None, ca_file: str | None) -> pika.URLParam
     params.blocked_connection_timeout = 30
     params.connection_attempts = 1
     params.socket_timeout = 5
+    # Shown by the management UI and rabbitmqctl: which party a connection belongs to.
+    params.client_properties = {"connection_name": name}
     return params
 
 
@@ -73,7 +79,9 @@ class RabbitTransport(Transport):
     def __init__(self, endpoint: Endpoint) -> None:
         super().__init__(endpoint)
         self.params = connection_parameters(
-            endpoint.brokers.rabbitmq_url, endpoint.brokers.rabbitmq_ca_file
+            endpoint.brokers.rabbitmq_url,
+            endpoint.brokers.rabbitmq_ca_file,
+            f"dffmpeg {endpoint.role} {endpoint.identity}",
         )
         self.exchange = endpoint.brokers.rabbitmq_exchange
         self._stopped = threading.Event()
@@ -222,7 +230,9 @@ class RabbitPublisher(Publisher):
     name = "rabbitmq"
 
     def __init__(self, settings: Any, identity: str = "coordinator") -> None:
-        self.params = connection_parameters(settings.rabbitmq_url, settings.rabbitmq_ca_file)
+        self.params = connection_parameters(
+            settings.rabbitmq_url, settings.rabbitmq_ca_file, f"dffmpeg {identity}"
+        )
         self.exchange = settings.rabbitmq_exchange
         self._queue: queue.SimpleQueue[tuple[Address, bytes] | None] = queue.SimpleQueue()
         self._stopped = threading.Event()
