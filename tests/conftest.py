@@ -143,7 +143,11 @@ class Cluster:
 
 
 def start_cluster(
-    tmp_path: Path, media_dir: Path, worker_extra: dict[str, Any] | None = None
+    tmp_path: Path,
+    media_dir: Path,
+    worker_extra: dict[str, Any] | None = None,
+    coordinator_extra: dict[str, Any] | None = None,
+    client_extra: dict[str, Any] | None = None,
 ) -> Iterator[Cluster]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -154,6 +158,7 @@ def start_cluster(
             "port": port,
             "database_url": f"sqlite:///{tmp_path / 'coordinator.db'}",
             "janitor_seconds": 0.5,
+            **(coordinator_extra or {}),
         },
     )
     worker_user = admin(coordinator_config, "user", "add", "worker1", "--role", "worker")
@@ -182,6 +187,7 @@ def start_cluster(
             "hmac_key": client_user["hmac_key"],
             "coordinator_url": url,
             "paths": {"Media": str(client_media)},
+            **(client_extra or {}),
         },
     )
     bin_dir = tmp_path / "bin"

@@ -187,6 +187,17 @@ class Transport(ABC):
     @abstractmethod
     def healthy(self) -> bool: ...
 
+    def pause(self) -> None:
+        """Drop the connection and stay away until ``resume`` (maintenance, outage drills).
+
+        A broker keeps what it holds for the party meanwhile (a worker's durable queue
+        or persistent session) and hands it over after ``resume``.
+        """
+        raise NotImplementedError(f"{self.name} has no connection to pause")
+
+    def resume(self) -> None:
+        raise NotImplementedError(f"{self.name} has no connection to resume")
+
     def wait_connected(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self.healthy():

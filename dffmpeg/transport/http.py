@@ -58,6 +58,7 @@ class Stream(Transport):
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self._stopped = threading.Event()
+        self._paused = threading.Event()
         self._connected = threading.Event()
         self._generation = 0  # bumped when the watched keys change: reopen the stream
         self._lock = threading.Lock()
@@ -76,6 +77,13 @@ class Stream(Transport):
 
     def healthy(self) -> bool:
         return self._connected.is_set()
+
+    def pause(self) -> None:
+        self._paused.set()
+        self._reopen(0)
+
+    def resume(self) -> None:
+        self._paused.clear()
 
     def watch(self, key: str, timeout: float = 5.0) -> None:
         super().watch(key)
@@ -121,6 +129,9 @@ class Stream(Transport):
     def _run(self) -> None:
         backoff = Backoff()
         while not self._stopped.is_set():
+            if self._paused.is_set():
+                self._stopped.wait(0.05)
+                continue
             with self._lock:
                 generation = self._generation
             keys = ["ping", *self.watched()]

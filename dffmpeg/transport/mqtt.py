@@ -122,6 +122,14 @@ class MqttTransport(Transport):
     def healthy(self) -> bool:
         return self._connected.is_set()
 
+    def pause(self) -> None:
+        self.close()  # a clean disconnect keeps a worker's persistent session
+
+    def resume(self) -> None:
+        self.client.reconnect_delay_set(min_delay=1, max_delay=15)
+        self.client.connect_async(self.target.host, self.target.port, KEEPALIVE_SECONDS)
+        self.client.loop_start()
+
     def watch(self, key: str, timeout: float = 5.0) -> None:
         super().watch(key)
         if self._connected.is_set():

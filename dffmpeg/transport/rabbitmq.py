@@ -19,6 +19,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,7 @@ class RabbitTransport(Transport):
         )
         self.exchange = endpoint.brokers.rabbitmq_exchange
         self._stopped = threading.Event()
+        self._paused = threading.Event()
         self._connected = threading.Event()
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None
@@ -126,13 +128,16 @@ class RabbitTransport(Transport):
         super().unwatch(key)
         self._call(lambda: self._unbind_key(key))
 
-    def disconnect(self) -> None:
-        """Drop the connection (as a network outage would); it reconnects by itself."""
-        self._call(self._abort)
+    def pause(self) -> None:
+        self._paused.set()
+        self._call(lambda: None)  # wakes the connection thread, which then disconnects
+        for _ in range(500):
+            if not self._connected.is_set():
+                break
+            time.sleep(0.01)
 
-    def _abort(self) -> None:
-        if self._conn is not None and self._conn.is_open:
-            self._conn.close()
+    def resume(self) -> None:
+        self._paused.clear()
 
     def _call(self, fn: Callable[[], None]) -> bool:
         conn = self._conn
@@ -149,6 +154,9 @@ class RabbitTransport(Transport):
     def _run(self) -> None:
         backoff = Backoff()
         while not self._stopped.is_set():
+            if self._paused.is_set():
+                self._stopped.wait(0.05)
+                continue
             try:
                 self._conn = pika.BlockingConnection(self.params)
                 self._setup()
@@ -157,6 +165,8 @@ class RabbitTransport(Transport):
                 self.signals.fire_all()
                 while not self._stopped.is_set() and self._conn.is_open:
                     self._conn.process_data_events(time_limit=1)
+                    if self._paused.is_set():
+                        break
             except CONNECTION_ERRORS as exc:
                 if not self._stopped.is_set():
                     log.warning("rabbitmq transport disconnected: %s", exc)

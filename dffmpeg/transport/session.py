@@ -45,12 +45,14 @@ class Downlink:
         call: Call,
         handshake: bool = True,
         connect_seconds: float = CONNECT_SECONDS,
+        handshake_seconds: float = HANDSHAKE_SECONDS,
     ) -> None:
         self.endpoint = endpoint
         self.preferences = [p for p in dict.fromkeys(preferences) if p in NAMES]
         self.call = call
         self.handshake = handshake
         self.connect_seconds = connect_seconds
+        self.handshake_seconds = handshake_seconds
         self.transport: Transport = LongPoll(endpoint)
         self.fallen_back = False
         self._stopped = threading.Event()
@@ -114,7 +116,7 @@ class Downlink:
         except Exception as exc:
             log.warning("handshake over %s refused: %s", transport.name, exc)
             return False
-        return transport.signals.wait_token(token, HANDSHAKE_SECONDS)
+        return transport.signals.wait_token(token, self.handshake_seconds)
 
     def close(self) -> None:
         self._stopped.set()
