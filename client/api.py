@@ -65,6 +65,8 @@ class Api:
         self._key = hmac_key
         self.timeout = timeout
         self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._all_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: ClientConfig, timeout: float = 30.0) -> Api:
@@ -80,16 +82,30 @@ class Api:
             )
             conn = factory(self.host, self.port, timeout=timeout)
             self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
         return conn
 
-    def close(self) -> None:
+    def _drop(self) -> None:
+        """Forget this thread's connection after an error (a new one is made next time)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._all_lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+
+    def close(self) -> None:
+        """Close the connections of every thread."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
 
     def _send_once(
         self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
@@ -102,10 +118,10 @@ class Api:
             reply = conn.getresponse()
             data = reply.read()
         except (OSError, http.client.HTTPException) as exc:
-            self.close()
+            self._drop()
             raise Unreachable(str(exc) or type(exc).__name__) from exc
         if reply.will_close:
-            self.close()
+            self._drop()
         return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, data)
 
     def request(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -61,6 +62,8 @@ def _post_worker_init(worker: Any) -> None:
         original(sig, frame)
 
     worker.handle_exit = handle_exit
+    # gunicorn registered the original bound method before this hook ran.
+    signal.signal(signal.SIGTERM, handle_exit)
 
 
 def prepare_database(settings: CoordinatorConfig) -> None:

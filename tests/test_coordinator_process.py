@@ -1,0 +1,91 @@
+"""The coordinator as a real gunicorn process: serves, refuses stale schemas, stops cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from client.api import Api
+from tests.helpers import admin, free_port, health, process_env, wait_until, write_yaml
+
+
+def test_sigterm_stops_promptly_even_with_open_long_polls(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_yaml(
+        tmp_path / "coordinator.yaml",
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "database_url": f"sqlite:///{tmp_path / 'c.db'}",
+        },
+    )
+    key = admin(config, "user", "add", "w", "--role", "worker")["hmac_key"]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.serve", "--config", str(config)],
+        env=process_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: health(url) == 200, timeout=20)
+        api = Api(url, "w", key)
+        api.call(
+            "POST",
+            "/workers/register",
+            json_body={"slots": 1, "binaries": {"ffprobe": {"path": "/usr/bin/ffprobe"}}},
+        )
+        # A worker long-poll held open while the coordinator is asked to stop.
+        outcome: list[object] = []
+
+        def long_poll() -> None:
+            try:
+                outcome.append(api.call("GET", "/workers/poll", params={"wait": 25}))
+            except Exception as exc:
+                outcome.append(exc)
+
+        poller = threading.Thread(target=long_poll, daemon=True)
+        poller.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10
+        poller.join(timeout=5)
+        assert not poller.is_alive()
+        # The held poll was answered (empty) rather than cut off.
+        assert outcome == [{"jobs": [], "cancel": []}]
+        api.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_refuses_an_outdated_schema(tmp_path: Path) -> None:
+    db_path = tmp_path / "c.db"
+    config = write_yaml(
+        tmp_path / "coordinator.yaml",
+        {
+            "port": free_port(),
+            "database_url": f"sqlite:///{db_path}",
+        },
+    )
+    admin(config, "user", "list")  # creates the schema
+    engine = create_engine(f"sqlite:///{db_path}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    engine.dispose()
+    out = subprocess.run(
+        [sys.executable, "-m", "coordinator.serve", "--config", str(config)],
+        env=process_env(),
+        capture_output=True,
+        timeout=30,
+    )
+    assert out.returncode == 3
+    assert b"dffmpeg-admin --config FILE db upgrade" in out.stderr
