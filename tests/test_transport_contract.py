@@ -49,8 +49,8 @@ from tests.helpers import (
 )
 from worker.agent import WorkerAgent
 
-# The agent and sessions run in this process here; client.api keeps one connection per
-# thread, and a finished thread's connection is closed by the garbage collector.
+# The worker agent runs in this process here; its executor leaves a finished ffmpeg's
+# stdin pipe to the garbage collector, which pytest would report from a later test.
 pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -167,7 +167,9 @@ def worker(deployment: Deployment) -> Iterator[WorkerAgent]:
     agent.wait_jobs(10)
     agent.stop()
     agent.join(5)
-    gc.collect()  # per-thread API connections of ended threads, while warnings are off
+    agent.api.close()
+    agent.jobs.clear()
+    gc.collect()  # the executors' pipes, while this module's warning filters apply
 
 
 def transport_of(downlink: Downlink | None) -> str:
@@ -229,6 +231,7 @@ def run_job(
         with out_path.open("wb") as out, open(os.devnull, "wb") as err:
             session = JobSession(api, job_id, out.fileno(), err.fileno(), downlink=downlink)
             outcome = session.follow()
+        api.close()
         results.append(Followed(outcome, out_path.read_bytes(), downlink, fell_back))
 
     thread = threading.Thread(target=follow, daemon=True)
@@ -239,12 +242,14 @@ def run_job(
 def test_negotiated_transport_is_used(deployment: Deployment, worker: WorkerAgent) -> None:
     assert transport_of(worker.downlink) == deployment.name
     config = deployment.client_config()
-    downlink = open_downlink(Api.from_config(config), config, "client")
+    api = Api.from_config(config)
+    downlink = open_downlink(api, config, "client")
     try:
         assert transport_of(downlink) == deployment.name
     finally:
         if downlink is not None:
             downlink.close()
+        api.close()
 
 
 def test_output_is_complete_and_in_order_per_recipient(
@@ -310,6 +315,7 @@ def test_broker_redelivers_after_reconnect(deployment: Deployment) -> None:
         assert transport.signals.wait_token(token, 10)
     finally:
         transport.close()
+        api.close()
 
 
 def test_worker_falls_back_to_http_and_returns(
@@ -357,3 +363,4 @@ def test_failed_handshake_means_http(deployment: Deployment) -> None:
         assert downlink.long_poll
     finally:
         downlink.close()
+        api.close()
