@@ -68,8 +68,10 @@ def measure(name: str, workers: int, seconds: float, heartbeat: float) -> tuple[
     with coordinator(name, identities, threads=workers + 64) as setup:
         parties = [setup.party(i) for i in identities]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.transport_idle", "--load", json.dumps(parties)]
-            + ["--heartbeat", str(heartbeat)],
+            [
+                *(sys.executable, "-m", "bench.transport_idle"),
+                *("--load", json.dumps(parties), "--heartbeat", str(heartbeat)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
