@@ -10,8 +10,13 @@ from dffmpeg.transport.base import Endpoint
 from dffmpeg.transport.session import Downlink
 
 
-def open_downlink(api: Api, config: ClientConfig, role: str) -> Downlink | None:
+def open_downlink(
+    api: Api, config: ClientConfig, role: str, background: bool = True
+) -> Downlink | None:
     """The negotiated downlink, or None when the config only offers HTTP long-poll.
+
+    A client's downlink opens in the background (``background``): it follows its job
+    with HTTP long-poll until the transport is ready. A worker's opens at once.
 
     With only ``http`` nothing is negotiated and no transport module is imported, so
     the drop-in pays nothing for transports it does not use. Workers run the
@@ -30,6 +35,10 @@ def open_downlink(api: Api, config: ClientConfig, role: str) -> Downlink | None:
         hmac_key=config.hmac_key,
         brokers=config.brokers,
     )
-    downlink = Downlink(endpoint, config.transports, call, handshake=role == "worker")
-    downlink.open()
+    worker = role == "worker"
+    downlink = Downlink(endpoint, config.transports, call, handshake=worker)
+    if worker or not background:
+        downlink.open()
+    else:
+        downlink.open_in_background()
     return downlink

@@ -214,7 +214,7 @@ def run_job(
     config = deployment.client_config(identity)
     api = Api.from_config(config)
     job_id = submit(api, JobRequest(binary="ffmpeg", args=args))
-    downlink = open_downlink(api, config, "client")
+    downlink = open_downlink(api, config, "client", background=False)
     results: list[Followed] = []
     out_path = tmp / f"{job_id}.out"
 
@@ -243,12 +243,16 @@ def test_negotiated_transport_is_used(deployment: Deployment, worker: WorkerAgen
     assert transport_of(worker.downlink) == deployment.name
     config = deployment.client_config()
     api = Api.from_config(config)
-    downlink = open_downlink(api, config, "client")
+    downlink = open_downlink(api, config, "client", background=False)
+    # The drop-in's way: long-poll at once, the transport once it is connected.
+    background = open_downlink(api, config, "client")
     try:
         assert transport_of(downlink) == deployment.name
+        wait_until(lambda: transport_of(background) == deployment.name, timeout=10)
     finally:
-        if downlink is not None:
-            downlink.close()
+        for each in (downlink, background):
+            if each is not None:
+                each.close()
         api.close()
 
 

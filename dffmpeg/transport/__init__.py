@@ -8,9 +8,14 @@ chosen, so paho-mqtt and pika are never loaded by a drop-in that uses HTTP. See
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from dffmpeg.transport.base import Endpoint, Publisher, Transport, TransportError
+
+# A library's warnings must never reach the drop-in's stderr through logging's last-resort
+# handler (the caller reads that stream); parties that configure logging still get them.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Party side (worker, client) of each backend.
 TRANSPORTS = {

@@ -58,6 +58,7 @@ class Downlink:
         self._stopped = threading.Event()
         self._monitor: threading.Thread | None = None
         self._keys: set[str] = set()
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -82,7 +83,13 @@ class Downlink:
                 break
             transport = self._connect(name)
             if transport is not None:
-                self.transport = transport
+                with self._lock:
+                    if self._stopped.is_set():  # closed while we were connecting
+                        transport.close()
+                        return "http"
+                    for key in self._keys:  # watched while we were connecting
+                        transport.watch(key)
+                    self.transport = transport
                 self._monitor = threading.Thread(
                     target=self._watchdog, name="transport-monitor", daemon=True
                 )
@@ -90,8 +97,15 @@ class Downlink:
                 log.info("using transport %s", name)
                 return name
             offered.remove(name)
-        self.transport = LongPoll(self.endpoint)
         return "http"
+
+    def open_in_background(self) -> None:
+        """``open`` on a thread; HTTP long-poll serves until the transport is ready.
+
+        For a client: a long-poll read returns as soon as output exists, so starting
+        with it costs no latency, and the drop-in does not wait for a broker connection.
+        """
+        threading.Thread(target=self.open, name="transport-open", daemon=True).start()
 
     def _connect(self, name: str) -> Transport | None:
         try:
@@ -119,14 +133,18 @@ class Downlink:
         return transport.signals.wait_token(token, self.handshake_seconds)
 
     def close(self) -> None:
-        self._stopped.set()
-        self.transport.close()
+        with self._lock:
+            self._stopped.set()
+            transport = self.transport
+        transport.close()
         if self._monitor is not None:
             self._monitor.join(5)
 
     def watch(self, key: str) -> None:
-        self._keys.add(key)
-        self.transport.watch(key)
+        with self._lock:
+            self._keys.add(key)
+            transport = self.transport
+        transport.watch(key)
 
     def unwatch(self, key: str) -> None:
         self._keys.discard(key)
