@@ -169,3 +169,25 @@ def test_http_only_drop_in_never_loads_broker_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, check=True, env=process_env(), timeout=60
     )
     assert out.stdout.strip() == b"[]"
+
+
+def test_transport_trouble_stays_off_the_drop_ins_stderr() -> None:
+    """A broker that cannot be reached costs a fallback, never a line on stderr."""
+    port = free_port()
+    code = (
+        "from dffmpeg.config import BrokerSettings\n"
+        "from dffmpeg.transport.base import Endpoint\n"
+        "from dffmpeg.transport.session import Downlink\n"
+        f"brokers = BrokerSettings(mqtt_url='mqtt://127.0.0.1:{port}')\n"
+        "endpoint = Endpoint('c1', 'client', brokers=brokers)\n"
+        "call = lambda method, path, body: {'transport': 'mqtt'}\n"
+        "downlink = Downlink(endpoint, ['mqtt', 'http'], call, connect_seconds=0.5)\n"
+        "print(downlink.open())\n"
+        "downlink.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=process_env(), timeout=60
+    )
+    assert out.returncode == 0
+    assert out.stdout.strip() == b"http"
+    assert out.stderr == b""
