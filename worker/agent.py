@@ -184,9 +184,13 @@ class WorkerAgent:
                 continue
             for job_id in work.get("cancel", []):
                 self._cancel(job_id)
+            with self._jobs_lock:
+                known = set(self.jobs)
+            fresh = [a for a in work.get("jobs", []) if a["job_id"] not in known]
             for assignment in work.get("jobs", []):
                 self._start_job(assignment)
-            if downlink is not None and not long_poll and not work.get("jobs"):
+            # Jobs we already run stay "assigned" until our accept lands: not news.
+            if downlink is not None and not long_poll and not fresh:
                 self._await_news(downlink)
 
     def _await_news(self, downlink: Downlink) -> None:
