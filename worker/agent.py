@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 POLL_WAIT_SECONDS = 20.0
 # With a broker or stream transport: how often to read anyway (catches up on anything a
 # notification could not bring, e.g. a change made through another coordinator).
-CATCHUP_SECONDS = 30.0
+CATCHUP_SECONDS = 60.0
 
 
 class WorkerAgent:

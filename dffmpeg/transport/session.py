@@ -33,7 +33,7 @@ Call = Callable[[str, str, dict[str, Any]], dict[str, Any]]
 
 CONNECT_SECONDS = 5.0
 HANDSHAKE_SECONDS = 5.0
-RECHECK_SECONDS = 60.0
+RECHECK_SECONDS = 120.0
 MONITOR_SECONDS = 0.5
 
 
