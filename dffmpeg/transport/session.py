@@ -90,10 +90,10 @@ class Downlink:
                     for key in self._keys:  # watched while we were connecting
                         transport.watch(key)
                     self.transport = transport
-                self._monitor = threading.Thread(
-                    target=self._watchdog, name="transport-monitor", daemon=True
-                )
-                self._monitor.start()
+                    self._monitor = threading.Thread(
+                        target=self._watchdog, name="transport-monitor", daemon=True
+                    )
+                    self._monitor.start()
                 log.info("using transport %s", name)
                 return name
             offered.remove(name)
@@ -135,10 +135,10 @@ class Downlink:
     def close(self) -> None:
         with self._lock:
             self._stopped.set()
-            transport = self.transport
+            transport, monitor = self.transport, self._monitor
         transport.close()
-        if self._monitor is not None:
-            self._monitor.join(5)
+        if monitor is not None:
+            monitor.join(5)
 
     def watch(self, key: str) -> None:
         with self._lock:
