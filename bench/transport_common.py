@@ -68,7 +68,11 @@ def _drop_rabbit_exchange(exchange: str) -> None:
 
 @contextmanager
 def coordinator(
-    name: str, identities: dict[str, str], threads: int = 64, workers: int = 1
+    name: str,
+    identities: dict[str, str],
+    threads: int = 64,
+    workers: int = 1,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[Setup]:
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-")))
@@ -93,6 +97,7 @@ def coordinator(
                 "gunicorn_threads": threads,
                 "gunicorn_workers": workers,
                 **blocks,
+                **(extra or {}),
             },
         )
         keys = add_users(database_url, identities)

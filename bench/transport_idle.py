@@ -65,7 +65,8 @@ def load(setup_json: str, heartbeat: float) -> None:
 
 def measure(name: str, workers: int, seconds: float, heartbeat: float) -> tuple[float, str]:
     identities = {f"idle-{i:03d}": "worker" for i in range(workers)}
-    with coordinator(name, identities, threads=workers + 64) as setup:
+    lease = {"worker_lease_seconds": max(15, int(heartbeat * 3))}
+    with coordinator(name, identities, threads=workers + 64, extra=lease) as setup:
         parties = [setup.party(i) for i in identities]
         proc = subprocess.Popen(
             [
