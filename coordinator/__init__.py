@@ -26,6 +26,7 @@ def create_app(
     config_file: str | None = None,
     start_janitor: bool = True,
     check_schema: bool = True,
+    start_transports: bool = True,
 ) -> Flask:
     """Build the coordinator app.
 
@@ -66,6 +67,8 @@ def create_app(
     app.extensions["dffmpeg.janitor"] = janitor
     if start_janitor:
         janitor.start()
-    # Broker connections and the stream hub (nothing when only HTTP long-poll is enabled).
-    publish.install(app, settings, notifier)
+    # Broker connections and the stream hub (nothing when only HTTP long-poll is enabled;
+    # off for one-shot tools such as dffmpeg-admin).
+    if start_transports:
+        publish.install(app, settings, notifier)
     return app
