@@ -7,6 +7,7 @@ connection per thread.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -106,6 +107,18 @@ class Api:
         for conn in conns:
             conn.close()
         self._local = threading.local()
+
+    def abort(self) -> None:
+        """Break off requests in flight on every thread; they raise Unreachable.
+
+        For a program that is quitting: closing a socket does not wake a thread blocked
+        reading it, shutting it down does.
+        """
+        with self._all_lock:
+            socks = [conn.sock for conn in self._all if conn.sock is not None]
+        for sock in socks:
+            with contextlib.suppress(OSError):  # already closed or never connected
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _send_once(
         self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float

@@ -8,11 +8,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from client import status
 from client.api import Api
-from client.job import JobSession, explain, report
+from client.job import (
+    OUTPUT_WAIT_SECONDS,
+    RECONNECT_SECONDS,
+    JobSession,
+    explain,
+    report,
+    write_all,
+)
 from client.submit import build_request, run, submit
 from dffmpeg.config import ConfigError, load_client
 from dffmpeg.exitcodes import ExitCode
+from dffmpeg.wire import FrameKind, decode_frames
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -41,7 +50,14 @@ def cmd_submit(args: argparse.Namespace, api: Api) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     request = build_request(args.config_obj, args.binary, argv)
-    request.priority = args.priority
+    if args.priority is not None:
+        request.priority = args.priority
+    request.required_labels = sorted({*request.required_labels, *args.require_label})
+    request.preferred_labels = sorted({*request.preferred_labels, *args.prefer_label})
+    if args.queue_timeout is not None:
+        request.queue_timeout = args.queue_timeout
+    if args.wait:
+        request.wait_for_worker = True
     if args.detach:
         request.mode = "background"
         job_id = submit(api, request)
@@ -82,34 +98,45 @@ def cmd_job_attach(args: argparse.Namespace, api: Api) -> int:
     return outcome.exit_code
 
 
+def cmd_job_logs(args: argparse.Namespace, api: Api) -> int:
+    """The job's output so far (stdout to stdout, stderr to stderr); ``-f`` follows it."""
+    after = 0
+    while True:
+        response = api.request(
+            "GET",
+            f"/jobs/{args.job_id}/output",
+            params={"after": after, "wait": OUTPUT_WAIT_SECONDS if args.follow else 0},
+            timeout=OUTPUT_WAIT_SECONDS + 30,
+            retry_for=RECONNECT_SECONDS if args.follow else 0,
+        )
+        frames = list(decode_frames(response.body))
+        for frame in frames:
+            if frame.kind == FrameKind.STATUS:
+                return 0
+            write_all(2 if frame.kind == FrameKind.STDERR else 1, frame.data)
+            after = frame.seq
+        if not frames and not args.follow:
+            return 0
+
+
 def cmd_status(args: argparse.Namespace, api: Api) -> int:
+    """Your own jobs; with ``--all`` (admin role) the whole cluster, as the console shows it."""
+    params = {"limit": args.limit}
+    if not args.all:
+        page = api.call("GET", "/jobs", params=params)
+        rows = [status.job_row(j, None) for j in page["jobs"]]
+        _emit(args, page, status.text_table(status.JOB_COLUMNS, rows))
+        return 0
     summary = api.call("GET", "/cluster")
     workers = api.call("GET", "/workers")["workers"]
-    jobs = api.call("GET", "/jobs", params={"limit": 50})["jobs"]
-    data = {"summary": summary, "workers": workers, "jobs": jobs}
-    text = "\n\n".join(
-        [
-            "WORKERS\n"
-            + _table(
-                workers,
-                [
-                    "worker_id",
-                    "state",
-                    "slots",
-                    "labels",
-                    "path_variables",
-                    "version",
-                    "last_seen_at",
-                ],
-            ),
-            "JOBS\n"
-            + _table(
-                jobs,
-                ["job_id", "state", "binary", "requester", "worker_id", "exit_code", "created_at"],
-            ),
-        ]
-    )
-    _emit(args, data, text)
+    page = api.call("GET", "/jobs", params=params)
+    data = {
+        "summary": summary,
+        "workers": workers,
+        "jobs": page["jobs"],
+        "jobs_total": page["total"],
+    }
+    _emit(args, data, status.render(summary, workers, page["jobs"], page["total"]))
     return 0
 
 
@@ -123,7 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("submit", help="run a job: dffmpeg-client submit -- -i in.mkv out.mp4")
     sp.add_argument("--binary", default="ffmpeg", help="ffmpeg (default) or ffprobe")
     sp.add_argument("--detach", action="store_true", help="print the job id and exit")
-    sp.add_argument("--priority", type=int, default=0)
+    sp.add_argument("--priority", type=int, help="higher runs first (default: config, 0)")
+    sp.add_argument(
+        "--require-label",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="run only on a worker with this label (repeatable)",
+    )
+    sp.add_argument(
+        "--prefer-label",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="prefer a worker with this label when one is free (repeatable)",
+    )
+    sp.add_argument(
+        "--queue-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="fail if no worker takes the job within this time",
+    )
+    sp.add_argument(
+        "--wait",
+        action="store_true",
+        help="queue even when no online worker can run the job yet",
+    )
     sp.add_argument("args", nargs=argparse.REMAINDER)
     sp.set_defaults(func=cmd_submit)
 
@@ -140,8 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id")
         p.set_defaults(func=func)
 
+    lg = job.add_parser("logs", help="the job's output; -f follows it to the end")
+    lg.add_argument("job_id")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(func=cmd_job_logs)
+
     st = sub.add_parser("status", parents=[common], help="the cluster's workers and jobs")
     st.add_argument("--all", action="store_true", help="the whole cluster (admin role)")
+    st.add_argument("--limit", type=int, default=50, help="how many of the newest jobs")
     st.set_defaults(func=cmd_status)
     return parser
 

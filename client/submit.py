@@ -23,9 +23,17 @@ class JobRequest:
     mode: str = "active"
     priority: int = 0
     client_paths: dict[str, str] = field(default_factory=dict)
+    required_labels: list[str] = field(default_factory=list)
+    preferred_labels: list[str] = field(default_factory=list)
+    queue_timeout: float | None = None
+    wait_for_worker: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "required_labels": self.required_labels,
+            "preferred_labels": self.preferred_labels,
+            "queue_timeout": self.queue_timeout,
+            "wait_for_worker": self.wait_for_worker,
             "binary": self.binary,
             "args": self.args,
             "cwd": self.cwd,
@@ -48,6 +56,11 @@ def build_request(
         # A working directory outside every mapped root means nothing on a worker.
         cwd=mapped_cwd if mapped_cwd != cwd else None,
         client_paths=dict(config.paths),
+        priority=config.priority,
+        required_labels=list(config.require_labels),
+        preferred_labels=list(config.prefer_labels),
+        queue_timeout=config.queue_timeout,
+        wait_for_worker=config.wait_for_worker,
     )
 
 

@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.CONFIG_ERROR)
     from console.app import ConsoleApp
 
-    ConsoleApp(api).run()
+    try:
+        ConsoleApp(api).run()
+    finally:
+        api.close()
     return 0
 
 

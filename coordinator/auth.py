@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.db import db, now_utc
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.models import Nonce, User
+from coordinator.users import address_allowed
 from dffmpeg import signing
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,6 +46,9 @@ def authenticate() -> User:
     )
     if user is None or not valid or not signing.timestamp_fresh(timestamp, window):
         raise Unauthorized()
+    # Checked only after the signature: a caller without the key learns nothing here.
+    if user.allowed_networks and not address_allowed(request.remote_addr, user.allowed_networks):
+        raise Forbidden("this identity may not connect from this network")
     # The nonce's primary key makes a replay inside the window fail to insert.
     db.session.add(
         Nonce(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Flask
 from sqlalchemy import delete, update
@@ -48,8 +48,66 @@ class Janitor:
     def sweep(self) -> None:
         self.expire_workers()
         self.release_lost_jobs()
+        self.requeue_unaccepted()
+        self.close_unconfirmed_cancels()
+        self.expire_queued()
         self.cancel_abandoned_jobs()
         self.purge()
+
+    def _stale(self, state: JobState) -> tuple[list[str], datetime]:
+        """Jobs in ``state`` whose last transition is older than the assign timeout."""
+        limit = now_utc() - timedelta(seconds=self.app.config["DFFMPEG"].assign_timeout_seconds)
+        stmt = db.select(Job.id).where(Job.state == state.value, Job.updated_at < limit)
+        ids = list(db.session.execute(stmt).scalars())
+        db.session.commit()
+        return ids, limit
+
+    def requeue_unaccepted(self) -> None:
+        """An assignment its (live) worker did not accept in time goes back to the queue."""
+        moved = False
+        ids, limit = self._stale(JobState.ASSIGNED)
+        for job_id in ids:
+            moved |= lifecycle.transition(
+                job_id,
+                [JobState.ASSIGNED],
+                JobState.PENDING,
+                "not accepted in time; back in the queue",
+                unchanged_since=limit,
+                worker_id=None,
+            )
+        if moved:
+            self.app.extensions["dffmpeg.notifier"].notify("jobs")
+
+    def close_unconfirmed_cancels(self) -> None:
+        """A cancel its worker never confirmed (it lost the job) ends as canceled."""
+        ids, limit = self._stale(JobState.CANCELING)
+        for job_id in ids:
+            lifecycle.transition(
+                job_id,
+                [JobState.CANCELING],
+                JobState.CANCELED,
+                "canceled (the worker did not confirm)",
+                unchanged_since=limit,
+                failure="canceled",
+            )
+
+    def expire_queued(self) -> None:
+        """Pending jobs past the queue timeout their requester set fail."""
+        now = now_utc()
+        stmt = db.select(Job.id, Job.created_at).where(
+            Job.state == JobState.PENDING.value, Job.queue_deadline < now
+        )
+        rows = list(db.session.execute(stmt))
+        db.session.commit()
+        for job_id, created_at in rows:
+            waited = (now - created_at).total_seconds()
+            lifecycle.transition(
+                job_id,
+                [JobState.PENDING],
+                JobState.FAILED,
+                f"queue timeout: no capable worker was free within {waited:.0f}s",
+                failure="queue_timeout",
+            )
 
     def expire_workers(self) -> None:
         """Workers silent past their lease go offline."""
@@ -64,7 +122,7 @@ class Janitor:
     def release_lost_jobs(self) -> None:
         """Jobs held by offline workers: requeue unstarted ones, fail running ones."""
         stmt = (
-            db.select(Job.id, Job.state)
+            db.select(Job.id, Job.state, Job.worker_id)
             .join(Worker, Worker.worker_id == Job.worker_id)
             .where(
                 Worker.state == "offline",
@@ -75,13 +133,15 @@ class Janitor:
         )
         rows = list(db.session.execute(stmt))
         db.session.commit()
-        for job_id, state in rows:
+        for job_id, state, worker_id in rows:
+            # held_by: the job may have been requeued and assigned elsewhere meanwhile.
             if state == JobState.ASSIGNED.value:
                 lifecycle.transition(
                     job_id,
                     [JobState.ASSIGNED],
                     JobState.PENDING,
                     "worker went offline before starting it",
+                    held_by=worker_id,
                     worker_id=None,
                 )
             elif state == JobState.CANCELING.value:
@@ -90,6 +150,8 @@ class Janitor:
                     [JobState.CANCELING],
                     JobState.CANCELED,
                     "canceled (worker went offline)",
+                    held_by=worker_id,
+                    failure="canceled",
                 )
             else:
                 lifecycle.transition(
@@ -97,6 +159,7 @@ class Janitor:
                     [JobState.RUNNING],
                     JobState.FAILED,
                     "worker lost",
+                    held_by=worker_id,
                     failure="worker_lost",
                 )
         if rows:

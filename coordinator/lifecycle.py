@@ -7,6 +7,7 @@ row and changes nothing; the caller turns that into 409.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from flask import current_app
@@ -35,11 +36,14 @@ def transition(
     to_state: JobState,
     reason: str | None = None,
     held_by: str | None = None,
+    unchanged_since: datetime | None = None,
     **values: Any,
 ) -> bool:
     """Move ``job_id`` to ``to_state`` if it is in one of ``from_states``; commit.
 
-    With ``held_by`` the job must also be held by that worker. Returns False (and
+    With ``held_by`` the job must also be held by that worker; with ``unchanged_since``
+    its last transition must be older than that (a time-out must not act on a job that
+    moved on, e.g. was assigned again, after it was selected). Returns False (and
     changes nothing) when the job is not in such a state.
     """
     sources = [s for s in from_states if to_state in ALLOWED[s]]
@@ -57,6 +61,8 @@ def transition(
     )
     if held_by is not None:
         stmt = stmt.where(Job.worker_id == held_by)
+    if unchanged_since is not None:
+        stmt = stmt.where(Job.updated_at < unchanged_since)
     # Read the state being left in the same transaction, for the history row.
     previous = db.session.execute(db.select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
     result = db.session.execute(stmt.execution_options(synchronize_session=False))

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, LargeBinary, SmallInteger, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.db import UTCDateTime, db, now_utc
@@ -21,12 +31,15 @@ class User(db.Model):  # type: ignore[name-defined]
     role: Mapped[str] = mapped_column(String(16))
     hmac_key: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+    # CIDRs this identity may connect from; empty means anywhere (see coordinator/auth.py).
+    allowed_networks: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "client_id": self.client_id,
             "role": self.role,
             "created_at": self.created_at.isoformat(),
+            "allowed_networks": list(self.allowed_networks or []),
         }
 
 
@@ -47,21 +60,30 @@ class Worker(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="online")
     slots: Mapped[int] = mapped_column(Integer, default=1)
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
-    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The full probe report (raw -version/-encoders/... outputs, a few hundred KB): loaded
+    # only when asked for, never by the scheduler.
+    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, deferred=True)
+    # {binary: {"encoders": [...], ...}} or {binary: None} when not probed; what the
+    # scheduler matches jobs against (names only, tens of KB).
+    capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     path_variables: Mapped[list[str]] = mapped_column(JSON, default=list)
     version: Mapped[str] = mapped_column(String(32), default="")
     hostname: Mapped[str] = mapped_column(String(255), default="")
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
     lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Set by an operator: the worker keeps its running jobs but is given no new ones.
+    # Separate from ``state`` so that it survives the worker restarting and registering.
+    drained: Mapped[bool] = mapped_column(Boolean, default=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,
             "state": self.state,
+            "drained": bool(self.drained),
             "slots": self.slots,
             "labels": self.labels,
-            "binaries": sorted(self.binaries),
+            "binaries": sorted(self.capabilities),
             "path_variables": self.path_variables,
             "version": self.version,
             "hostname": self.hostname,
@@ -76,6 +98,8 @@ class Job(db.Model):  # type: ignore[name-defined]
         # The claim query: pending jobs by priority, oldest first.
         Index("ix_jobs_state_priority_created", "state", "priority", "created_at"),
         Index("ix_jobs_worker_state", "worker_id", "state"),
+        # Job listings, newest first: a page is read from this index, not sorted.
+        Index("ix_jobs_created_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -89,6 +113,14 @@ class Job(db.Model):  # type: ignore[name-defined]
     client_paths: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     mode: Mapped[str] = mapped_column(String(16), default="active")
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # What the job needs from a worker ({"encoders": [...], ...}, derived from args).
+    needs: Mapped[dict[str, list[str]]] = mapped_column(JSON, default=dict)
+    required_labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    preferred_labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Absolute deadline for leaving ``pending``; None waits forever.
+    queue_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Queue even when no online worker can run the job now (else it fails at once).
+    wait_for_worker: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -99,6 +131,8 @@ class Job(db.Model):  # type: ignore[name-defined]
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     client_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The latest ffmpeg progress seen in the job's stderr (coordinator/progress.py).
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +143,11 @@ class Job(db.Model):  # type: ignore[name-defined]
             "cwd": self.cwd,
             "mode": self.mode,
             "priority": self.priority,
+            "needs": self.needs,
+            "required_labels": self.required_labels,
+            "preferred_labels": self.preferred_labels,
+            "queue_deadline": self.queue_deadline.isoformat() if self.queue_deadline else None,
+            "wait_for_worker": self.wait_for_worker,
             "state": self.state,
             "worker_id": self.worker_id,
             "exit_code": self.exit_code,
@@ -117,6 +156,7 @@ class Job(db.Model):  # type: ignore[name-defined]
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "progress": self.progress,
         }
 
     def assignment(self) -> dict[str, Any]:

@@ -3,26 +3,66 @@
 Workers pull: each long-poll of a worker claims as many pending jobs as it has free
 slots. A claim is a compare-and-set from ``pending`` to ``assigned``, so two coordinator
 processes serving two workers can never hand the same job out twice.
+
+Order: higher priority first; within a priority, requesters take turns (the requester
+with the fewest jobs already active goes first), so one client that submits a hundred
+jobs cannot starve another that submits one; between requesters with as many active
+jobs, the one served longest ago goes first. A job goes only to a worker that has its
+binary, the path variables it uses, its required labels and the capabilities its
+arguments need. A job that *prefers* labels skips a worker without them while another
+online worker that has them could take it now.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
 from sqlalchemy import func
 
-from coordinator import lifecycle
+from coordinator import capabilities, lifecycle
 from coordinator.db import db
 from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState
 
 ACTIVE_STATES = [JobState.ASSIGNED.value, JobState.RUNNING.value, JobState.CANCELING.value]
-# How many pending jobs one claim looks at; jobs this worker cannot run are skipped.
-CANDIDATES = 64
+# How many pending jobs of each requester one claim looks at beyond the free slots;
+# jobs this worker cannot run are skipped.
+LOOKAHEAD = 32
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Offer:
+    """What one worker offers, with capabilities as sets for fast matching."""
+
+    worker_id: str
+    labels: set[str]
+    path_variables: set[str]
+    caps: dict[str, dict[str, set[str]] | None]
+    free: int
+
+    @classmethod
+    def of(cls, worker: Worker, free: int) -> Offer:
+        caps = {
+            name: capabilities.offered({"capabilities": info} if info else None)
+            for name, info in (worker.capabilities or {}).items()
+        }
+        return cls(worker.worker_id, set(worker.labels), set(worker.path_variables), caps, free)
+
+    def lacks(self, job: Job) -> list[str]:
+        """What this worker lacks to run ``job`` (empty when it can run it)."""
+        if job.binary not in self.caps:
+            return [f"binary {job.binary}"]
+        lacking = [f"path ${v}" for v in job.path_variables if v not in self.path_variables]
+        lacking += [f"label {lb}" for lb in job.required_labels if lb not in self.labels]
+        lacking += capabilities.missing_capabilities(job.needs or {}, self.caps[job.binary])
+        return lacking
 
 
 def can_run(worker: Worker, job: Job) -> bool:
-    if job.binary not in worker.binaries:
-        return False
-    return set(job.path_variables) <= set(worker.path_variables)
+    return not Offer.of(worker, 0).lacks(job)
 
 
 def active_count(worker_id: str) -> int:
@@ -30,27 +70,127 @@ def active_count(worker_id: str) -> int:
     return int(db.session.execute(stmt).scalar_one())
 
 
+def slots_used() -> dict[str, int]:
+    """Active jobs per worker, from one grouped query over the (worker_id, state) index."""
+    stmt = (
+        db.select(Job.worker_id, func.count())
+        .where(Job.worker_id.is_not(None), Job.state.in_(ACTIVE_STATES))
+        .group_by(Job.worker_id)
+    )
+    return {str(w): int(n) for w, n in db.session.execute(stmt)}
+
+
+def online_offers() -> list[Offer]:
+    """Every online worker with its free slots."""
+    busy = dict(
+        db.session.execute(
+            db.select(Job.worker_id, func.count())
+            .where(Job.state.in_(ACTIVE_STATES), Job.worker_id.is_not(None))
+            .group_by(Job.worker_id)
+        ).all()
+    )
+    workers = db.session.execute(db.select(Worker).where(Worker.state == "online")).scalars()
+    return [Offer.of(w, w.slots - int(busy.get(w.worker_id, 0))) for w in workers]
+
+
+def unmet_by_all(job: Job) -> list[tuple[str, list[str]]] | None:
+    """None if some online worker can run ``job``; else what each online worker lacks."""
+    lacking = []
+    for offer in online_offers():
+        missing = offer.lacks(job)
+        if not missing:
+            return None
+        lacking.append((offer.worker_id, missing))
+    return lacking
+
+
+def fair_order(free: int) -> list[Job]:
+    """Pending jobs in the order they should be served (see the module docstring)."""
+    active = dict(
+        db.session.execute(
+            db.select(Job.requester, func.count())
+            .where(Job.state.in_(ACTIVE_STATES))
+            .group_by(Job.requester)
+        ).all()
+    )
+    requesters = list(
+        db.session.execute(
+            db.select(Job.requester).where(Job.state == JobState.PENDING.value).distinct()
+        ).scalars()
+    )
+    # Ties between requesters go to the one served longest ago.
+    last_served = {
+        requester: started
+        for requester, started in db.session.execute(
+            db.select(Job.requester, func.max(Job.started_at))
+            .where(Job.requester.in_(requesters), Job.started_at.is_not(None))
+            .group_by(Job.requester)
+        ).all()
+    }
+    candidates: list[Job] = []
+    for requester in requesters:
+        candidates += db.session.execute(
+            db.select(Job)
+            .where(Job.state == JobState.PENDING.value, Job.requester == requester)
+            .order_by(Job.priority.desc(), Job.created_at)
+            .limit(free + LOOKAHEAD)
+        ).scalars()
+    for job in candidates:
+        # Detached, the rows keep their loaded values after the caller ends the read
+        # transaction, instead of being reloaded one by one.
+        db.session.expunge(job)
+    turn: dict[tuple[str, int], int] = defaultdict(int)
+    keyed: list[tuple[int, int, datetime, datetime, Job]] = []
+    for job in candidates:  # each requester's jobs arrive in its own order
+        slot = (job.requester, job.priority)
+        keyed.append(
+            (
+                -job.priority,
+                int(active.get(job.requester, 0)) + turn[slot],
+                last_served.get(job.requester) or NEVER,
+                job.created_at,
+                job,
+            )
+        )
+        turn[slot] += 1
+    keyed.sort(key=lambda k: k[:4])
+    return [k[4] for k in keyed]
+
+
+def _preferred_elsewhere(job: Job, offer: Offer, others: list[Offer]) -> bool:
+    """The job prefers labels this worker lacks and another free worker has them."""
+    wanted = set(job.preferred_labels or ())
+    if not wanted or wanted <= offer.labels:
+        return False
+    return any(
+        o.worker_id != offer.worker_id and o.free > 0 and wanted <= o.labels and not o.lacks(job)
+        for o in others
+    )
+
+
 def claim(worker: Worker) -> list[str]:
     """Assign pending jobs to ``worker`` up to its free slots; return their ids."""
-    if worker.state != "online":
+    if worker.state != "online" or worker.drained:
         return []
     free = worker.slots - active_count(worker.worker_id)
     if free <= 0:
+        db.session.commit()
         return []
-    stmt = (
-        db.select(Job)
-        .where(Job.state == JobState.PENDING.value)
-        .order_by(Job.priority.desc(), Job.created_at)
-        .limit(CANDIDATES)
-    )
-    candidates = list(db.session.execute(stmt).scalars())
+    offer = Offer.of(worker, free)
+    candidates = fair_order(free)
+    others: list[Offer] | None = None
     db.session.commit()
     claimed: list[str] = []
     for job in candidates:
         if free <= 0:
             break
-        if not can_run(worker, job):
+        if offer.lacks(job):
             continue
+        if job.preferred_labels:
+            others = others if others is not None else online_offers()
+            db.session.commit()
+            if _preferred_elsewhere(job, offer, others):
+                continue
         if lifecycle.transition(
             job.id,
             [JobState.PENDING],

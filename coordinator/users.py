@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -28,12 +29,54 @@ def validate_role(role: str) -> Role:
         raise BadRequest(f"role must be one of {', '.join(r.value for r in Role)}") from None
 
 
-def add_user(client_id: str, role: str, hmac_key: str | None = None) -> dict[str, Any]:
+MAX_NETWORKS = 64
+
+
+def validate_networks(networks: list[str]) -> list[str]:
+    """Normalised CIDRs (``10.0.0.7`` becomes ``10.0.0.7/32``); 400 on anything else."""
+    if len(networks) > MAX_NETWORKS:
+        raise BadRequest(f"at most {MAX_NETWORKS} networks")
+    result = []
+    for text in networks:
+        try:
+            result.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise BadRequest(f"{text!r} is not an IP network such as 10.0.0.0/24") from None
+    return result
+
+
+def address_allowed(address: str | None, networks: list[str]) -> bool:
+    """Whether ``address`` lies in one of ``networks`` (an empty list allows any)."""
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    # An IPv4 client seen through an IPv6 socket arrives as ::ffff:a.b.c.d.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for text in networks:
+        try:
+            if ip in ipaddress.ip_network(text, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def add_user(
+    client_id: str,
+    role: str,
+    hmac_key: str | None = None,
+    allowed_networks: list[str] | None = None,
+) -> dict[str, Any]:
     """Create an identity; the returned dict is the only place its key is shown."""
     user = User(
         client_id=validate_client_id(client_id),
         role=validate_role(role).value,
         hmac_key=hmac_key or signing.new_key(),
+        allowed_networks=validate_networks(allowed_networks or []),
     )
     db.session.add(user)
     try:
@@ -66,3 +109,10 @@ def rotate_key(client_id: str) -> dict[str, Any]:
     user.hmac_key = signing.new_key()
     db.session.commit()
     return {**user.to_dict(), "hmac_key": user.hmac_key}
+
+
+def set_networks(client_id: str, networks: list[str]) -> dict[str, Any]:
+    user = get_user(client_id)
+    user.allowed_networks = validate_networks(networks)
+    db.session.commit()
+    return user.to_dict()

@@ -154,6 +154,12 @@ class ClientConfig:
     transports: list[str] = field(default_factory=lambda: ["http"])
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
     source: str | None = None
+    # Defaults for every job this client submits (see docs/lifecycle.md).
+    require_labels: list[str] = field(default_factory=list)
+    prefer_labels: list[str] = field(default_factory=list)
+    priority: int = 0
+    queue_timeout: float | None = None
+    wait_for_worker: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -170,7 +176,21 @@ class ClientConfig:
             transports=_str_list(data, "transports", ["http"]),
             brokers=BrokerSettings.from_dict(data),
             source=source,
+            require_labels=_str_list(data, "require_labels", []),
+            prefer_labels=_str_list(data, "prefer_labels", []),
+            priority=int(data.get("priority", 0)),
+            queue_timeout=_positive_or_none(data, "queue_timeout"),
+            wait_for_worker=bool(data.get("wait_for_worker", False)),
         )
+
+
+def _positive_or_none(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number of seconds")
+    return float(value)
 
 
 @dataclass
@@ -181,6 +201,7 @@ class WorkerConfig(ClientConfig):
     slots: int = 0
     labels: list[str] = field(default_factory=list)
     heartbeat_seconds: float = 5.0
+    mount_check_seconds: float = 5.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
@@ -199,6 +220,7 @@ class WorkerConfig(ClientConfig):
             slots=slots,
             labels=_str_list(data, "labels", []),
             heartbeat_seconds=float(data.get("heartbeat_seconds", 5.0)),
+            mount_check_seconds=float(data.get("mount_check_seconds", 5.0)),
         )
 
 
@@ -220,6 +242,9 @@ class CoordinatorConfig:
     recheck_seconds: float = 0.0
     janitor_seconds: float = 2.0
     retention_seconds: int = 86400
+    # An assigned job not accepted (or a canceling job not confirmed) in this time is
+    # taken back from its worker.
+    assign_timeout_seconds: int = 30
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
     source: str | None = None
 
@@ -241,6 +266,7 @@ class CoordinatorConfig:
             recheck_seconds=float(data.get("recheck_seconds", 0.0)),
             janitor_seconds=float(data.get("janitor_seconds", 2.0)),
             retention_seconds=int(data.get("retention_seconds", 86400)),
+            assign_timeout_seconds=int(data.get("assign_timeout_seconds", 30)),
             brokers=BrokerSettings.from_dict(data),
             source=source,
         )

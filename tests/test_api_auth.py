@@ -10,7 +10,8 @@ from flask import Flask
 from dffmpeg import signing
 from tests.conftest import Identities
 
-JOB = {"binary": "ffprobe", "args": ["-version"]}
+# Queued even with no worker online (otherwise it would fail at once as unrunnable).
+JOB = {"binary": "ffprobe", "args": ["-version"], "wait_for_worker": True}
 UNIFORM_401 = {"error": "unauthorized", "message": "authentication failed"}
 
 

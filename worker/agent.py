@@ -1,15 +1,15 @@
 """The worker agent: registration, heartbeats, the poll loop and the jobs it runs.
 
 Threads, all owned here: one heartbeat thread, one poll thread (long-polls the
-coordinator for jobs and cancellations) and one thread per running job (plus that
-job's pipe readers). ``start`` starts them, ``stop`` stops taking work, ``join`` waits.
+coordinator for jobs and cancellations), one mount-monitor thread and one thread per
+running job (plus that job's pipe readers). ``start`` starts them; ``drain`` stops
+taking work; ``abort_all`` stops running jobs; ``stop`` deregisters and ends the loops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -22,6 +22,7 @@ from dffmpeg.config import WorkerConfig
 from dffmpeg.transport.session import Downlink
 from worker.capabilities import probe_binaries
 from worker.executor import JobExecution
+from worker.mounts import MountMonitor
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,16 @@ class WorkerAgent:
         self.api = api
         self.jobs: dict[str, JobExecution] = {}
         self._jobs_lock = threading.Lock()
-        self._stopping = threading.Event()  # no new jobs
+        self._draining = threading.Event()  # no new jobs
         self._stopped = threading.Event()  # all threads should end
         self._threads: list[threading.Thread] = []
+        self._register_lock = threading.Lock()
+        self._registered_at = 0.0
         self.binaries: dict[str, dict[str, Any]] = {}
         self.downlink: Downlink | None = None
+        self.mounts = MountMonitor(
+            config.paths, self._paths_changed, interval=config.mount_check_seconds
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -49,6 +55,7 @@ class WorkerAgent:
         self.binaries = probe_binaries(self.config.binaries)
         if not self.binaries:
             raise RuntimeError("none of the configured binaries could be run")
+        self.mounts.available()
         # Transport first: the worker goes online only once its transport passed the
         # reachability handshake (or it settled on HTTP long-poll).
         self.downlink = self._open_downlink()
@@ -57,23 +64,7 @@ class WorkerAgent:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-
-    def register(self) -> None:
-        """Register, retrying with back-off while the coordinator is unreachable."""
-        delay = 0.5
-        while not self._stopped.is_set():
-            try:
-                self.api.call("POST", "/workers/register", json_body=self.registration())
-                log.info(
-                    "registered with %s as %s", self.config.coordinator_url, self.config.client_id
-                )
-                return
-            except AuthError:
-                raise
-            except (Unreachable, ApiError) as exc:
-                log.warning("cannot register yet (%s); retrying in %.1fs", exc, delay)
-                self._stopped.wait(delay)
-                delay = min(delay * 2, 10.0)
+        self.mounts.start()
 
     def _open_downlink(self) -> Downlink | None:
         delay = 0.5
@@ -92,6 +83,37 @@ class WorkerAgent:
                 delay = min(delay * 2, 10.0)
         return None
 
+    def register(self, unless_since: float | None = None) -> None:
+        """Register, retrying with back-off while the coordinator is unreachable.
+
+        ``unless_since``: the monotonic time a refused request was sent; if another
+        thread registered after that, do not register again (a second registration
+        would settle the jobs accepted since as lost).
+        """
+        with self._register_lock:
+            if unless_since is not None and self._registered_at > unless_since:
+                return
+            self._register()
+
+    def _register(self) -> None:
+        delay = 0.5
+        while not self._stopped.is_set():
+            try:
+                self.api.call("POST", "/workers/register", json_body=self.registration())
+                self._registered_at = time.monotonic()
+                log.info(
+                    "registered with %s as %s", self.config.coordinator_url, self.config.client_id
+                )
+                if self._draining.is_set():
+                    self._announce_drain()
+                return
+            except AuthError:
+                raise
+            except (Unreachable, ApiError) as exc:
+                log.warning("cannot register yet (%s); retrying in %.1fs", exc, delay)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 10.0)
+
     def registration(self) -> dict[str, Any]:
         return {
             "slots": self.config.slots,
@@ -103,23 +125,58 @@ class WorkerAgent:
         }
 
     def available_paths(self) -> list[str]:
-        return sorted(name for name, root in self.config.paths.items() if os.path.isdir(root))
+        """The path variables whose roots were present at the last mount check."""
+        return list(self.mounts.current)
+
+    def _paths_changed(self, variables: list[str]) -> None:
+        """A mount came or went: offer exactly the variables present now."""
+        log.info("offering path variables: %s", ", ".join(variables) or "none")
+        sent = time.monotonic()
+        try:
+            self.api.call(
+                "POST", "/workers/paths", json_body={"path_variables": variables}, timeout=10
+            )
+        except ApiError as exc:
+            if exc.status == 409:
+                self.register(unless_since=sent)  # it carries the current variables
+            else:
+                log.warning("path update refused: %s", exc)
+        except Unreachable as exc:
+            # The next registration (the coordinator answers 409 once it is back and
+            # has expired us) carries the current variables.
+            log.warning("path update failed: %s", exc)
 
     def drain(self) -> None:
-        """Stop taking jobs; running ones finish."""
-        self._stopping.set()
+        """Stop taking jobs (the coordinator assigns no more); running ones finish."""
+        self._draining.set()
+        self._announce_drain()
 
-    def cancel_all(self) -> None:
+    def _announce_drain(self) -> None:
+        try:
+            self.api.request("POST", "/workers/drain", timeout=10)
+        except (ApiError, Unreachable) as exc:
+            log.warning("could not announce the drain: %s", exc)
+
+    def abort_all(self, reason: str) -> None:
+        """Stop every running job now; each is reported to its requester as lost."""
         with self._jobs_lock:
             running = list(self.jobs.values())
         for job in running:
-            job.cancel()
+            job.abort(reason)
+
+    def cancel_all(self) -> None:
+        self.abort_all("worker shutting down")
+
+    def running_jobs(self) -> list[str]:
+        with self._jobs_lock:
+            return [job_id for job_id, j in self.jobs.items() if not j.reported]
 
     def wait_jobs(self, timeout: float | None = None) -> bool:
+        """Wait until every job has ended and its end was reported."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._jobs_lock:
-                busy = [j for j in self.jobs.values() if not j.done]
+                busy = [j for j in self.jobs.values() if not j.reported]
             if not busy:
                 return True
             if deadline is not None and time.monotonic() >= deadline:
@@ -127,8 +184,9 @@ class WorkerAgent:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._draining.set()
         self._stopped.set()
+        self.mounts.stop()
         try:
             self.api.request("POST", "/workers/deregister", timeout=5)
         except (ApiError, Unreachable) as exc:
@@ -144,23 +202,26 @@ class WorkerAgent:
 
     def _heartbeat_loop(self) -> None:
         while not self._stopped.wait(self.config.heartbeat_seconds):
+            sent = time.monotonic()
             try:
                 self.api.request("POST", "/workers/heartbeat", timeout=10)
             except ApiError as exc:
-                if exc.status == 409:  # the coordinator forgot us (e.g. new database)
-                    self.register()
+                if exc.status == 409:  # the coordinator forgot us, or declared us lost
+                    self.register(unless_since=sent)
                 else:
                     log.warning("heartbeat refused: %s", exc)
             except Unreachable as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     def _poll_loop(self) -> None:
+        # Runs while draining too: cancellations of running jobs still arrive this way.
         delay = 0.5
-        while not self._stopping.is_set():
+        while not self._stopped.is_set():
             downlink = self.downlink
             long_poll = downlink is None or downlink.long_poll
             if downlink is not None and not long_poll:
                 downlink.arm("worker")  # before the read: news during it is not lost
+            sent = time.monotonic()
             try:
                 work = self.api.call(
                     "GET",
@@ -171,15 +232,15 @@ class WorkerAgent:
                 delay = 0.5
             except ApiError as exc:
                 if exc.status == 409:
-                    self.register()
+                    self.register(unless_since=sent)
                     continue
                 log.warning("poll refused: %s", exc)
-                self._stopping.wait(delay)
+                self._stopped.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             except Unreachable as exc:
                 log.warning("poll failed: %s", exc)
-                self._stopping.wait(delay)
+                self._stopped.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             for job_id in work.get("cancel", []):
@@ -196,15 +257,17 @@ class WorkerAgent:
     def _await_news(self, downlink: Downlink) -> None:
         """Sleep until the transport brings news, it breaks, or it is time to catch up."""
         deadline = time.monotonic() + CATCHUP_SECONDS
-        while not self._stopping.is_set() and time.monotonic() < deadline:
+        while not self._stopped.is_set() and time.monotonic() < deadline:
             if downlink.wait("worker", 1.0) or downlink.long_poll:
                 return
 
     def _start_job(self, assignment: dict[str, Any]) -> None:
         job_id = assignment["job_id"]
         with self._jobs_lock:
-            self.jobs = {k: v for k, v in self.jobs.items() if not v.done}
-            if job_id in self.jobs or self._stopping.is_set():
+            self.jobs = {k: v for k, v in self.jobs.items() if not v.reported}
+            # While draining, a job assigned just before the coordinator heard of the
+            # drain is still run: it was ours, and the drain finishes what it holds.
+            if job_id in self.jobs or self._stopped.is_set():
                 return
             paths = {n: r for n, r in self.config.paths.items()}
             binaries = {n: str(b["path"]) for n, b in self.binaries.items()}

@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         signals["count"] += 1
         if signals["count"] == 1:
             logging.info("draining: finishing running jobs (signal again to cancel them)")
-            agent.drain()
+            stop.set()
+            # Off the signal handler: announcing the drain is a network call.
+            threading.Thread(target=agent.drain, name="drain", daemon=True).start()
         else:
-            logging.info("canceling running jobs")
-            agent.cancel_all()
-        stop.set()
+            logging.info("canceling running jobs: %s", ", ".join(agent.running_jobs()) or "none")
+            agent.abort_all("worker shutting down")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(1.0):
         pass
     agent.wait_jobs()
+    logging.info("no jobs left; deregistering")
     agent.stop()
     return 0
 

@@ -18,6 +18,7 @@ from client.api import Api, ApiError, Unreachable
 from dffmpeg.exitcodes import from_returncode
 from dffmpeg.paths import StreamRewriter, from_variables, output_rewriter, unmap_args
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
+from worker.process import die_with_parent, stop_group
 from worker.relay import FrameSender, OutputBuffer, read_pipe
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ class JobExecution:
         self.paths = paths
         self.process: subprocess.Popen[bytes] | None = None
         self._canceled = threading.Event()
-        self._done = threading.Event()
+        self._done = threading.Event()  # the process is over
+        self._reported = threading.Event()  # ... and the coordinator was told
+        self._aborted: str | None = None
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
 
     # -- preparing ---------------------------------------------------------------------
@@ -92,6 +95,8 @@ class JobExecution:
             self.api.request("POST", f"/jobs/{self.job_id}/accept", retry_for=RETRY_SECONDS)
         except (ApiError, Unreachable) as exc:
             log.warning("job %s not accepted: %s", self.job_id, exc)
+            self._done.set()
+            self._reported.set()
             return
         try:
             self._run_accepted()
@@ -99,6 +104,7 @@ class JobExecution:
             log.exception("job %s failed in the worker", self.job_id)
         finally:
             self._done.set()
+            self._reported.set()
             if self._tempdir is not None:
                 self._tempdir.cleanup()
 
@@ -114,12 +120,15 @@ class JobExecution:
                 cwd=cwd,
                 env=self.environment(),
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
                 bufsize=0,
             )
         except (StartError, OSError) as exc:
             self._finish({"error": f"could not start: {exc}"})
             return
         log.info("job %s started: pid %s", self.job_id, self.process.pid)
+        if self._canceled.is_set():  # canceled while it was starting
+            threading.Thread(target=self._kill_group, name="cancel", daemon=True).start()
         buffer = OutputBuffer()
         readers = []
         for stream, kind in (
@@ -147,7 +156,10 @@ class JobExecution:
         self._done.set()
         if sender.error is not None:
             log.warning("job %s: output not delivered: %s", self.job_id, sender.error)
-        self._finish({"exit_code": from_returncode(returncode)})
+        result: dict[str, Any] = {"exit_code": from_returncode(returncode)}
+        if self._aborted is not None:
+            result["aborted"] = self._aborted
+        self._finish(result)
 
     def _send_output(self, frames: list[Frame]) -> None:
         self.api.request(
@@ -182,11 +194,16 @@ class JobExecution:
                     timeout=INPUT_WAIT_SECONDS + 30,
                     retry_for=RETRY_SECONDS,
                 )
-            except (ApiError, Unreachable):
+            except ApiError as exc:
+                if exc.status == 409:
+                    self._stop_if_orphaned()
+                return
+            except Unreachable:
                 return
             for frame in decode_frames(response.body):
                 if frame.kind == FrameKind.STATUS:
                     if json.loads(frame.data).get("state") != "canceling":
+                        self._stop_if_orphaned()
                         return
                     continue
                 after = frame.seq
@@ -230,23 +247,29 @@ class JobExecution:
         self._canceled.set()
         threading.Thread(target=self._kill_group, name="cancel", daemon=True).start()
 
+    def abort(self, reason: str) -> None:
+        """Stop the job because the worker is going away; it is reported as lost."""
+        self._aborted = reason
+        self.cancel()
+
+    def _stop_if_orphaned(self) -> None:
+        """The job ended on the coordinator (e.g. declared lost) while it still runs
+        here: nobody will read its output, so stop it."""
+        process = self.process
+        if not self._done.is_set() and process is not None and process.poll() is None:
+            log.warning("job %s ended on the coordinator; stopping its process", self.job_id)
+            self.cancel()
+
     def _kill_group(self) -> None:
         process = self.process
-        if process is None:
-            return
-        for sig, wait in ((signal.SIGTERM, CANCEL_GRACE_SECONDS), (signal.SIGKILL, None)):
-            try:
-                os.killpg(process.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                return
-            if wait is None:
-                return
-            try:
-                process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if process is not None:
+            stop_group(process, CANCEL_GRACE_SECONDS)
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    @property
+    def reported(self) -> bool:
+        """The job's thread is over: its end was reported (or it never started)."""
+        return self._reported.is_set()

@@ -1,14 +1,16 @@
-"""A summary of the whole cluster (admin only)."""
+"""A summary of the whole cluster (admin only): what ``status --all`` and the console show."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func
+from sqlalchemy import case, func
 
+from coordinator import scheduler
 from coordinator.auth import requires
-from coordinator.db import db
-from coordinator.models import Job, Worker
+from coordinator.db import db, now_utc
+from coordinator.models import Job, User, Worker
+from dffmpeg import __version__
 from dffmpeg.wire import Role
 
 bp = Blueprint("cluster", __name__, url_prefix="/cluster")
@@ -17,8 +19,31 @@ bp = Blueprint("cluster", __name__, url_prefix="/cluster")
 @bp.get("")
 @requires(Role.ADMIN)
 def summary() -> ResponseReturnValue:
+    """Counts only, each answered from an index (no job rows are read), so a console
+    may ask every couple of seconds. ``slots.total`` is the slots of online workers,
+    drained ones included (their running jobs count in ``used``);
+    ``accepting_workers`` is how many of them take new jobs."""
     jobs = dict(db.session.execute(db.select(Job.state, func.count()).group_by(Job.state)).all())
     workers = dict(
         db.session.execute(db.select(Worker.state, func.count()).group_by(Worker.state)).all()
     )
-    return jsonify({"jobs_by_state": jobs, "workers_by_state": workers})
+    online = Worker.state == "online"
+    slots = db.session.execute(
+        db.select(
+            func.coalesce(func.sum(Worker.slots), 0),
+            # CASE rather than FILTER (...): MariaDB has no aggregate FILTER clause.
+            func.coalesce(func.sum(case((Worker.drained.is_(False), 1), else_=0)), 0),
+        ).where(online)
+    ).one()
+    users = dict(db.session.execute(db.select(User.role, func.count()).group_by(User.role)).all())
+    used = sum(scheduler.slots_used().values())
+    return jsonify(
+        {
+            "jobs_by_state": {str(k): int(v) for k, v in jobs.items()},
+            "workers_by_state": {str(k): int(v) for k, v in workers.items()},
+            "users_by_role": {str(k): int(v) for k, v in users.items()},
+            "slots": {"total": int(slots[0]), "used": used, "accepting_workers": int(slots[1])},
+            "coordinator_version": __version__,
+            "now": now_utc().isoformat(),
+        }
+    )

@@ -8,8 +8,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import func, update
 
-from coordinator import lifecycle, streams
+from coordinator import capabilities, lifecycle, progress, scheduler, streams
 from coordinator.api.parse import (
     field,
     frames_body,
@@ -22,9 +23,17 @@ from coordinator.api.parse import (
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
 from coordinator.errors import BadRequest, Conflict, NotFound
-from coordinator.models import Job, JobEvent
+from coordinator.models import Job, JobEvent, OutputChunk
 from dffmpeg.paths import variables_used
-from dffmpeg.wire import CONTENT_TYPE_FRAMES, JobState, Role, encode_frames, status_frame
+from dffmpeg.wire import (
+    CONTENT_TYPE_FRAMES,
+    Frame,
+    FrameKind,
+    JobState,
+    Role,
+    encode_frames,
+    status_frame,
+)
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -86,6 +95,10 @@ def submit() -> ResponseReturnValue:
     client_paths = field(data, "client_paths", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in client_paths.items()):
         raise BadRequest("field 'client_paths' must map variable names to paths")
+    queue_timeout = field(data, "queue_timeout", (int, float, type(None)), None)
+    if isinstance(queue_timeout, bool) or (queue_timeout is not None and queue_timeout <= 0):
+        raise BadRequest("field 'queue_timeout' must be a positive number of seconds")
+    wait_for_worker = field(data, "wait_for_worker", bool, False)
     now = now_utc()
     job = Job(
         id=uuid.uuid4().hex,
@@ -98,6 +111,11 @@ def submit() -> ResponseReturnValue:
         client_paths=client_paths,
         mode=mode,
         priority=priority,
+        needs=capabilities.derive_needs(args),
+        required_labels=str_list(data, "required_labels", []),
+        preferred_labels=str_list(data, "preferred_labels", []),
+        queue_deadline=now + timedelta(seconds=queue_timeout) if queue_timeout else None,
+        wait_for_worker=wait_for_worker,
         state=JobState.PENDING.value,
         created_at=now,
         updated_at=now,
@@ -106,22 +124,106 @@ def submit() -> ResponseReturnValue:
     db.session.add(job)
     lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
     db.session.commit()
+    if not wait_for_worker:
+        _fail_if_unrunnable(job)
     notifier().notify("jobs")
+    db.session.refresh(job)
     return jsonify({"job": job.to_dict()}), 201
+
+
+MAX_PAGE = 500
+
+
+def _csv_arg(name: str) -> list[str]:
+    return [v for v in request.args.get(name, "").split(",") if v]
+
+
+def _fail_if_unrunnable(job: Job) -> None:
+    """Fail at once, naming what is missing, when no online worker could ever take it."""
+    lacking = scheduler.unmet_by_all(job)
+    db.session.commit()
+    if lacking is not None:
+        lifecycle.transition(
+            job.id,
+            [JobState.PENDING],
+            JobState.FAILED,
+            capabilities.describe_missing(lacking),
+            failure="no_capable_worker",
+        )
 
 
 @bp.get("")
 @requires(Role.CLIENT, Role.ADMIN)
 def list_jobs() -> ResponseReturnValue:
-    stmt = db.select(Job).order_by(Job.created_at.desc())
+    """One page of jobs, newest first, with the total that matches the filters.
+
+    Filters: ``state`` (comma-separated), ``requester`` and ``worker`` (admins; a client
+    only ever sees its own jobs). Paging: ``limit`` (1-500) and ``offset``. A page costs
+    two queries, the page itself and a count, both served by indexes on state/requester/
+    worker; neither reads the jobs outside the page.
+    """
+    conditions = []
     if g.user.role != Role.ADMIN:
-        stmt = stmt.where(Job.requester == g.user.client_id)
-    state = request.args.get("state")
-    if state:
-        stmt = stmt.where(Job.state == state)
-    limit = min(max(int_arg("limit", 100), 1), 1000)
-    jobs = db.session.execute(stmt.limit(limit)).scalars()
-    return jsonify({"jobs": [j.to_dict() for j in jobs]})
+        conditions.append(Job.requester == g.user.client_id)
+    elif request.args.get("requester"):
+        conditions.append(Job.requester == request.args["requester"])
+    states = _csv_arg("state")
+    if states:
+        unknown = set(states) - {s.value for s in JobState}
+        if unknown:
+            raise BadRequest(f"unknown state {', '.join(sorted(unknown))}")
+        conditions.append(Job.state.in_(states))
+    if request.args.get("worker"):
+        conditions.append(Job.worker_id == request.args["worker"])
+    limit = min(max(int_arg("limit", 100), 1), MAX_PAGE)
+    offset = max(int_arg("offset", 0), 0)
+    page = (
+        db.select(Job)
+        .where(*conditions)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    jobs = [j.to_dict() for j in db.session.execute(page).scalars()]
+    total = db.session.execute(db.select(func.count(Job.id)).where(*conditions)).scalar_one()
+    return jsonify({"jobs": jobs, "total": int(total), "offset": offset, "limit": limit})
+
+
+@bp.get("/<job_id>/stderr")
+@requires(Role.CLIENT, Role.ADMIN)
+def stderr_tail(job_id: str) -> ResponseReturnValue:
+    """The last ``kb`` KiB (default 16, at most 1024) of the job's stderr, as text.
+
+    Read newest chunk first and stopped once enough is read, so the cost does not grow
+    with the length of the job's output.
+    """
+    visible_job(job_id)
+    budget = min(max(int_arg("kb", 16), 1), 1024) * 1024
+    stmt = (
+        db.select(OutputChunk.data)
+        .where(OutputChunk.job_id == job_id, OutputChunk.kind == int(FrameKind.STDERR))
+        .order_by(OutputChunk.seq.desc())
+        .execution_options(yield_per=16)
+    )
+    parts: list[bytes] = []
+    size = 0
+    truncated = False
+    for (data,) in db.session.execute(stmt):
+        parts.append(bytes(data))
+        size += len(data)
+        if size >= budget:
+            truncated = True
+            break
+    db.session.commit()
+    tail = b"".join(reversed(parts))[-budget:]
+    return jsonify(
+        {
+            "job_id": job_id,
+            "stderr": tail.decode("utf-8", errors="replace"),
+            "bytes": len(tail),
+            "truncated": truncated or size > budget,
+        }
+    )
 
 
 @bp.get("/<job_id>")
@@ -231,9 +333,33 @@ def write_output(job_id: str) -> ResponseReturnValue:
     job = held_job(job_id)
     if job.state not in (JobState.RUNNING.value, JobState.CANCELING.value):
         raise Conflict(f"job is {job.state}", state=job.state)
-    added = streams.append_output(job_id, frames_body())
+    frames = frames_body()
+    # Read before the append commits (which expires the loaded row): no extra query.
+    previous = job.progress
+    added = streams.append_output(job_id, frames)
+    if added:
+        _record_progress(job_id, previous, frames)
     notifier().notify(f"output:{job_id}")
     return jsonify({"added": added})
+
+
+def _record_progress(job_id: str, previous: dict[str, Any] | None, frames: list[Frame]) -> None:
+    """Keep the latest ffmpeg progress of this append on the job (one small UPDATE).
+
+    The worker is the only writer of a job's output, and so of its progress: reading
+    ``previous`` before the append cannot lose a concurrent update.
+    """
+    stderr = b"".join(f.data for f in frames if f.kind == FrameKind.STDERR)
+    latest = progress.parse(stderr, previous) if stderr else None
+    if latest is None or latest == previous:
+        return
+    db.session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(progress=latest)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
 
 
 @bp.get("/<job_id>/input")
@@ -260,15 +386,30 @@ def read_input(job_id: str) -> ResponseReturnValue:
 @bp.post("/<job_id>/finish")
 @requires(Role.WORKER)
 def finish(job_id: str) -> ResponseReturnValue:
-    """The process ended (``exit_code``) or could not start (``error``)."""
+    """The process ended (``exit_code``) or could not start (``error``).
+
+    ``aborted`` (with ``exit_code``) says the worker itself stopped the job, e.g. a
+    shutdown that could not wait for it: the job fails as lost, not as completed.
+    """
     held_job(job_id)
     data = json_body()
     error = field(data, "error", (str, type(None)), None)
     exit_code = field(data, "exit_code", (int, type(None)), None)
+    aborted = field(data, "aborted", (str, type(None)), None)
     if error is None and exit_code is None:
         raise BadRequest("one of 'exit_code' or 'error' is required")
     worker_id = g.user.client_id
-    if error is not None:
+    if aborted is not None:
+        done = lifecycle.transition(
+            job_id,
+            [JobState.RUNNING, JobState.CANCELING],
+            JobState.FAILED,
+            f"worker lost ({aborted[:200]})",
+            held_by=worker_id,
+            exit_code=exit_code,
+            failure="worker_lost",
+        )
+    elif error is not None:
         done = lifecycle.transition(
             job_id,
             [JobState.RUNNING, JobState.CANCELING],

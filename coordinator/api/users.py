@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 from flask.typing import ResponseReturnValue
 
 from coordinator import users
-from coordinator.api.parse import field, json_body
+from coordinator.api.parse import field, json_body, str_list
 from coordinator.auth import requires
+from coordinator.errors import Conflict
 from dffmpeg.wire import Role
 
 bp = Blueprint("users", __name__, url_prefix="/users")
@@ -23,7 +24,11 @@ def list_users() -> ResponseReturnValue:
 @requires(Role.ADMIN)
 def add_user() -> ResponseReturnValue:
     data = json_body()
-    created = users.add_user(field(data, "client_id", str), field(data, "role", str))
+    created = users.add_user(
+        field(data, "client_id", str),
+        field(data, "role", str),
+        allowed_networks=str_list(data, "allowed_networks", []),
+    )
     return jsonify({"user": created}), 201
 
 
@@ -36,6 +41,9 @@ def show_user(client_id: str) -> ResponseReturnValue:
 @bp.delete("/<client_id>")
 @requires(Role.ADMIN)
 def delete_user(client_id: str) -> ResponseReturnValue:
+    if client_id == g.user.client_id:
+        # Deleting the identity in use would lock the operator out mid-session.
+        raise Conflict("you cannot delete the identity you are signed in as")
     users.delete_user(client_id)
     return jsonify({"deleted": client_id})
 
@@ -44,3 +52,11 @@ def delete_user(client_id: str) -> ResponseReturnValue:
 @requires(Role.ADMIN)
 def rotate_key(client_id: str) -> ResponseReturnValue:
     return jsonify({"user": users.rotate_key(client_id)})
+
+
+@bp.put("/<client_id>/networks")
+@requires(Role.ADMIN)
+def set_networks(client_id: str) -> ResponseReturnValue:
+    """Replace the CIDRs the identity may connect from; an empty list allows any."""
+    networks = str_list(json_body(), "allowed_networks")
+    return jsonify({"user": users.set_networks(client_id, networks)})

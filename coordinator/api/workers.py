@@ -24,10 +24,24 @@ def _lease() -> timedelta:
 
 
 def current_worker() -> Worker:
+    """The calling worker's row; 409 when it must register (again) first.
+
+    A worker the janitor declared offline has lost its jobs; answering 409 makes it
+    register anew instead of heartbeating a row nobody assigns work to.
+    """
     worker = db.session.get(Worker, g.user.client_id)
-    if worker is None:
+    if worker is None or worker.state == "offline":
         raise Conflict("worker is not registered")
     return worker
+
+
+def _capabilities(binaries: dict[str, Any]) -> dict[str, Any]:
+    """The names the scheduler matches against, per binary (None: not probed)."""
+    result: dict[str, Any] = {}
+    for name, info in binaries.items():
+        caps = info.get("capabilities") if isinstance(info, dict) else None
+        result[name] = caps if isinstance(caps, dict) else None
+    return result
 
 
 def touch(worker: Worker) -> None:
@@ -57,6 +71,7 @@ def register() -> ResponseReturnValue:
     worker.slots = slots
     worker.labels = str_list(data, "labels", [])
     worker.binaries = binaries
+    worker.capabilities = _capabilities(binaries)
     worker.path_variables = str_list(data, "path_variables", [])
     worker.version = str(field(data, "version", str, ""))[:32]
     worker.hostname = str(field(data, "hostname", str, ""))[:255]
@@ -82,6 +97,7 @@ def _forget_previous_life(worker_id: str) -> None:
                 [JobState.ASSIGNED],
                 JobState.PENDING,
                 "worker restarted before starting",
+                held_by=worker_id,
                 worker_id=None,
             )
         else:
@@ -90,6 +106,7 @@ def _forget_previous_life(worker_id: str) -> None:
                 [JobState.RUNNING, JobState.CANCELING],
                 JobState.FAILED,
                 "worker lost (it restarted)",
+                held_by=worker_id,
                 failure="worker_lost",
             )
 
@@ -98,6 +115,27 @@ def _forget_previous_life(worker_id: str) -> None:
 @requires(Role.WORKER)
 def heartbeat() -> ResponseReturnValue:
     worker = current_worker()
+    touch(worker)
+    return jsonify({"state": worker.state})
+
+
+@bp.post("/paths")
+@requires(Role.WORKER)
+def update_paths() -> ResponseReturnValue:
+    """The worker's mounts changed: offer only the path variables present now."""
+    worker = current_worker()
+    worker.path_variables = str_list(json_body(), "path_variables")
+    touch(worker)
+    notifier().notify("jobs")
+    return jsonify({"worker": worker.to_dict()})
+
+
+@bp.post("/drain")
+@requires(Role.WORKER)
+def drain_self() -> ResponseReturnValue:
+    """Take no new jobs; the worker finishes what it runs, then deregisters."""
+    worker = current_worker()
+    worker.state = "draining"
     touch(worker)
     return jsonify({"state": worker.state})
 
@@ -112,10 +150,11 @@ def deregister() -> ResponseReturnValue:
 
 
 def _work_for(worker_id: str) -> dict[str, Any] | None:
-    worker = db.session.get(Worker, worker_id)
-    if worker is None:
-        raise Conflict("worker is not registered")
-    touch(worker)
+    # No lease extension here: this runs again and again while a poll waits, also
+    # after the worker behind the connection died (kill -9); only a request that
+    # arrives proves the worker is alive.
+    db.session.expire_all()
+    worker = current_worker()
     scheduler.claim(worker)
     stmt = db.select(Job).where(
         Job.worker_id == worker_id,
@@ -135,6 +174,7 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
 def poll() -> ResponseReturnValue:
     """Long-poll for work: jobs assigned to this worker and jobs it must cancel."""
     worker_id = g.user.client_id
+    touch(current_worker())
     result = notifier().wait_for(
         ["jobs", f"worker:{worker_id}"], lambda: _work_for(worker_id), wait_arg()
     )
@@ -145,13 +185,59 @@ def poll() -> ResponseReturnValue:
 @requires(Role.ADMIN)
 def list_workers() -> ResponseReturnValue:
     workers = db.session.execute(db.select(Worker).order_by(Worker.worker_id)).scalars()
-    return jsonify({"workers": [w.to_dict() for w in workers]})
+    used = scheduler.slots_used()
+    return jsonify({"workers": [admin_view(w, used.get(w.worker_id, 0)) for w in workers]})
+
+
+def admin_view(worker: Worker, slots_used: int) -> dict[str, Any]:
+    """What an operator sees of a worker: the listing plus load and binary versions."""
+    return {**worker.to_dict(), "slots_used": slots_used, "binary_versions": worker.binaries}
+
+
+def _admin_worker(worker_id: str) -> Worker:
+    worker = db.session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker {worker_id}")
+    return worker
 
 
 @bp.get("/<worker_id>")
 @requires(Role.ADMIN)
 def show_worker(worker_id: str) -> ResponseReturnValue:
-    worker = db.session.get(Worker, worker_id)
-    if worker is None:
-        raise NotFound(f"no worker {worker_id}")
-    return jsonify({"worker": {**worker.to_dict(), "binaries": worker.binaries}})
+    worker = _admin_worker(worker_id)
+    view = admin_view(worker, scheduler.active_count(worker_id))
+    return jsonify({"worker": {**view, "binaries": worker.binaries}})
+
+
+@bp.post("/<worker_id>/drain")
+@requires(Role.ADMIN)
+def drain(worker_id: str) -> ResponseReturnValue:
+    """Give the worker no new jobs; the ones it runs finish normally."""
+    worker = _admin_worker(worker_id)
+    worker.drained = True
+    db.session.commit()
+    return jsonify({"worker": admin_view(worker, scheduler.active_count(worker_id))})
+
+
+@bp.post("/<worker_id>/resume")
+@requires(Role.ADMIN)
+def resume(worker_id: str) -> ResponseReturnValue:
+    worker = _admin_worker(worker_id)
+    worker.drained = False
+    db.session.commit()
+    notifier().notify(f"worker:{worker_id}")
+    return jsonify({"worker": admin_view(worker, scheduler.active_count(worker_id))})
+
+
+@bp.delete("/<worker_id>")
+@requires(Role.ADMIN)
+def remove(worker_id: str) -> ResponseReturnValue:
+    """Forget a worker that is gone for good. A live one registers again on its own;
+    to keep it out, drain it or delete its user."""
+    worker = _admin_worker(worker_id)
+    busy = scheduler.active_count(worker_id)
+    if busy:
+        raise Conflict(f"worker {worker_id} still holds {busy} job(s); drain it first")
+    db.session.delete(worker)
+    db.session.commit()
+    return jsonify({"removed": worker_id})

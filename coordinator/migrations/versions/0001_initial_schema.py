@@ -51,6 +51,11 @@ def upgrade() -> None:
         sa.Column("client_paths", sa.JSON(), nullable=False),
         sa.Column("mode", sa.String(length=16), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("needs", sa.JSON(), nullable=False),
+        sa.Column("required_labels", sa.JSON(), nullable=False),
+        sa.Column("preferred_labels", sa.JSON(), nullable=False),
+        sa.Column("queue_deadline", sa.DateTime(), nullable=True),
+        sa.Column("wait_for_worker", sa.Boolean(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("worker_id", sa.String(length=64), nullable=True),
         sa.Column("exit_code", sa.Integer(), nullable=True),
@@ -61,6 +66,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(), nullable=True),
         sa.Column("finished_at", sa.DateTime(), nullable=True),
         sa.Column("client_lease_expires_at", sa.DateTime(), nullable=True),
+        sa.Column("progress", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
@@ -70,6 +76,7 @@ def upgrade() -> None:
             "ix_jobs_state_priority_created", ["state", "priority", "created_at"], unique=False
         )
         batch_op.create_index("ix_jobs_worker_state", ["worker_id", "state"], unique=False)
+        batch_op.create_index("ix_jobs_created_id", ["created_at", "id"], unique=False)
 
     op.create_table(
         "nonces",
@@ -95,6 +102,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("hmac_key", sa.String(length=128), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("allowed_networks", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("client_id", name=op.f("pk_users")),
     )
     op.create_table(
@@ -104,12 +112,14 @@ def upgrade() -> None:
         sa.Column("slots", sa.Integer(), nullable=False),
         sa.Column("labels", sa.JSON(), nullable=False),
         sa.Column("binaries", sa.JSON(), nullable=False),
+        sa.Column("capabilities", sa.JSON(), nullable=False),
         sa.Column("path_variables", sa.JSON(), nullable=False),
         sa.Column("version", sa.String(length=32), nullable=False),
         sa.Column("hostname", sa.String(length=255), nullable=False),
         sa.Column("registered_at", sa.DateTime(), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(), nullable=False),
         sa.Column("lease_expires_at", sa.DateTime(), nullable=False),
+        sa.Column("drained", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("worker_id", name=op.f("pk_workers")),
     )
     with op.batch_alter_table("workers", schema=None) as batch_op:
@@ -133,6 +143,7 @@ def downgrade() -> None:
 
     op.drop_table("nonces")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_created_id")
         batch_op.drop_index("ix_jobs_worker_state")
         batch_op.drop_index("ix_jobs_state_priority_created")
         batch_op.drop_index(batch_op.f("ix_jobs_requester"))

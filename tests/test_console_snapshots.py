@@ -1,0 +1,269 @@
+"""Screenshots of the console's main screens, from fixed data.
+
+The only place a stand-in for the coordinator is used: a screenshot needs data that
+does not change between runs. Everything the stand-in returns has the shape of the real
+API's answers (see tests/test_admin_api.py for those). Update the SVGs with
+``pytest tests/test_console_snapshots.py --snapshot-update`` and look at them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from textual.pilot import Pilot
+
+from client.api import Unreachable
+from console.app import ConsoleApp
+from console.screens.job_detail import JobDetailScreen
+
+NOW = "2026-11-26T12:00:00+00:00"
+FFMPEG = {"path": "/usr/bin/ffmpeg", "version": "ffmpeg version 5.1.8-0+deb12u1 Copyright"}
+FFPROBE = {"path": "/usr/bin/ffprobe", "version": "ffprobe version 5.1.8-0+deb12u1 Copyright"}
+
+
+def worker(n: int, state: str, used: int, drained: bool = False) -> dict[str, Any]:
+    return {
+        "worker_id": f"node{n}",
+        "state": state,
+        "drained": drained,
+        "slots": 4,
+        "slots_used": used,
+        "labels": ["gpu", "nvenc"] if n == 1 else ["cpu"],
+        "binaries": ["ffmpeg", "ffprobe"],
+        "binary_versions": {"ffmpeg": FFMPEG, "ffprobe": FFPROBE},
+        "path_variables": ["Media", "Cache"],
+        "version": "0.1.0",
+        "hostname": f"node{n}.lan",
+        "registered_at": "2026-11-26T08:00:00+00:00",
+        "last_seen_at": "2026-11-26T11:59:58+00:00"
+        if state == "online"
+        else "2026-11-26T09:12:00+00:00",
+    }
+
+
+def job(n: int, state: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "job_id": f"{n:04d}" + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4",
+        "requester": "jellyfin" if n % 2 else "sonarr",
+        "binary": "ffmpeg" if n != 3 else "ffprobe",
+        "args": ["-i", "$Media/films/Big Buck Bunny.mkv", "-c:v", "libx264", "-f", "mp4", "-"],
+        "cwd": "$Cache/transcodes",
+        "mode": "active",
+        "priority": 0,
+        "state": state,
+        "worker_id": extra.get("worker_id"),
+        "exit_code": extra.get("exit_code"),
+        "failure": extra.get("failure"),
+        "reason": extra.get("reason"),
+        "created_at": f"2026-11-26T11:{59 - n * 7 % 60:02d}:00+00:00",
+        "started_at": None,
+        "finished_at": None,
+        "progress": extra.get("progress"),
+    }
+
+
+JOBS = [
+    job(
+        1,
+        "running",
+        worker_id="node1",
+        progress={
+            "time": 312.5,
+            "duration": 5400.0,
+            "percent": 5.8,
+            "speed": 3.2,
+            "frame": 7812,
+            "fps": 80.0,
+        },
+    ),
+    job(2, "running", worker_id="node2", progress={"time": 75.0, "speed": 0.9}),
+    job(3, "completed", worker_id="node1", exit_code=0, reason="exited with 0"),
+    job(4, "failed", worker_id="node2", exit_code=1, reason="exited with 1"),
+    job(5, "pending"),
+    job(6, "canceled", failure="canceled", reason="canceled by ops"),
+]
+USERS = [
+    {
+        "client_id": "jellyfin",
+        "role": "client",
+        "created_at": "2026-11-20T10:00:00+00:00",
+        "allowed_networks": ["192.168.1.0/24"],
+    },
+    {
+        "client_id": "node1",
+        "role": "worker",
+        "created_at": "2026-11-20T10:00:00+00:00",
+        "allowed_networks": [],
+    },
+    {
+        "client_id": "ops",
+        "role": "admin",
+        "created_at": "2026-11-20T10:00:00+00:00",
+        "allowed_networks": [],
+    },
+]
+SUMMARY = {
+    "jobs_by_state": {"running": 2, "completed": 1, "failed": 1, "pending": 1, "canceled": 1},
+    "workers_by_state": {"online": 2, "offline": 1},
+    "users_by_role": {"admin": 1, "client": 1, "worker": 1},
+    "slots": {"total": 8, "used": 2, "accepting_workers": 2},
+    "coordinator_version": "0.1.0",
+    "now": NOW,
+}
+STDERR = (
+    "Input #0, matroska,webm, from '/mnt/media/films/Big Buck Bunny.mkv':\n"
+    "  Duration: 01:30:00.00, start: 0.000000, bitrate: 4000 kb/s\n"
+    "Stream mapping:\n  Stream #0:0 -> #0:0 (h264 (native) -> h264 (libx264))\n"
+    "frame= 7700 fps= 80 q=28.0 size=   51200kB time=00:05:08.00 bitrate=1361.7kbits/s speed=3.2x\r"
+    "frame= 7812 fps= 80 q=28.0 size=   52224kB time=00:05:12.50 bitrate=1369.0kbits/s speed=3.2x\r"
+)
+
+
+class FixedApi:
+    """Answers like the coordinator, always with the same data."""
+
+    client_id = "ops"
+
+    def __init__(self, reachable: bool = True) -> None:
+        self.reachable = reachable
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if not self.reachable:
+            raise Unreachable("[Errno 111] Connection refused")
+        answers: dict[str, Any] = {
+            "/cluster": SUMMARY,
+            "/workers": {
+                "workers": [
+                    worker(1, "online", 2),
+                    worker(2, "online", 0, True),
+                    worker(3, "offline", 0),
+                ]
+            },
+            "/jobs": {"jobs": JOBS, "total": len(JOBS), "offset": 0, "limit": 200},
+            "/users": {"users": USERS},
+            f"/jobs/{JOBS[0]['job_id']}/stderr": {
+                "stderr": STDERR,
+                "bytes": len(STDERR),
+                "truncated": False,
+            },
+        }
+        if method == "POST" and path == "/users":
+            body = kwargs["json_body"]
+            user = {"client_id": body["client_id"], "role": body["role"], "allowed_networks": []}
+            return {"user": {**user, "hmac_key": "3q2-Wn9xJdLk0cQvT1m4Zb8yRrE6uHsPaGfNoKiV7wE"}}
+        if path == f"/jobs/{JOBS[0]['job_id']}":
+            detail = copy.deepcopy(JOBS[0])
+            detail["events"] = [
+                {
+                    "at": "2026-11-26T11:52:00+00:00",
+                    "from": None,
+                    "to": "pending",
+                    "reason": "submitted by jellyfin",
+                },
+                {
+                    "at": "2026-11-26T11:52:00+00:00",
+                    "from": "pending",
+                    "to": "assigned",
+                    "reason": "assigned to node1",
+                },
+                {
+                    "at": "2026-11-26T11:52:01+00:00",
+                    "from": "assigned",
+                    "to": "running",
+                    "reason": "accepted",
+                },
+            ]
+            return {"job": detail}
+        return copy.deepcopy(answers[path])
+
+    def close(self) -> None:
+        pass
+
+
+def loaded(app: ConsoleApp) -> bool:
+    return app.main.snapshot is not None
+
+
+async def wait_loaded(pilot: Pilot[None]) -> None:
+    app = pilot.app
+    assert isinstance(app, ConsoleApp)
+    for _ in range(200):
+        if loaded(app):
+            break
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+def make() -> ConsoleApp:
+    return ConsoleApp(FixedApi(), refresh_seconds=0)
+
+
+def test_jobs_screen(snap_compare: Any) -> None:
+    assert snap_compare(make(), terminal_size=(130, 24), run_before=wait_loaded)
+
+
+def test_workers_screen(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("2")
+
+    assert snap_compare(make(), terminal_size=(130, 24), run_before=run_before)
+
+
+def test_users_screen(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("3")
+
+    assert snap_compare(make(), terminal_size=(130, 24), run_before=run_before)
+
+
+def test_job_detail_screen(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("enter")
+        app = pilot.app
+        for _ in range(200):
+            screen = app.screen
+            if isinstance(screen, JobDetailScreen) and screen.job is not None:
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(make(), terminal_size=(130, 30), run_before=run_before)
+
+
+def test_small_terminal(snap_compare: Any) -> None:
+    assert snap_compare(make(), terminal_size=(72, 16), run_before=wait_loaded)
+
+
+def test_unreachable_banner(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, ConsoleApp)
+        for _ in range(200):
+            if app.main.query_one("#banner").has_class("-problem"):
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    app = ConsoleApp(FixedApi(reachable=False), refresh_seconds=0)
+    assert snap_compare(app, terminal_size=(100, 16), run_before=run_before)
+
+
+def test_help_screen(snap_compare: Any) -> None:
+    assert snap_compare(make(), terminal_size=(110, 34), press=["question_mark"])
+
+
+def test_new_key_dialog(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("3", "a", *"emby", "enter")
+        for _ in range(200):
+            if type(pilot.app.screen).__name__ == "KeyScreen":
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(make(), terminal_size=(100, 24), run_before=run_before)

@@ -1,0 +1,71 @@
+"""Keeping a job's processes bound to the job and to the worker.
+
+Each job runs in its own session (so its own process group). Canceling signals the
+whole group: SIGTERM, then SIGKILL after a grace period, so nothing the job started
+outlives it. The child also asks the kernel to SIGKILL it when its parent dies
+(``PR_SET_PDEATHSIG``), so even a SIGKILLed worker leaves no ffmpeg behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl: Callable[..., int] = libc.prctl
+        return prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up in the worker, never in a freshly forked child (dlopen after fork in a
+# threaded process can deadlock).
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for a job's child: SIGKILL it when this worker dies.
+
+    Linux delivers the signal when the *thread* that forked the child ends, so the
+    caller must keep that thread alive for as long as the process runs (the job's
+    thread waits for it). Where prctl is unavailable the child runs unprotected.
+    """
+    worker_pid = os.getpid()
+    prctl = _PRCTL
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != worker_pid:  # the worker died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group of ``process``; SIGKILL it if it lingers past ``grace``."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if wait is None:
+            return
+        try:
+            process.wait(timeout=wait)
+            # The leader is gone; anything else it started in its group goes too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
