@@ -1,7 +1,7 @@
 """Coordinator CPU for 100 idle workers, per transport.
 
 For each transport a real coordinator runs with it enabled; a separate load process runs
-100 real ``WorkerAgent``s (binary ``/bin/true``, so probing is instant) as threads, each
+100 real ``WorkerAgent``s (ffmpeg probed once and shared) as threads, each
 negotiating the transport, passing the handshake, registering, heartbeating and
 waiting for jobs exactly as a worker does. After a warm-up the coordinator's CPU time
 (gunicorn master and workers, from /proc) is sampled over a window and shown as a
@@ -43,15 +43,22 @@ def cpu_seconds(pid: int) -> float:
 
 def load(setup_json: str, heartbeat: float) -> None:
     """The load process: N worker agents as threads, until stdin closes."""
+    import shutil
+
+    import worker.agent
     from client.api import Api
     from dffmpeg.config import WorkerConfig
     from worker.agent import WorkerAgent
 
+    # Every agent would probe the same ffmpeg; probe it once and hand out the result.
+    ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
+    probed = worker.agent.probe_binaries({"ffmpeg": ffmpeg})
+    worker.agent.probe_binaries = lambda _binaries: probed  # type: ignore[assignment]
     parties = json.loads(setup_json)
     agents = []
     for party in parties:
         config = WorkerConfig.from_dict(
-            {**party, "binaries": {"ffmpeg": "/bin/true"}, "heartbeat_seconds": heartbeat}
+            {**party, "binaries": {"ffmpeg": ffmpeg}, "heartbeat_seconds": heartbeat}
         )
         agent = WorkerAgent(config, Api.from_config(config))
         agent.start()
