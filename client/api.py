@@ -1,14 +1,14 @@
 """A signed HTTP client for the coordinator's API.
 
-Built on ``http.client`` rather than requests: the drop-in is started for every ffprobe
-call a media server makes, and this module loads in a few milliseconds. One persistent
-connection per thread.
+Built on a small plain-socket HTTP/1.1 connection (``client.http``) rather than
+requests or ``http.client``: the drop-in is started for every ffprobe call a media
+server makes, and this module loads in a few milliseconds. One persistent connection
+per thread; ``https`` URLs use ``http.client``, imported only then.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import socket
 import threading
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from client.http import PlainConnection, Reply
 from dffmpeg import signing
 from dffmpeg.config import ClientConfig
 
@@ -66,22 +67,22 @@ class Api:
         self._key = hmac_key
         self.timeout = timeout
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[Any] = []
         self._all_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: ClientConfig, timeout: float = 30.0) -> Api:
         return cls(config.coordinator_url, config.client_id, config.hmac_key, timeout)
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    def _connection(self, timeout: float) -> Any:
+        conn: Any = getattr(self._local, "conn", None)
         if conn is None:
-            factory = (
-                http.client.HTTPSConnection
-                if self.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = factory(self.host, self.port, timeout=timeout)
+            if self.scheme == "https":
+                import http.client
+
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
+            else:
+                conn = PlainConnection(self.host, self.port, timeout)
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -125,14 +126,21 @@ class Api:
     ) -> Response:
         signed = signing.sign_headers(self.client_id, self._key, method, path, body)
         all_headers = {**headers, **signed, "Content-Length": str(len(body))}
-        conn = self._connection(timeout)
-        try:
-            conn.request(method, path, body=body, headers=all_headers)
-            reply = conn.getresponse()
-            data = reply.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop()
-            raise Unreachable(str(exc) or type(exc).__name__) from exc
+        for attempt in (1, 2):
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, path, body=body, headers=all_headers)
+                reply: Reply = conn.getresponse()
+                data = reply.read()
+                break
+            except Exception as exc:
+                if not _network_error(exc):
+                    raise
+                self._drop()
+                # A kept-alive connection the server closed while idle: one fresh try.
+                if attempt == 1 and getattr(conn, "reused", False):
+                    continue
+                raise Unreachable(str(exc) or type(exc).__name__) from exc
         if reply.will_close:
             self._drop()
         return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, data)
@@ -195,6 +203,11 @@ def _error(response: Response) -> ApiError:
     message = str(body.get("message", f"HTTP {response.status}"))
     cls = AuthError if response.status in (401, 403) else ApiError
     return cls(response.status, code, message, body)
+
+
+def _network_error(exc: Exception) -> bool:
+    """Errors that mean "could not talk to the coordinator" (``http.client``'s included)."""
+    return isinstance(exc, OSError | ValueError) or type(exc).__module__ == "http.client"
 
 
 def is_timeout(exc: Unreachable) -> bool:

@@ -13,6 +13,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,10 @@ OUTPUT_WAIT_SECONDS = 5.0
 # How long to keep trying when the coordinator goes away in the middle of a job.
 RECONNECT_SECONDS = 60.0
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# At most this many 64 KiB stdin chunks wait to be sent, and one request carries at most
+# MAX_INPUT_BATCH bytes.
+STDIN_CHUNKS_IN_FLIGHT = 64
+MAX_INPUT_BATCH = 1024 * 1024
 
 FAILURE_CODES = {
     "worker_lost": ExitCode.WORKER_LOST,
@@ -92,6 +97,10 @@ class InputRelay:
         self.job_id = job_id
         self._queue: queue.SimpleQueue[tuple[FrameKind, bytes] | None] = queue.SimpleQueue()
         self._seq = 0
+        self.stdin_bytes = 0  # read from our stdin so far (and so lost to a local rerun)
+        # stdin chunks read but not yet sent: a fast pipe (``-i pipe:0``) waits for the
+        # network instead of filling memory. Signals and EOF never wait.
+        self._room = threading.Semaphore(STDIN_CHUNKS_IN_FLIGHT)
         self._thread = threading.Thread(target=self._send_loop, name="input", daemon=True)
 
     def start(self, stdin_fd: int | None) -> None:
@@ -116,6 +125,8 @@ class InputRelay:
             if not data:
                 self.put(FrameKind.STDIN_EOF)
                 return
+            self.stdin_bytes += len(data)
+            self._room.acquire()
             self.put(FrameKind.STDIN, data)
 
     def _send_loop(self) -> None:
@@ -124,8 +135,9 @@ class InputRelay:
             if item is None:
                 return
             batch = [item]
+            size = len(item[1])
             # Coalesce what is already waiting: fewer requests, same order.
-            while True:
+            while size < MAX_INPUT_BATCH:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -134,6 +146,7 @@ class InputRelay:
                     self._queue.put(None)
                     break
                 batch.append(more)
+                size += len(more[1])
             frames = []
             for kind, data in batch:
                 self._seq += 1
@@ -148,8 +161,17 @@ class InputRelay:
                 )
             except ApiError as exc:
                 if exc.status == 409:
+                    self._open_the_gate()
                     return  # the job is over; nothing more to feed it
                 raise
+            for kind, _ in batch:
+                if kind == FrameKind.STDIN:
+                    self._room.release()
+
+    def _open_the_gate(self) -> None:
+        # The reader must never stay blocked once nothing is sent any more.
+        for _ in range(STDIN_CHUNKS_IN_FLIGHT):
+            self._room.release()
 
 
 class JobSession:
@@ -173,7 +195,15 @@ class JobSession:
         self.after = 0
         self.on_status = on_status
         self.relay = InputRelay(api, job_id)
+        self.signals_received: list[int] = []
+        self.stopping_signal: int | None = None
         self._stdout_broken = False
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing of the job reached the caller, nothing of the caller's stdin left, and
+        the caller did not signal us: running the command elsewhere is a clean first run."""
+        return self.after == 0 and self.relay.stdin_bytes == 0 and not self.signals_received
 
     def relay_input(self, stdin_fd: int | None) -> None:
         self.relay.start(stdin_fd)
@@ -182,10 +212,27 @@ class JobSession:
         """SIGINT/SIGTERM/SIGHUP are sent on to the remote process, as a terminal would."""
 
         def handler(signum: int, _frame: Any) -> None:
+            self.signals_received.append(signum)
             self.relay.put(FrameKind.SIGNAL, str(signum).encode())
+            threading.Thread(
+                target=self._stop_if_unstarted, args=(signum,), name="stop", daemon=True
+            ).start()
 
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, handler)
+
+    def _stop_if_unstarted(self, signum: int) -> None:
+        """A job still waiting for a worker has no process to pass the signal to: cancel it,
+        and the main thread, seeing it canceled, dies of the signal (``die_like_remote``),
+        as a local ffmpeg would have at once. (Only the main thread may reset handlers.)"""
+        try:
+            state = self.api.call("GET", f"/jobs/{self.job_id}", timeout=5)["job"]["state"]
+            if state not in ("pending", "assigned"):
+                return
+            self.stopping_signal = signum
+            self.api.request("POST", f"/jobs/{self.job_id}/cancel", timeout=5)
+        except (ApiError, Unreachable, KeyError, TypeError):
+            self.stopping_signal = None
 
     def _write(self, frame: Frame) -> None:
         if frame.kind == FrameKind.STDERR:
@@ -240,6 +287,25 @@ class JobSession:
         finally:
             if downlink is not None:
                 downlink.close()
+
+
+def die_like_remote(session: JobSession, exit_code: int) -> None:
+    """Die by signal N when we passed N on and the remote process died of it (128+N).
+
+    A local ffmpeg killed by SIGHUP is seen by its parent as killed by SIGHUP, not as
+    exiting with 129; dying the same way keeps even that difference away from the caller.
+    """
+    if session.stopping_signal is not None:
+        die_of(session.stopping_signal)
+    for signum in session.signals_received:
+        if exit_code == 128 + signum:
+            die_of(signum)
+
+
+def die_of(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1)  # the signal is delivered before this returns
 
 
 def report(message: str) -> None:

@@ -2,17 +2,19 @@
 
 It has no flags of its own: every argument belongs to the remote binary. Its config
 comes from ``DFFMPEG_CLIENT_CONFIG`` or the client config files.
+
+A media server starts it for every probe, so start-up matters: modules are imported
+only on the path that needs them (the fast probe path never loads the job machinery).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
-from client.api import Api
-from client.job import report
-from client.submit import build_request, run
-from dffmpeg.config import ConfigError, load_client
+from client.fastprobe import INFO_PRIORITY, is_information_call, recognise
+from dffmpeg.config import ClientConfig, ConfigError, load_client
 from dffmpeg.exitcodes import ExitCode
 
 
@@ -26,15 +28,66 @@ def binary_name(argv0: str, args: list[str]) -> tuple[str, list[str]]:
     return name, args
 
 
+def report(message: str) -> None:
+    """The one ``dffmpeg: ...`` line the caller sees when the cluster itself failed."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"dffmpeg: {message}\n".encode(errors="replace"))
+
+
+def fallback_binary(config: ClientConfig, binary: str) -> str | None:
+    """The local binary to run when the cluster cannot, if ``local_fallback`` is set."""
+    setting = config.local_fallback
+    if setting is None:
+        return None
+    if isinstance(setting, dict):
+        return setting.get(binary)
+    if os.path.isdir(setting):
+        return os.path.join(setting, binary)
+    if os.path.basename(setting) == binary:
+        return setting
+    # ``/usr/bin/ffmpeg`` also names where its siblings (ffprobe) live.
+    return os.path.join(os.path.dirname(setting), binary)
+
+
+def run_locally(path: str, args: list[str], reason: str) -> int:
+    """Replace this process with the local binary (same stdin, stdout, stderr, pid)."""
+    report(f"{reason}; running {path} locally")
+    try:
+        os.execv(path, [path, *args])
+    except OSError as exc:
+        report(f"local fallback {path} failed: {exc}")
+    return int(ExitCode.CONFIG_ERROR)
+
+
 def main() -> int:
     try:
         binary, args = binary_name(sys.argv[0], sys.argv[1:])
         config = load_client()
+        from client.api import Api
+
         api = Api.from_config(config)
     except (ConfigError, ValueError) as exc:
         report(str(exc))
         return int(ExitCode.CONFIG_ERROR)
-    return run(api, build_request(config, binary, args), config=config)
+    probe = recognise(args)
+    if probe is not None:
+        from client.probes import answer_probe
+
+        code = answer_probe(api, binary, probe)
+        if code is not None:
+            return code
+    from client.submit import build_request, run
+
+    local = fallback_binary(config, binary)
+
+    def fallback(reason: str) -> int:
+        assert local is not None
+        return run_locally(local, args, reason)
+
+    request = build_request(config, binary, args)
+    if is_information_call(args):
+        request.priority = max(request.priority, INFO_PRIORITY)  # ahead of transcodes
+    return run(api, request, fallback=fallback if local else None, config=config)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from client.api import Api
 from client.downlink import open_downlink
-from client.job import ClusterFailure, JobSession, explain, report
+from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
 from dffmpeg.config import ClientConfig
+from dffmpeg.exitcodes import ExitCode
 from dffmpeg.paths import map_args, to_variables
 
 
@@ -55,6 +56,7 @@ def build_request(
         args=map_args(argv, config.paths),
         # A working directory outside every mapped root means nothing on a worker.
         cwd=mapped_cwd if mapped_cwd != cwd else None,
+        env=forwarded_env(config.forward_env),
         client_paths=dict(config.paths),
         priority=config.priority,
         required_labels=list(config.require_labels),
@@ -62,6 +64,11 @@ def build_request(
         queue_timeout=config.queue_timeout,
         wait_for_worker=config.wait_for_worker,
     )
+
+
+def forwarded_env(names: Sequence[str]) -> dict[str, str]:
+    """The allow-listed variables (client key ``forward_env``) that are set here."""
+    return {name: value for name in names if (value := os.environ.get(name)) is not None}
 
 
 def current_directory() -> str:
@@ -84,12 +91,20 @@ def submit(api: Api, request: JobRequest) -> str:
 
 
 def run(
-    api: Api, request: JobRequest, stdin_fd: int | None = 0, config: ClientConfig | None = None
+    api: Api,
+    request: JobRequest,
+    stdin_fd: int | None = 0,
+    fallback: Callable[[str], int] | None = None,
+    config: ClientConfig | None = None,
 ) -> int:
     """Submit ``request``, relay its streams and signals, return the exit code to use.
 
+    ``fallback(reason)`` runs the command some other way (the local binary) when the
+    cluster failed before the caller saw anything of the job: no output written and no
+    stdin consumed, so running it again elsewhere is indistinguishable from a first run.
     With ``config`` its ``transports`` are negotiated for following the job.
     """
+    session: JobSession | None = None
     try:
         job_id = submit(api, request)
         downlink = open_downlink(api, config, "client") if config is not None else None
@@ -99,8 +114,16 @@ def run(
         outcome = session.follow()
     except Exception as exc:  # every failure becomes one line and a documented code
         failure: ClusterFailure = explain(exc)
+        if fallback is not None and (session is None or session.untouched):
+            return fallback(failure.message)
         report(failure.message)
         return int(failure.code)
+    if session.stopping_signal is not None:
+        die_like_remote(session, outcome.exit_code)  # we canceled it: no message
     if outcome.message:
+        canceled = outcome.exit_code == ExitCode.CANCELED_BY_CLUSTER  # someone meant it
+        if fallback is not None and session.untouched and not canceled:
+            return fallback(outcome.message)
         report(outcome.message)
+    die_like_remote(session, outcome.exit_code)
     return outcome.exit_code

@@ -143,6 +143,38 @@ class BrokerSettings:
         )
 
 
+# Environment variables the drop-in forwards to the remote process unless the client's
+# ``forward_env`` says otherwise: locale and time zone (they shape ffmpeg's messages and
+# timestamps) and ffmpeg's own log colouring switches. Nothing that names a path.
+DEFAULT_FORWARD_ENV = [
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "LC_NUMERIC",
+    "TZ",
+    "AV_LOG_FORCE_NOCOLOR",
+    "AV_LOG_FORCE_COLOR",
+    "AV_LOG_FORCE_256COLOR",
+]
+
+
+def _local_fallback(data: Mapping[str, Any]) -> str | dict[str, str] | None:
+    value = data.get("local_fallback")
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) and v.startswith("/") for k, v in value.items()
+    ):
+        return dict(value)
+    raise ConfigError(
+        "local_fallback must be an absolute path (a binary or its directory) "
+        "or a mapping of name: /path/to/binary"
+    )
+
+
 @dataclass
 class ClientConfig:
     """What the client, the drop-in and the console read (``client`` keys)."""
@@ -160,6 +192,8 @@ class ClientConfig:
     priority: int = 0
     queue_timeout: float | None = None
     wait_for_worker: bool = False
+    forward_env: list[str] = field(default_factory=lambda: list(DEFAULT_FORWARD_ENV))
+    local_fallback: str | dict[str, str] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -181,6 +215,8 @@ class ClientConfig:
             priority=int(data.get("priority", 0)),
             queue_timeout=_positive_or_none(data, "queue_timeout"),
             wait_for_worker=bool(data.get("wait_for_worker", False)),
+            forward_env=_str_list(data, "forward_env", DEFAULT_FORWARD_ENV),
+            local_fallback=_local_fallback(data),
         )
 
 
@@ -202,6 +238,8 @@ class WorkerConfig(ClientConfig):
     labels: list[str] = field(default_factory=list)
     heartbeat_seconds: float = 5.0
     mount_check_seconds: float = 5.0
+    # Paths outside every mapped root are refused unless this is set (see docs/dropin.md).
+    allow_unmapped_paths: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
@@ -221,6 +259,7 @@ class WorkerConfig(ClientConfig):
             labels=_str_list(data, "labels", []),
             heartbeat_seconds=float(data.get("heartbeat_seconds", 5.0)),
             mount_check_seconds=float(data.get("mount_check_seconds", 5.0)),
+            allow_unmapped_paths=bool(data.get("allow_unmapped_paths", False)),
         )
 
 

@@ -9,6 +9,7 @@ leaves the machine; the worker maps the variables back to its own roots
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -140,3 +141,65 @@ def output_rewriter(
         if name in client_paths
     }
     return StreamRewriter(replacements)
+
+
+# An absolute path inside an argument: a '/' at the start or right after one of the
+# characters that can open a path in ffmpeg's syntax (see ``_BEFORE``), running to the
+# next character that ends a value. After a protocol's ``:``, ``//`` starts a network
+# URL, not a local path, except for ``file:`` (``file:///etc`` is ``/etc``). It is a
+# lookahead, so a path that runs on over an unquoted ``:`` does not hide the next one.
+_ABSOLUTE = re.compile(
+    r"(?:(?<=^)|(?<=[\s'\"=,;|\[(])|(?<=(?<!\\):)(?!//)|(?<=file:))(?=(/[^\s'\",;|\]]*))",
+    re.IGNORECASE,
+)
+# Paths every process may name without touching anyone's files.
+HARMLESS_PATHS = frozenset({"/dev/null", "/dev/zero", "/dev/stdin", "/dev/stdout", "/dev/stderr"})
+# GPU render nodes named by hardware acceleration options (``-vaapi_device``,
+# ``-init_hw_device vaapi=va:/dev/dri/renderD128``): devices, not anyone's files.
+HARMLESS_PREFIXES = ("/dev/dri/",)
+
+
+def _inside(path: str, root: str) -> bool:
+    if root == "/":
+        return True
+    return path == root or path.startswith(root + "/")
+
+
+def unmapped_paths(
+    args: Sequence[str], paths: Mapping[str, str], cwd: str | None = None
+) -> list[str]:
+    """Paths named in ``args`` (already mapped to local roots) outside every root.
+
+    Absolute paths are found as described at ``_ABSOLUTE``; a path climbing out with
+    ``..`` counts as outside. Where a value is unquoted, ``:`` may continue a file name,
+    so the text found can run on into the next option (``/srv/a.ass:fontsdir=/x``): its
+    part before the first ``:`` is normalised and checked against the roots, the rest
+    must not climb with ``..``, and the next path is found on its own. Relative names
+    that climb with ``..`` are resolved against ``cwd``, which counts as one more root.
+    """
+    roots = [root.rstrip("/") or "/" for root in paths.values()]
+    if cwd:
+        roots.append(os.path.normpath(cwd))
+    outside: list[str] = []
+    for arg in args:
+        for match in _ABSOLUTE.finditer(arg):
+            path = re.sub("/+", "/", match.group(1))
+            head, _, rest = path.partition(":")
+            head = os.path.normpath(head)
+            if head in HARMLESS_PATHS or head.startswith(HARMLESS_PREFIXES):
+                continue
+            if _climbs(rest) or not any(_inside(head, root) for root in roots):
+                outside.append(path)
+        for piece in _PIECE_SEPARATORS.split(arg):
+            if piece and not piece.startswith("/") and _climbs(piece):
+                resolved = os.path.normpath(os.path.join(cwd or "/nonexistent", piece))
+                if not any(_inside(resolved, root) for root in roots):
+                    outside.append(piece)
+    return outside
+
+
+_PIECE_SEPARATORS = re.compile(r"[\s'\",;|\]\[=:]")
+
+
+def _climbs(path: str) -> bool:
+    return ".." in path.replace("\\", "/").split("/")

@@ -23,7 +23,10 @@ WORKER = {
 
 def submit(api: Identities, who: str = "client", args: list[str] | None = None) -> str:
     caller = api.client if who == "client" else api.other_client
-    reply = caller.post("/api/v1/jobs", json_body={"binary": "ffmpeg", "args": args or ["-h"]})
+    reply = caller.post(
+        "/api/v1/jobs",
+        json_body={"binary": "ffmpeg", "args": args or ["-h"], "wait_for_worker": True},
+    )
     assert reply.status_code == 201, reply.get_json()
     job_id: str = reply.get_json()["job"]["job_id"]
     return job_id

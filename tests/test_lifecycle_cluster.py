@@ -295,7 +295,8 @@ def test_background_job_detach_attach_list_show_logs(coord: Coordinator) -> None
         assert [e["to"] for e in shown["events"]] == ["pending", "assigned", "running", "completed"]
         text = client_cli(config, "job", "show", job_id).stdout.decode()
         assert "pending -> assigned  assigned to bg-worker" in text
-        failing = client_cli(config, "submit", "--detach", "--", "-i", "/nonexistent.mkv", "-")
+        # A relative name: absolute paths outside the mapped roots are refused (202).
+        failing = client_cli(config, "submit", "--detach", "--", "-i", "nonexistent.mkv", "-")
         bad_id = failing.stdout.decode().strip()
         coord.wait_job(bad_id, TERMINAL)
         assert client_cli(config, "job", "attach", bad_id).returncode == 1  # ffmpeg's own code

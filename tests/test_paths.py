@@ -14,6 +14,7 @@ from dffmpeg.paths import (
     from_variables,
     map_args,
     to_variables,
+    unmapped_paths,
     validate_paths,
     variables_used,
 )
@@ -41,6 +42,22 @@ WORKER = {"Media": "/srv/media", "TV": "/srv/tv", "Cache": "/tmp/cache"}
         ("/mnt/mediaextra/a.mkv", "/mnt/mediaextra/a.mkv", "/mnt/mediaextra/a.mkv"),
         ("-c:v", "-c:v", "-c:v"),
         ("/var/cache/jf", "$Cache", "/tmp/cache"),
+        (
+            "subtitles=f='/mnt/media/It\\'s a\\:b.ass':si=0",
+            "subtitles=f='$Media/It\\'s a\\:b.ass':si=0",
+            "subtitles=f='/srv/media/It\\'s a\\:b.ass':si=0",
+        ),
+        (
+            "movie=/mnt/media/logo.png[wm];[0:v][wm]overlay",
+            "movie=$Media/logo.png[wm];[0:v][wm]overlay",
+            "movie=/srv/media/logo.png[wm];[0:v][wm]overlay",
+        ),
+        (
+            "-hls_segment_filename",
+            "-hls_segment_filename",
+            "-hls_segment_filename",
+        ),
+        ("/var/cache/jf/t/x%d.ts", "$Cache/t/x%d.ts", "/tmp/cache/t/x%d.ts"),
     ],
 )
 def test_round_trip(local: str, wire: str, remote: str) -> None:
@@ -110,3 +127,42 @@ def test_rewriter_holds_back_only_possible_pattern_starts() -> None:
     assert rewriter.feed(b"frame=1\r") == b"frame=1\r"
     assert rewriter.feed(b"see /srv/me") == b"see "
     assert rewriter.feed(b"dia/a.mkv\n") == b"/mnt/media/a.mkv\n"
+
+
+WORKER_ROOTS = {"Media": "/srv/media", "Cache": "/tmp/cache"}
+
+
+@pytest.mark.parametrize(
+    ("args", "outside"),
+    [
+        (["-i", "/srv/media/a.mkv", "-y", "/tmp/cache/out.ts"], []),
+        (["-i", "/etc/passwd"], ["/etc/passwd"]),
+        (["-i", "file:/etc/passwd"], ["/etc/passwd"]),
+        (["-i", "file:///etc/passwd"], ["/etc/passwd"]),
+        (["-i", "//etc/passwd"], ["/etc/passwd"]),
+        (["-i", "concat:/srv/media/a.ts|/root/b.ts"], ["/root/b.ts"]),
+        (["-vf", "subtitles=f='/srv/media/a.ass':fontsdir='/etc'"], ["/etc"]),
+        (["-vf", "subtitles=/srv/media/a.ass:fontsdir=/etc"], ["/etc"]),
+        (["-hls_segment_filename", "/srv/media/t/x%d.ts"], []),
+        (["-hls_segment_filename", "/var/x%d.ts"], ["/var/x%d.ts"]),
+        (["-i", "/srv/media/../../etc/shadow"], ["/srv/media/../../etc/shadow"]),
+        (["-i", "/srv/media/a/../b.mkv"], []),
+        (["-i", "/srv/mediaextra/a.mkv"], ["/srv/mediaextra/a.mkv"]),
+        (["-i", "/srv/media/My Movie: Part 2.mkv"], []),
+        (["-i", "http://host/etc/passwd", "-i", "rtmp://h/live"], []),
+        (["-r", "30000/1001", "-vf", "scale=iw/2:ih/2"], []),
+        (["-f", "null", "/dev/null"], []),
+        (["-i", "../../etc/passwd"], ["../../etc/passwd"]),
+        (["-i", "sub/../clip.mp4"], []),
+        (["-init_hw_device", "vaapi=va:/dev/dri/renderD128", "-vaapi_device", "/dev/dri/x"], []),
+        (["-user_agent", "Mozilla/5.0", "-i", "http://localhost:8096/videos/a/stream"], []),
+        (["-filter_complex", "[0:3]scale=1280:-1[s];[0:0][s]overlay"], []),
+    ],
+)
+def test_unmapped_paths_are_found(args: list[str], outside: list[str]) -> None:
+    assert unmapped_paths(args, WORKER_ROOTS, cwd="/srv/media/work") == outside
+
+
+def test_working_directory_counts_as_a_root() -> None:
+    assert unmapped_paths(["-i", "/tmp/job-1/a.ts"], WORKER_ROOTS, cwd="/tmp/job-1") == []
+    assert unmapped_paths(["-i", "../x"], WORKER_ROOTS, cwd="/tmp/job-1") == ["../x"]

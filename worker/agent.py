@@ -271,7 +271,9 @@ class WorkerAgent:
                 return
             paths = {n: r for n, r in self.config.paths.items()}
             binaries = {n: str(b["path"]) for n, b in self.binaries.items()}
-            execution = JobExecution(self.api, assignment, binaries, paths)
+            execution = JobExecution(
+                self.api, assignment, binaries, paths, self.config.allow_unmapped_paths
+            )
             self.jobs[job_id] = execution
         threading.Thread(target=execution.run, name=f"job-{job_id[:8]}", daemon=True).start()
 

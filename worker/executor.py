@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -16,7 +17,13 @@ from typing import Any
 
 from client.api import Api, ApiError, Unreachable
 from dffmpeg.exitcodes import from_returncode
-from dffmpeg.paths import StreamRewriter, from_variables, output_rewriter, unmap_args
+from dffmpeg.paths import (
+    StreamRewriter,
+    from_variables,
+    output_rewriter,
+    unmap_args,
+    unmapped_paths,
+)
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
 from worker.process import die_with_parent, stop_group
 from worker.relay import FrameSender, OutputBuffer, read_pipe
@@ -34,6 +41,33 @@ class StartError(Exception):
     """The job cannot be started here; the message goes back to the requester."""
 
 
+def refuse_unmapped(args: list[str], paths: Mapping[str, str], cwd: str | None) -> None:
+    """Refuse a command naming a path outside every mapped root (and its working dir).
+
+    Without this, any client could make the worker read or overwrite any file its user
+    can reach (``-i /etc/shadow``, ``-y /home/worker/.ssh/authorized_keys``).
+    """
+    outside = unmapped_paths(args, paths, cwd)
+    if outside:
+        shown = ", ".join(sorted(set(outside))[:3])
+        raise StartError(f"path outside every mapped root refused: {shown}")
+
+
+# Variables a client may not set for the remote process: they change which code runs
+# (loader, interpreter, shell hooks) or where the worker keeps its own files.
+_UNSAFE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|PATH$|HOME$|TMPDIR$|IFS$|SHELL$|ENV$|BASH_)")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def requested_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The client's forwarded variables that are safe to set on this worker."""
+    return {
+        k: v
+        for k, v in env.items()
+        if _ENV_NAME.match(k) and not _UNSAFE_ENV.match(k) and "\0" not in v
+    }
+
+
 class JobExecution:
     def __init__(
         self,
@@ -41,8 +75,10 @@ class JobExecution:
         assignment: Mapping[str, Any],
         binaries: Mapping[str, str],
         paths: Mapping[str, str],
+        allow_unmapped_paths: bool = False,
     ) -> None:
         self.api = api
+        self.allow_unmapped_paths = allow_unmapped_paths
         self.job_id: str = assignment["job_id"]
         self.assignment = assignment
         self.binaries = binaries
@@ -52,16 +88,20 @@ class JobExecution:
         self._done = threading.Event()  # the process is over
         self._reported = threading.Event()  # ... and the coordinator was told
         self._aborted: str | None = None
+        self._stdout_hung_up = threading.Event()
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
 
     # -- preparing ---------------------------------------------------------------------
 
-    def command(self) -> list[str]:
+    def command(self, cwd: str | None = None) -> list[str]:
         binary = self.assignment["binary"]
         path = self.binaries.get(binary)
         if path is None:
             raise StartError(f"binary {binary} is not available on this worker")
-        return [path, *unmap_args(self.assignment["args"], self.paths)]
+        args = unmap_args(self.assignment["args"], self.paths)
+        if not self.allow_unmapped_paths:
+            refuse_unmapped(args, self.paths, cwd)
+        return [path, *args]
 
     def working_directory(self) -> str:
         cwd = self.assignment.get("cwd")
@@ -75,7 +115,7 @@ class JobExecution:
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k in BASE_ENV if (v := os.environ.get(k)) is not None}
-        env.update(self.assignment.get("env") or {})
+        env.update(requested_env(self.assignment.get("env") or {}))
         return env
 
     def rewriter(self, kind: FrameKind) -> StreamRewriter | None:
@@ -110,8 +150,8 @@ class JobExecution:
 
     def _run_accepted(self) -> None:
         try:
-            cmd = self.command()
             cwd = self.working_directory()
+            cmd = self.command(cwd)
             self.process = subprocess.Popen(
                 cmd,
                 stdin=subprocess.PIPE,
@@ -142,7 +182,7 @@ class JobExecution:
             readers.append(
                 threading.Thread(
                     target=read_pipe,
-                    args=(fd, kind, buffer, self.rewriter(kind)),
+                    args=(fd, kind, buffer, self.rewriter(kind), self._hang_up_for(kind)),
                     name=f"read-{kind.name}",
                     daemon=True,
                 )
@@ -226,7 +266,17 @@ class JobExecution:
             self.send_signal(int(frame.data or b"0"))
         return stdin
 
+    def _hang_up_for(self, kind: FrameKind) -> threading.Event | None:
+        return self._stdout_hung_up if kind == FrameKind.STDOUT else None
+
     def send_signal(self, signum: int) -> None:
+        """Deliver a signal the caller's drop-in received (or SIGPIPE, see below)."""
+        if signum == signal.SIGPIPE:
+            # The caller closed our stdout. A local ffmpeg would see its next write fail,
+            # not a SIGPIPE out of the blue (it may ignore SIGPIPE and exit cleanly on
+            # EPIPE): close the pipe it writes into and let the same thing happen here.
+            self._stdout_hung_up.set()
+            return
         if signum not in (
             signal.SIGINT,
             signal.SIGTERM,

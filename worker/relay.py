@@ -64,16 +64,24 @@ class OutputBuffer:
 
 
 def read_pipe(
-    fd: int, kind: FrameKind, buffer: OutputBuffer, rewriter: StreamRewriter | None = None
+    fd: int,
+    kind: FrameKind,
+    buffer: OutputBuffer,
+    rewriter: StreamRewriter | None = None,
+    hang_up: threading.Event | None = None,
 ) -> None:
-    """Copy ``fd`` into ``buffer`` until EOF (started after ``buffer.reader_started``)."""
+    """Copy ``fd`` into ``buffer`` until EOF (started after ``buffer.reader_started``).
+
+    Once ``hang_up`` is set (the caller stopped reading), the pipe is closed at the next
+    chunk, so the child's next write fails as it would locally (EPIPE, or SIGPIPE).
+    """
     try:
         while True:
             try:
                 data = os.read(fd, READ_SIZE)
             except OSError:
                 break
-            if not data:
+            if not data or (hang_up is not None and hang_up.is_set()):
                 break
             if rewriter is not None:
                 data = rewriter.feed(data)
