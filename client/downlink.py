@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.api import Api
 from dffmpeg.config import ClientConfig
-from dffmpeg.transport.base import Endpoint
-from dffmpeg.transport.session import Downlink
+
+if TYPE_CHECKING:
+    from dffmpeg.transport.session import Downlink
 
 
 def open_downlink(
@@ -15,15 +16,16 @@ def open_downlink(
 ) -> Downlink | None:
     """The negotiated downlink, or None when the config only offers HTTP long-poll.
 
-    A client's downlink opens in the background (``background``): it follows its job
-    with HTTP long-poll until the transport is ready. A worker's opens at once.
-
-    With only ``http`` nothing is negotiated and no transport module is imported, so
-    the drop-in pays nothing for transports it does not use. Workers run the
-    reachability handshake; clients, which live for one job, do not.
+    With only ``http`` nothing is negotiated and no transport module is even imported,
+    so the drop-in pays nothing for transports it does not use. Workers run the
+    reachability handshake; clients, which live for one job, do not. A client's
+    downlink opens in the background (``background``): it follows its job with HTTP
+    long-poll until the transport is ready. A worker's opens at once.
     """
     if all(name == "http" for name in config.transports):
         return None
+    from dffmpeg.transport.base import Endpoint
+    from dffmpeg.transport.session import Downlink
 
     def call(method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return api.call(method, path, json_body=body, timeout=10)

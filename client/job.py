@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.api import Api, ApiError, AuthError, Unreachable
 from dffmpeg.exitcodes import ExitCode
-from dffmpeg.transport.session import Downlink
+
+if TYPE_CHECKING:  # the transport machinery loads only when a transport is configured
+    from dffmpeg.transport.session import Downlink
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
 
 # The output long-poll is short enough that a dead client's lease runs out soon after

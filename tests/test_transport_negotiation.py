@@ -159,11 +159,11 @@ def test_stream_sends_hello_then_notifications_with_anti_buffering_headers(
     reply.close()
 
 
-def test_http_only_drop_in_never_loads_broker_libraries() -> None:
+def test_http_only_drop_in_never_loads_transport_code() -> None:
     code = (
-        "import sys, client.proxy, client.submit, worker.agent\n"
-        "from dffmpeg.transport.session import Downlink\n"
-        "print(sorted(m for m in ('paho', 'pika') if m in sys.modules))"
+        "import sys, client.proxy, client.submit, client.job\n"
+        "names = ('dffmpeg.transport', 'paho', 'pika')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(names)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, check=True, env=process_env(), timeout=60
