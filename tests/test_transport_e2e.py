@@ -75,7 +75,7 @@ def test_ffprobe_json_identical(transport_cluster: tuple[str, Cluster]) -> None:
 def test_transcode_and_exit_codes(transport_cluster: tuple[str, Cluster]) -> None:
     _, cluster = transport_cluster
     clip = cluster.client_media / "clip.mp4"
-    out = cluster.client_media.parent / f"out-{transport_cluster[0]}.mkv"
+    out = cluster.client_media / f"transport-{transport_cluster[0]}.mkv"  # inside the root
     ok = cluster.run("ffmpeg", "-v", "error", "-y", "-i", str(clip), "-c:v", "mpeg4", str(out))
     assert ok.returncode == 0, ok.stderr
     assert out.stat().st_size > 0
