@@ -63,7 +63,7 @@ def cmd_submit(args: argparse.Namespace, api: Api) -> int:
         job_id = submit(api, request)
         print(job_id)
         return 0
-    return run(api, request)
+    return run(api, request, config=args.config_obj)
 
 
 def cmd_job_list(args: argparse.Namespace, api: Api) -> int:

@@ -16,10 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.api import Api, ApiError, AuthError, Unreachable
 from dffmpeg.exitcodes import ExitCode
+
+if TYPE_CHECKING:  # the transport machinery loads only when a transport is configured
+    from dffmpeg.transport.session import Downlink
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
 
 # The output long-poll is short enough that a dead client's lease runs out soon after
@@ -183,8 +186,11 @@ class JobSession:
         stdout_fd: int = 1,
         stderr_fd: int = 2,
         on_status: Callable[[dict[str, Any]], None] | None = None,
+        downlink: Downlink | None = None,
     ) -> None:
         self.api = api
+        # Notifications from the negotiated transport; None: plain HTTP long-poll.
+        self.downlink = downlink
         self.job_id = job_id
         self.stdout_fd = stdout_fd
         self.stderr_fd = stderr_fd
@@ -244,23 +250,45 @@ class JobSession:
             self.relay.put(FrameKind.SIGNAL, str(int(signal.SIGPIPE)).encode())
 
     def follow(self) -> Outcome:
-        while True:
-            response = self.api.request(
-                "GET",
-                f"/jobs/{self.job_id}/output",
-                params={"after": self.after, "wait": OUTPUT_WAIT_SECONDS},
-                timeout=OUTPUT_WAIT_SECONDS + 30,
-                retry_for=RECONNECT_SECONDS,
-            )
-            for frame in decode_frames(response.body):
-                if frame.kind == FrameKind.STATUS:
-                    status = json.loads(frame.data)
-                    if self.on_status:
-                        self.on_status(status)
-                    self.relay.close()
-                    return outcome_of(status)
-                self._write(frame)
-                self.after = frame.seq
+        """Read output by seq until the final status.
+
+        With a broker or stream transport the read does not wait on the coordinator;
+        the session sleeps until the transport says there is news (or
+        ``OUTPUT_WAIT_SECONDS`` pass, which also renews the job's client lease). The
+        flag is armed before each read, so news arriving during a read is not missed.
+        """
+        key = f"output:{self.job_id}"
+        downlink = self.downlink
+        if downlink is not None:
+            downlink.watch(key)
+        try:
+            while True:
+                long_poll = downlink is None or downlink.long_poll
+                if downlink is not None and not long_poll:
+                    downlink.arm(key)
+                response = self.api.request(
+                    "GET",
+                    f"/jobs/{self.job_id}/output",
+                    params={"after": self.after, "wait": OUTPUT_WAIT_SECONDS if long_poll else 0},
+                    timeout=OUTPUT_WAIT_SECONDS + 30,
+                    retry_for=RECONNECT_SECONDS,
+                )
+                got = False
+                for frame in decode_frames(response.body):
+                    if frame.kind == FrameKind.STATUS:
+                        status = json.loads(frame.data)
+                        if self.on_status:
+                            self.on_status(status)
+                        self.relay.close()
+                        return outcome_of(status)
+                    self._write(frame)
+                    self.after = frame.seq
+                    got = True
+                if downlink is not None and not long_poll and not got:
+                    downlink.wait(key, OUTPUT_WAIT_SECONDS)
+        finally:
+            if downlink is not None:
+                downlink.close()
 
 
 def die_like_remote(session: JobSession, exit_code: int) -> None:

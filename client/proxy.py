@@ -87,7 +87,7 @@ def main() -> int:
     request = build_request(config, binary, args)
     if is_information_call(args):
         request.priority = max(request.priority, INFO_PRIORITY)  # ahead of transcodes
-    return run(api, request, fallback=fallback if local else None)
+    return run(api, request, fallback=fallback if local else None, config=config)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.api import Api
+from client.downlink import open_downlink
 from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
 from dffmpeg.config import ClientConfig
 from dffmpeg.exitcodes import ExitCode
@@ -94,17 +95,20 @@ def run(
     request: JobRequest,
     stdin_fd: int | None = 0,
     fallback: Callable[[str], int] | None = None,
+    config: ClientConfig | None = None,
 ) -> int:
     """Submit ``request``, relay its streams and signals, return the exit code to use.
 
     ``fallback(reason)`` runs the command some other way (the local binary) when the
     cluster failed before the caller saw anything of the job: no output written and no
     stdin consumed, so running it again elsewhere is indistinguishable from a first run.
+    With ``config`` its ``transports`` are negotiated for following the job.
     """
     session: JobSession | None = None
     try:
         job_id = submit(api, request)
-        session = JobSession(api, job_id)
+        downlink = open_downlink(api, config, "client") if config is not None else None
+        session = JobSession(api, job_id, downlink=downlink)
         session.forward_signals()
         session.relay_input(stdin_fd)
         outcome = session.follow()

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask, has_app_context
 
-from coordinator import api, errors, health, schema
+from coordinator import api, errors, health, publish, schema
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
@@ -34,6 +34,7 @@ def create_app(
     start_janitor: bool = True,
     check_schema: bool = True,
     start_wakeups: bool | None = None,
+    start_transports: bool = True,
 ) -> Flask:
     """Build the coordinator app.
 
@@ -82,4 +83,8 @@ def create_app(
     app.extensions["dffmpeg.janitor"] = janitor
     if start_janitor:
         janitor.start()
+    # Broker connections and the stream hub (nothing when only HTTP long-poll is enabled;
+    # off for one-shot tools such as dffmpeg-admin).
+    if start_transports:
+        publish.install(app, settings, notifier)
     return app

@@ -24,7 +24,12 @@ from dffmpeg.config import ConfigError, load_coordinator
 def _app(config_file: str | None) -> Flask:
     from coordinator import create_app
 
-    return create_app(load_coordinator(config_file), start_janitor=False, check_schema=False)
+    return create_app(
+        load_coordinator(config_file),
+        start_janitor=False,
+        check_schema=False,
+        start_transports=False,
+    )
 
 
 def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:

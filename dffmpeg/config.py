@@ -113,14 +113,34 @@ def _paths(data: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass
 class BrokerSettings:
+    """The ``mqtt:`` and ``rabbitmq:`` blocks (see docs/transports.md).
+
+    ``url`` carries host, port, credentials and (RabbitMQ) the vhost; ``mqtts://`` and
+    ``amqps://`` turn TLS on, ``ca_file`` names the CA to trust instead of the system's.
+    ``prefix`` is the MQTT topic prefix, ``exchange`` the RabbitMQ topic exchange.
+    """
+
     mqtt_url: str | None = None
     rabbitmq_url: str | None = None
+    mqtt_prefix: str = "dffmpeg"
+    mqtt_ca_file: str | None = None
+    rabbitmq_exchange: str = "dffmpeg"
+    rabbitmq_ca_file: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BrokerSettings:
         mqtt = data.get("mqtt") or {}
         rabbit = data.get("rabbitmq") or {}
-        return cls(mqtt_url=mqtt.get("url"), rabbitmq_url=rabbit.get("url"))
+        if not isinstance(mqtt, dict) or not isinstance(rabbit, dict):
+            raise ConfigError("mqtt and rabbitmq must be mappings (with at least url)")
+        return cls(
+            mqtt_url=mqtt.get("url"),
+            rabbitmq_url=rabbit.get("url"),
+            mqtt_prefix=str(mqtt.get("prefix") or "dffmpeg").strip("/"),
+            mqtt_ca_file=mqtt.get("ca_file"),
+            rabbitmq_exchange=str(rabbit.get("exchange") or "dffmpeg"),
+            rabbitmq_ca_file=rabbit.get("ca_file"),
+        )
 
 
 # Environment variables the drop-in forwards to the remote process unless the client's

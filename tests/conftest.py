@@ -166,6 +166,7 @@ def start_cluster(
     media_dir: Path,
     worker_extra: dict[str, Any] | None = None,
     coordinator_extra: dict[str, Any] | None = None,
+    client_extra: dict[str, Any] | None = None,
 ) -> Iterator[Cluster]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -205,6 +206,7 @@ def start_cluster(
             "hmac_key": client_user["hmac_key"],
             "coordinator_url": url,
             "paths": {"Media": str(client_media)},
+            **(client_extra or {}),
         },
     )
     bin_dir = tmp_path / "bin"

@@ -16,8 +16,10 @@ import time
 from typing import Any
 
 from client.api import Api, ApiError, AuthError, Unreachable
+from client.downlink import open_downlink
 from dffmpeg import __version__
 from dffmpeg.config import WorkerConfig
+from dffmpeg.transport.session import Downlink
 from worker.capabilities import probe_binaries
 from worker.executor import JobExecution
 from worker.mounts import MountMonitor
@@ -25,6 +27,9 @@ from worker.mounts import MountMonitor
 log = logging.getLogger(__name__)
 
 POLL_WAIT_SECONDS = 20.0
+# With a broker or stream transport: how often to read anyway (catches up on anything a
+# notification could not bring, e.g. a change made through another coordinator).
+CATCHUP_SECONDS = 60.0
 
 
 class WorkerAgent:
@@ -39,6 +44,7 @@ class WorkerAgent:
         self._register_lock = threading.Lock()
         self._registered_at = 0.0
         self.binaries: dict[str, dict[str, Any]] = {}
+        self.downlink: Downlink | None = None
         self.mounts = MountMonitor(
             config.paths, self._paths_changed, interval=config.mount_check_seconds
         )
@@ -50,12 +56,32 @@ class WorkerAgent:
         if not self.binaries:
             raise RuntimeError("none of the configured binaries could be run")
         self.mounts.available()
+        # Transport first: the worker goes online only once its transport passed the
+        # reachability handshake (or it settled on HTTP long-poll).
+        self.downlink = self._open_downlink()
         self.register()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._poll_loop, "poll")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         self.mounts.start()
+
+    def _open_downlink(self) -> Downlink | None:
+        delay = 0.5
+        while not self._stopped.is_set():
+            try:
+                downlink = open_downlink(self.api, self.config, "worker")
+                if downlink is not None:
+                    downlink.watch("worker")
+                    log.info("jobs arrive over %s", downlink.name)
+                return downlink
+            except AuthError:
+                raise
+            except (Unreachable, ApiError) as exc:
+                log.warning("cannot negotiate a transport yet (%s); retrying", exc)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 10.0)
+        return None
 
     def register(self, unless_since: float | None = None) -> None:
         """Register, retrying with back-off while the coordinator is unreachable.
@@ -165,6 +191,8 @@ class WorkerAgent:
             self.api.request("POST", "/workers/deregister", timeout=5)
         except (ApiError, Unreachable) as exc:
             log.warning("deregister failed: %s", exc)
+        if self.downlink is not None:
+            self.downlink.close()
 
     def join(self, timeout: float | None = None) -> None:
         for thread in self._threads:
@@ -189,12 +217,16 @@ class WorkerAgent:
         # Runs while draining too: cancellations of running jobs still arrive this way.
         delay = 0.5
         while not self._stopped.is_set():
+            downlink = self.downlink
+            long_poll = downlink is None or downlink.long_poll
+            if downlink is not None and not long_poll:
+                downlink.arm("worker")  # before the read: news during it is not lost
             sent = time.monotonic()
             try:
                 work = self.api.call(
                     "GET",
                     "/workers/poll",
-                    params={"wait": POLL_WAIT_SECONDS},
+                    params={"wait": POLL_WAIT_SECONDS if long_poll else 0},
                     timeout=POLL_WAIT_SECONDS + 30,
                 )
                 delay = 0.5
@@ -213,8 +245,21 @@ class WorkerAgent:
                 continue
             for job_id in work.get("cancel", []):
                 self._cancel(job_id)
+            with self._jobs_lock:
+                known = set(self.jobs)
+            fresh = [a for a in work.get("jobs", []) if a["job_id"] not in known]
             for assignment in work.get("jobs", []):
                 self._start_job(assignment)
+            # Jobs we already run stay "assigned" until our accept lands: not news.
+            if downlink is not None and not long_poll and not fresh:
+                self._await_news(downlink)
+
+    def _await_news(self, downlink: Downlink) -> None:
+        """Sleep until the transport brings news, it breaks, or it is time to catch up."""
+        deadline = time.monotonic() + CATCHUP_SECONDS
+        while not self._stopped.is_set() and time.monotonic() < deadline:
+            if downlink.wait("worker", 1.0) or downlink.long_poll:
+                return
 
     def _start_job(self, assignment: dict[str, Any]) -> None:
         job_id = assignment["job_id"]

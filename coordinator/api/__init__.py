@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, g
 
-from coordinator.api import cluster, jobs, probes, users, workers
+from coordinator.api import cluster, jobs, probes, transport, users, workers
 from coordinator.auth import authenticate
 
 
@@ -20,4 +20,5 @@ def register(app: Flask) -> None:
     api.register_blueprint(users.bp)
     api.register_blueprint(cluster.bp)
     api.register_blueprint(probes.bp)
+    api.register_blueprint(transport.bp)
     app.register_blueprint(api)

@@ -1,0 +1,181 @@
+"""Coordinator side of the transports: turn Notifier keys into per-recipient messages.
+
+The Notifier calls ``Fanout`` after every committed change with keys such as
+``worker:ID`` or ``output:JOB``. ``Fanout`` only enqueues (it runs on request threads);
+its own thread looks up who each key is for (a job's requester, the worker holding it)
+and hands the message to every enabled publisher: the broker ones (MQTT, RabbitMQ) and
+``LocalHub``, which feeds the NDJSON streams held open by this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterable
+
+from flask import Flask
+
+from coordinator.db import db
+from coordinator.models import Job
+from coordinator.notify import Notifier
+from dffmpeg.config import CoordinatorConfig
+from dffmpeg.transport import PUBLISHERS, create_publisher
+from dffmpeg.transport.base import ALL, JOBS, Address, Publisher, message, to
+
+log = logging.getLogger(__name__)
+
+CACHE_LIMIT = 4096
+
+
+class Subscription:
+    """One open stream's inbox."""
+
+    def __init__(self, addresses: Iterable[Address]) -> None:
+        self.addresses = {*addresses, ALL}
+        self.inbox: queue.SimpleQueue[tuple[Address, bytes]] = queue.SimpleQueue()
+
+
+class LocalHub(Publisher):
+    """In-process publisher for the ``stream`` transport (NDJSON over HTTP).
+
+    Only notifications made in this process reach its streams; with several
+    coordinator processes, a change made by another one arrives with the party's
+    periodic catch-up read (docs/transports.md), so use a broker there.
+    """
+
+    name = "stream"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: dict[Address, set[Subscription]] = {}
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def healthy(self) -> bool:
+        return True
+
+    def subscribe(self, addresses: Iterable[Address]) -> Subscription:
+        sub = Subscription(addresses)
+        with self._lock:
+            for address in sub.addresses:
+                self._subs.setdefault(address, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            for address in sub.addresses:
+                subs = self._subs.get(address)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self._subs[address]
+
+    def publish(self, address: Address, payload: bytes) -> None:
+        with self._lock:
+            subs = list(self._subs.get(address, ()))
+        for sub in subs:
+            sub.inbox.put((address, payload))
+
+
+class Fanout:
+    """The Notifier listener: resolves recipients on its own thread and publishes."""
+
+    def __init__(self, app: Flask, publishers: dict[str, Publisher]) -> None:
+        self.app = app
+        self.publishers = publishers
+        self._queue: queue.SimpleQueue[tuple[str, ...] | None] = queue.SimpleQueue()
+        self._parties: dict[str, tuple[str, str | None]] = {}  # job -> (requester, worker)
+        self._thread = threading.Thread(target=self._run, name="publish", daemon=True)
+
+    def start(self) -> None:
+        for publisher in self.publishers.values():
+            publisher.start()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+        for publisher in self.publishers.values():
+            publisher.close()
+
+    def __call__(self, keys: tuple[str, ...]) -> None:
+        self._queue.put(keys)
+
+    def send(self, transport: str, address: Address, payload: bytes) -> bool:
+        """Publish on one transport only (the handshake); False if it cannot now."""
+        publisher = self.publishers.get(transport)
+        if publisher is None or not publisher.healthy():
+            return False
+        publisher.publish(address, payload)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            keys = self._queue.get()
+            if keys is None:
+                return
+            try:
+                with self.app.app_context():
+                    addresses = self.resolve(keys)
+                    db.session.remove()
+            except Exception:  # a database hiccup must not end publishing
+                log.exception("cannot resolve recipients of %s", keys)
+                continue
+            for address, key in addresses:
+                payload = message(key=key)
+                for publisher in self.publishers.values():
+                    publisher.publish(address, payload)
+
+    def resolve(self, keys: Iterable[str]) -> list[tuple[Address, str]]:
+        out: dict[Address, str] = {}
+        for key in keys:
+            kind, _, ident = key.partition(":")
+            if kind == "jobs":
+                out[JOBS] = "worker"
+            elif kind == "worker" and ident:
+                out[to(ident, "worker")] = "worker"
+            elif kind in ("output", "input", "job") and ident:
+                requester, worker = self._job_parties(ident, need_worker=kind != "output")
+                if kind in ("output", "job") and requester:
+                    out[to(requester, "output", ident)] = f"output:{ident}"
+                if kind in ("input", "job") and worker:
+                    out[to(worker, "input", ident)] = f"input:{ident}"
+        return list(out.items())
+
+    def _job_parties(self, job_id: str, need_worker: bool) -> tuple[str | None, str | None]:
+        cached = self._parties.get(job_id)
+        if cached is not None and (cached[1] is not None or not need_worker):
+            return cached
+        row = db.session.execute(
+            db.select(Job.requester, Job.worker_id).where(Job.id == job_id)
+        ).first()
+        if row is None:
+            return None, None
+        if len(self._parties) >= CACHE_LIMIT:
+            self._parties.clear()
+        # The requester never changes; the worker only before the job runs, and input
+        # is only sent to a running job.
+        self._parties[job_id] = (row[0], row[1])
+        return row[0], row[1]
+
+
+def install(app: Flask, settings: CoordinatorConfig, notifier: Notifier) -> Fanout | None:
+    """Start publishing if any transport besides plain HTTP long-poll is enabled."""
+    publishers: dict[str, Publisher] = {}
+    if "stream" in settings.transports:
+        publishers["stream"] = LocalHub()
+    for name in settings.transports:
+        if name in PUBLISHERS:
+            publishers[name] = create_publisher(name, settings.brokers)
+    if not publishers:
+        return None
+    fanout = Fanout(app, publishers)
+    app.extensions["dffmpeg.fanout"] = fanout
+    notifier.subscribe(fanout)
+    fanout.start()
+    return fanout
