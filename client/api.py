@@ -124,9 +124,10 @@ class Api:
     def _send_once(
         self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> Response:
-        signed = signing.sign_headers(self.client_id, self._key, method, path, body)
-        all_headers = {**headers, **signed, "Content-Length": str(len(body))}
         for attempt in (1, 2):
+            # Signed per attempt: a retry with the same nonce would be refused as a replay.
+            signed = signing.sign_headers(self.client_id, self._key, method, path, body)
+            all_headers = {**headers, **signed, "Content-Length": str(len(body))}
             conn = self._connection(timeout)
             try:
                 conn.request(method, path, body=body, headers=all_headers)
