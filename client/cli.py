@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from client import status
@@ -21,24 +20,8 @@ from client.job import (
 from client.submit import build_request, run, submit
 from dffmpeg.config import ConfigError, load_client
 from dffmpeg.exitcodes import ExitCode
+from dffmpeg.text import cell, table
 from dffmpeg.wire import FrameKind, decode_frames
-
-
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(_cell(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -70,13 +53,13 @@ def cmd_job_list(args: argparse.Namespace, api: Api) -> int:
     params = {"state": args.state} if args.state else None
     jobs = api.call("GET", "/jobs", params=params)["jobs"]
     columns = ["job_id", "state", "binary", "worker_id", "exit_code", "created_at"]
-    _emit(args, jobs, _table(jobs, columns))
+    _emit(args, jobs, table(jobs, columns))
     return 0
 
 
 def cmd_job_show(args: argparse.Namespace, api: Api) -> int:
     job = api.call("GET", f"/jobs/{args.job_id}")["job"]
-    lines = [f"{k}: {_cell(v)}" for k, v in job.items() if k != "events"]
+    lines = [f"{k}: {cell(v)}" for k, v in job.items() if k != "events"]
     lines += [
         f"  {e['at']}  {e['from'] or '-'} -> {e['to']}  {e['reason'] or ''}" for e in job["events"]
     ]

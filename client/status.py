@@ -11,6 +11,8 @@ import re
 from datetime import datetime
 from typing import Any
 
+from dffmpeg.text import cell
+
 WORKER_COLUMNS = ["worker", "state", "slots", "labels", "version", "binaries", "paths", "seen"]
 JOB_COLUMNS = ["job", "state", "binary", "requester", "worker", "progress", "age", "exit"]
 USER_COLUMNS = ["user", "role", "networks", "created"]
@@ -82,14 +84,6 @@ def _version_of(info: Any) -> str:
 def worker_state(worker: dict[str, Any]) -> str:
     state = str(worker.get("state", "?"))
     return f"{state}, drained" if worker.get("drained") else state
-
-
-def cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
 
 
 def worker_row(worker: dict[str, Any], now: datetime | None) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -19,6 +19,7 @@ from coordinator.db import db
 from coordinator.errors import ApiError
 from coordinator.models import Job, JobEvent, Worker
 from dffmpeg.config import ConfigError, load_coordinator
+from dffmpeg.text import table
 
 
 def _app(config_file: str | None) -> Flask:
@@ -37,15 +38,6 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> N
         print(json.dumps(data, indent=2))
     else:
         print(text(data))
-
-
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
 
 
 def _fields(data: dict[str, Any]) -> str:
@@ -75,7 +67,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 def cmd_user_list(args: argparse.Namespace) -> int:
     _ensure_schema()
     rows = [u.to_dict() for u in users.list_users()]
-    _print(args, rows, lambda r: _table(r, ["client_id", "role", "created_at"]))
+    _print(args, rows, lambda r: table(r, ["client_id", "role", "created_at"]))
     return 0
 
 
@@ -107,7 +99,7 @@ def cmd_job_list(args: argparse.Namespace) -> int:
     _print(
         args,
         rows,
-        lambda r: _table(
+        lambda r: table(
             r, ["job_id", "state", "binary", "requester", "worker_id", "exit_code", "created_at"]
         ),
     )
@@ -133,7 +125,7 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
     _print(
         args,
         rows,
-        lambda r: _table(
+        lambda r: table(
             r, ["worker_id", "state", "slots", "labels", "path_variables", "last_seen_at"]
         ),
     )
