@@ -65,6 +65,11 @@ def can_run(worker: Worker, job: Job) -> bool:
     return not Offer.of(worker, 0).lacks(job)
 
 
+def any_pending() -> bool:
+    stmt = db.select(Job.id).where(Job.state == JobState.PENDING.value).limit(1)
+    return db.session.execute(stmt).first() is not None
+
+
 def active_count(worker_id: str) -> int:
     stmt = db.select(func.count()).where(Job.worker_id == worker_id, Job.state.in_(ACTIVE_STATES))
     return int(db.session.execute(stmt).scalar_one())
@@ -171,6 +176,11 @@ def _preferred_elsewhere(job: Job, offer: Offer, others: list[Offer]) -> bool:
 def claim(worker: Worker) -> list[str]:
     """Assign pending jobs to ``worker`` up to its free slots; return their ids."""
     if worker.state != "online" or worker.drained:
+        return []
+    if not any_pending():
+        # Most wake-ups find the queue empty (another worker took the job): one indexed
+        # probe instead of the counting and ordering queries below.
+        db.session.commit()
         return []
     free = worker.slots - active_count(worker.worker_id)
     if free <= 0:
