@@ -18,26 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import Cluster, start_cluster
-
-
-@contextmanager
-def cluster(root: Path, media: Path) -> Iterator[Cluster]:
-    generator = start_cluster(root, media)
-    try:
-        yield next(generator)
-    finally:
-        generator.close()
-
-
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
+from bench.dropin_latency import cluster, timed
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -91,7 +74,6 @@ def main() -> None:
         ],
         check=True,
     )
-    (root / "cluster").mkdir()
     with cluster(root / "cluster", media) as c:
         env = c.env()
         clip_local = str(c.worker_media / "source.avi")

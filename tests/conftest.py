@@ -112,9 +112,8 @@ class Identities:
     keys: dict[str, str] = field(default_factory=dict)
 
 
-@pytest.fixture
-def api(app: Flask) -> Identities:
-    """Signed test clients for one user of each role (and a second client)."""
+def signed_identities(app: Flask) -> Identities:
+    """Creates one user of each role (and a second client) and signed test clients for them."""
     from coordinator import users
 
     keys: dict[str, str] = {}
@@ -134,6 +133,35 @@ def api(app: Flask) -> Identities:
         worker=SignedClient(flask_client, "w1", keys["w1"]),
         keys=keys,
     )
+
+
+@pytest.fixture
+def api(app: Flask) -> Identities:
+    """Signed test clients for one user of each role (and a second client)."""
+    return signed_identities(app)
+
+
+def instances(database_url: str, **settings: Any) -> Iterator[tuple[Flask, Flask]]:
+    """Two coordinator apps on one database, as two instances behind a load balancer."""
+    from coordinator import create_app
+    from coordinator.db import db
+
+    config = {"database_url": database_url, **settings}
+    apps = (
+        create_app(config, start_janitor=False, start_wakeups=True),
+        create_app(config, start_janitor=False, start_wakeups=True),
+    )
+    yield apps
+    for application in apps:
+        application.extensions["dffmpeg.wakeups"].stop()
+        with application.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def two_instances(database_url: str) -> Iterator[tuple[Flask, Flask]]:
+    yield from instances(database_url)
 
 
 @dataclass

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from flask import Flask
 
 from tests.helpers import SignedClient
@@ -19,24 +17,6 @@ from tests.helpers import SignedClient
 WORKERS = 8
 JOBS = 60
 SLOTS = 10  # 8 workers x 10 slots: room for every job, but not for one worker alone
-
-
-@pytest.fixture
-def two_instances(database_url: str) -> Iterator[tuple[Flask, Flask]]:
-    from coordinator import create_app
-    from coordinator.db import db
-
-    settings = {"database_url": database_url}
-    apps = (
-        create_app(settings, start_janitor=False, start_wakeups=True),
-        create_app(settings, start_janitor=False, start_wakeups=True),
-    )
-    yield apps
-    for app in apps:
-        app.extensions["dffmpeg.wakeups"].stop()
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
 
 
 def test_concurrent_claims_through_two_instances_assign_each_job_once(

@@ -11,9 +11,7 @@ Retried batches are ignored and a gap is refused.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
 from flask import Flask
 
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
@@ -21,24 +19,6 @@ from tests.helpers import SignedClient
 
 JOBS = 6
 FRAMES = 60
-
-
-@pytest.fixture
-def two_instances(database_url: str) -> Iterator[tuple[Flask, Flask]]:
-    from coordinator import create_app
-    from coordinator.db import db
-
-    settings = {"database_url": database_url}
-    apps = (
-        create_app(settings, start_janitor=False, start_wakeups=True),
-        create_app(settings, start_janitor=False, start_wakeups=True),
-    )
-    yield apps
-    for app in apps:
-        app.extensions["dffmpeg.wakeups"].stop()
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
 
 
 def _frame_data(job: int, seq: int) -> bytes:

@@ -18,6 +18,7 @@ import pytest
 from flask import Flask
 
 from coordinator.wakeups import bucket_of
+from tests.conftest import instances
 from tests.helpers import SignedClient, process_env
 
 RECHECK = 60.0
@@ -25,17 +26,7 @@ RECHECK = 60.0
 
 @pytest.fixture
 def two_instances(database_url: str) -> Iterator[tuple[Flask, Flask]]:
-    from coordinator import create_app
-    from coordinator.db import db
-
-    settings = {"database_url": database_url, "recheck_seconds": RECHECK}
-    first = create_app(settings, start_janitor=False, start_wakeups=True)
-    second = create_app(settings, start_janitor=False, start_wakeups=True)
-    yield first, second
-    for app in (first, second):
-        app.extensions["dffmpeg.wakeups"].stop()
-        with app.app_context():
-            db.engine.dispose()
+    yield from instances(database_url, recheck_seconds=RECHECK)
 
 
 def _clients(first: Flask, second: Flask) -> tuple[SignedClient, SignedClient]:

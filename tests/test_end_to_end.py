@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dffmpeg.exitcodes import ExitCode
@@ -184,10 +185,21 @@ def test_client_cli_submit(cluster: Cluster) -> None:
     assert out.stdout == b"2\n"
 
 
-def test_unreachable_coordinator(tmp_path: Path, cluster: Cluster) -> None:
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ("coordinator_url", ExitCode.COORDINATOR_UNREACHABLE, "dffmpeg: coordinator unreachable"),
+        ("hmac_key", ExitCode.AUTH_REFUSED, "dffmpeg: coordinator refused"),
+    ],
+)
+def test_cluster_failure_is_one_line_and_a_documented_code(
+    tmp_path: Path, cluster: Cluster, change: str, code: ExitCode, message: str
+) -> None:
     config = yaml.safe_load(cluster.client_config.read_text())
-    config["coordinator_url"] = f"http://127.0.0.1:{free_port()}"
-    path = tmp_path / "unreachable.yaml"
+    config[change] = (
+        f"http://127.0.0.1:{free_port()}" if change == "coordinator_url" else "not-the-key"
+    )
+    path = tmp_path / "client.yaml"
     path.write_text(yaml.safe_dump(config))
     out = subprocess.run(
         [cluster.dropin("ffprobe"), "-version"],
@@ -195,24 +207,7 @@ def test_unreachable_coordinator(tmp_path: Path, cluster: Cluster) -> None:
         timeout=30,
         env={**os.environ, "DFFMPEG_CLIENT_CONFIG": str(path)},
     )
-    assert out.returncode == ExitCode.COORDINATOR_UNREACHABLE
+    assert out.returncode == code
     assert out.stdout == b""
     lines = out.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dffmpeg: coordinator unreachable")
-
-
-def test_refused_credentials(tmp_path: Path, cluster: Cluster) -> None:
-    config = yaml.safe_load(cluster.client_config.read_text())
-    config["hmac_key"] = "not-the-key"
-    path = tmp_path / "badkey.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = subprocess.run(
-        [cluster.dropin("ffprobe"), "-version"],
-        capture_output=True,
-        timeout=30,
-        env={**os.environ, "DFFMPEG_CLIENT_CONFIG": str(path)},
-    )
-    assert out.returncode == ExitCode.AUTH_REFUSED
-    assert out.stdout == b""
-    lines = out.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dffmpeg: coordinator refused")
+    assert len(lines) == 1 and lines[0].startswith(message)

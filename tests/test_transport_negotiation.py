@@ -13,8 +13,8 @@ from flask import Flask
 
 from dffmpeg.transport import TransportError, choose, create_transport
 from dffmpeg.transport.base import ALL, JOBS, Endpoint, Signals, addresses_for, key_of, to
-from tests.conftest import Identities
-from tests.helpers import SignedClient, free_port, process_env
+from tests.conftest import Identities, signed_identities
+from tests.helpers import free_port, process_env
 
 
 @pytest.mark.parametrize(
@@ -95,25 +95,7 @@ def stream_app(database_url: str) -> Iterator[Flask]:
 
 @pytest.fixture
 def stream_api(stream_app: Flask) -> Identities:
-    from coordinator import users
-
-    keys: dict[str, str] = {}
-    with stream_app.app_context():
-        for client_id, role in (
-            ("root", "admin"),
-            ("alice", "client"),
-            ("bob", "client"),
-            ("w1", "worker"),
-        ):
-            keys[client_id] = users.add_user(client_id, role)["hmac_key"]
-    flask_client = stream_app.test_client()
-    return Identities(
-        admin=SignedClient(flask_client, "root", keys["root"]),
-        client=SignedClient(flask_client, "alice", keys["alice"]),
-        other_client=SignedClient(flask_client, "bob", keys["bob"]),
-        worker=SignedClient(flask_client, "w1", keys["w1"]),
-        keys=keys,
-    )
+    return signed_identities(stream_app)
 
 
 def test_negotiation_skips_a_broker_the_coordinator_cannot_reach(stream_api: Identities) -> None:

@@ -41,6 +41,10 @@ ALL: Address = ("all",)
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+class Unsupported(Exception):
+    """The backend has no such operation (e.g. pausing a connection HTTP does not keep)."""
+
+
 class TransportError(Exception):
     """A transport could not be set up (bad URL, missing settings)."""
 
@@ -193,10 +197,10 @@ class Transport(ABC):
         A broker keeps what it holds for the party meanwhile (a worker's durable queue
         or persistent session) and hands it over after ``resume``.
         """
-        raise NotImplementedError(f"{self.name} has no connection to pause")
+        raise Unsupported(f"{self.name} has no connection to pause")
 
     def resume(self) -> None:
-        raise NotImplementedError(f"{self.name} has no connection to resume")
+        raise Unsupported(f"{self.name} has no connection to resume")
 
     def wait_connected(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
