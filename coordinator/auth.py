@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from flask import current_app, g, request
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import db, now_utc
@@ -22,13 +24,33 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DUMMY_KEY = "dffmpeg-unknown-identity-dummy-key-000000000"
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent the current request: what the views need of the identity.
+
+    A plain value rather than the ``User`` row, so that committing the nonce does not
+    expire it and every later use would reload it from the database.
+    """
+
+    client_id: str
+    role: str
+
+
+# Built once: statement construction costs more than running them on every request.
+_USERS = User.__table__.c
+_FIND_USER = select(_USERS.role, _USERS.hmac_key, _USERS.allowed_networks).where(
+    _USERS.client_id == bindparam("client_id")
+)
+_SEE_NONCE = insert(Nonce.__table__)
+
+
 def signed_path() -> str:
     """The request path exactly as signed: path plus the raw query string."""
     query = request.query_string.decode("latin-1")
     return request.path + ("?" + query if query else "")
 
 
-def authenticate() -> User:
+def authenticate() -> Caller:
     """Verify the signature headers of the current request; raise Unauthorized otherwise."""
     headers = request.headers
     client_id = headers.get(signing.HEADER_CLIENT, "")
@@ -37,7 +59,13 @@ def authenticate() -> User:
     signature = headers.get(signing.HEADER_SIGNATURE, "")
     if not (client_id and timestamp and nonce and signature) or len(nonce) > 64:
         raise Unauthorized()
-    user = db.session.get(User, client_id) if len(client_id) <= 64 else None
+    # Core rows, not ORM objects: authentication runs on every request and the identity
+    # map, flush and expiry machinery cost more than the query itself.
+    user = (
+        db.session.execute(_FIND_USER, {"client_id": client_id}).first()
+        if len(client_id) <= 64
+        else None
+    )
     window = current_app.config["DFFMPEG"].auth_window_seconds
     signed = signing.SignedRequest(client_id, timestamp, nonce, signature)
     body = request.get_data(cache=True)
@@ -49,18 +77,19 @@ def authenticate() -> User:
     # Checked only after the signature: a caller without the key learns nothing here.
     if user.allowed_networks and not address_allowed(request.remote_addr, user.allowed_networks):
         raise Forbidden("this identity may not connect from this network")
-    # The nonce's primary key makes a replay inside the window fail to insert.
-    db.session.add(
-        Nonce(
-            client_id=client_id, nonce=nonce, expires_at=now_utc() + timedelta(seconds=window * 2)
-        )
-    )
+    # The nonce's primary key makes a replay inside the window fail to insert. It is
+    # committed before the view runs: whatever the view does later (including rolling
+    # back a lost race), the request has been seen once.
+    expires_at = now_utc() + timedelta(seconds=window * 2)
     try:
+        db.session.execute(
+            _SEE_NONCE, {"client_id": client_id, "nonce": nonce, "expires_at": expires_at}
+        )
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
         raise Unauthorized() from None
-    return user
+    return Caller(client_id=client_id, role=user.role)
 
 
 def requires(*roles: str) -> Callable[[F], F]:
@@ -69,7 +98,7 @@ def requires(*roles: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            user: User = g.user
+            user: Caller = g.user
             if user.role not in roles:
                 raise Forbidden(f"this action needs the role {' or '.join(roles)}")
             return view(*args, **kwargs)

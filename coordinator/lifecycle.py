@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import bindparam, insert, select, update
 
 from coordinator.db import db, now_utc
 from coordinator.models import Job, JobEvent
@@ -28,6 +28,11 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.CANCELED: frozenset(),
 }
+
+
+_JOBS = Job.__table__
+_STATE_OF = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("job_id"))
+_ADD_EVENT = insert(JobEvent.__table__)
 
 
 def transition(
@@ -54,23 +59,31 @@ def transition(
         values.setdefault("finished_at", now)
     if reason is not None:
         values.setdefault("reason", reason)
+    # Plain table statements (no ORM): every job passes here four times or more.
     stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.state.in_([s.value for s in sources]))
+        update(_JOBS)
+        .where(_JOBS.c.id == job_id, _JOBS.c.state.in_([s.value for s in sources]))
         .values(state=to_state.value, updated_at=now, **values)
     )
     if held_by is not None:
-        stmt = stmt.where(Job.worker_id == held_by)
+        stmt = stmt.where(_JOBS.c.worker_id == held_by)
     if unchanged_since is not None:
-        stmt = stmt.where(Job.updated_at < unchanged_since)
+        stmt = stmt.where(_JOBS.c.updated_at < unchanged_since)
     # Read the state being left in the same transaction, for the history row.
-    previous = db.session.execute(db.select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
-    result = db.session.execute(stmt.execution_options(synchronize_session=False))
+    previous = db.session.execute(_STATE_OF, {"job_id": job_id}).scalar_one_or_none()
+    result = db.session.execute(stmt)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()
         return False
-    db.session.add(
-        JobEvent(job_id=job_id, at=now, from_state=previous, to_state=to_state.value, reason=reason)
+    db.session.execute(
+        _ADD_EVENT,
+        {
+            "job_id": job_id,
+            "at": now,
+            "from_state": previous,
+            "to_state": to_state.value,
+            "reason": reason,
+        },
     )
     db.session.commit()
     notifier = current_app.extensions["dffmpeg.notifier"]

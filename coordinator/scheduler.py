@@ -66,8 +66,21 @@ def can_run(worker: Worker, job: Job) -> bool:
 
 
 def any_pending() -> bool:
+    """Whether any job waits. Callers probe this before ``claim``: most wake-ups find
+    the queue empty (another worker took the job), and one indexed probe is much
+    cheaper than the counting and ordering queries of a claim."""
     stmt = db.select(Job.id).where(Job.state == JobState.PENDING.value).limit(1)
     return db.session.execute(stmt).first() is not None
+
+
+def free_slots(worker_id: str) -> int:
+    """Jobs the worker could take now: 0 when it is full, drained, draining or offline."""
+    row = db.session.execute(
+        db.select(Worker.slots, Worker.state, Worker.drained).where(Worker.worker_id == worker_id)
+    ).first()
+    if row is None or row.state != "online" or row.drained:
+        return 0
+    return int(row.slots) - active_count(worker_id)
 
 
 def active_count(worker_id: str) -> int:
@@ -101,7 +114,8 @@ def online_offers() -> list[Offer]:
 def unmet_by_all(job: Job) -> list[tuple[str, list[str]]] | None:
     """None if some online worker can run ``job``; else what each online worker lacks."""
     lacking = []
-    for offer in online_offers():
+    workers = db.session.execute(db.select(Worker).where(Worker.state == "online")).scalars()
+    for offer in (Offer.of(w, 0) for w in workers):  # what they can run, not how busy
         missing = offer.lacks(job)
         if not missing:
             return None
@@ -176,11 +190,6 @@ def _preferred_elsewhere(job: Job, offer: Offer, others: list[Offer]) -> bool:
 def claim(worker: Worker) -> list[str]:
     """Assign pending jobs to ``worker`` up to its free slots; return their ids."""
     if worker.state != "online" or worker.drained:
-        return []
-    if not any_pending():
-        # Most wake-ups find the queue empty (another worker took the job): one indexed
-        # probe instead of the counting and ordering queries below.
-        db.session.commit()
         return []
     free = worker.slots - active_count(worker.worker_id)
     if free <= 0:

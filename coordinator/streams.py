@@ -72,6 +72,11 @@ def _read(model: Model, job_id: str, after: int) -> list[Frame]:
     return frames
 
 
+def complete(frames: list[Frame]) -> bool:
+    """Whether a read returned every frame there was (it stops at ``READ_BUDGET``)."""
+    return sum(len(f.data) for f in frames) < READ_BUDGET
+
+
 def append_output(job_id: str, frames: list[Frame]) -> int:
     return _append(OutputChunk, job_id, frames, OUTPUT_KINDS)
 

@@ -51,6 +51,9 @@ class WakeupCounter(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+_BUMP = update(WakeupCounter).values(version=WakeupCounter.version + 1)
+
+
 def bucket_of(key: str) -> int:
     """A hash that every process agrees on (Python's ``hash`` differs per process)."""
     return zlib.crc32(key.encode()) % BUCKETS
@@ -124,14 +127,15 @@ class DatabaseWakeups:
             return
         try:
             with self.engine.begin() as conn:
-                # One row per statement, in ascending order: two processes bumping the
-                # same counters take the row locks in the same order and cannot deadlock.
-                for bucket in buckets:
-                    conn.execute(
-                        update(WakeupCounter)
-                        .where(WakeupCounter.bucket == bucket)
-                        .values(version=WakeupCounter.version + 1)
-                    )
+                if self.engine.dialect.name == "sqlite":
+                    # SQLite locks the whole database: one statement, no ordering to keep.
+                    conn.execute(_BUMP.where(WakeupCounter.bucket.in_(buckets)))
+                else:
+                    # One row per statement, in ascending order: two processes bumping
+                    # the same counters take the row locks in the same order and cannot
+                    # deadlock.
+                    for bucket in buckets:
+                        conn.execute(_BUMP.where(WakeupCounter.bucket == bucket))
             self._own.update(buckets)
         except SQLAlchemyError:
             with self._pending_lock:

@@ -31,6 +31,11 @@ from worker.relay import FrameSender, OutputBuffer, read_pipe
 log = logging.getLogger(__name__)
 
 INPUT_WAIT_SECONDS = 20.0
+# The input long-poll (stdin, signals) opens this long after the process started. Most
+# jobs (every ffprobe, every short batch job) end before that and never cost the
+# coordinator a held request; input sent meanwhile waits in the database and arrives
+# with the first read, at most this much later.
+INPUT_DELAY_SECONDS = 0.2
 RETRY_SECONDS = 60.0
 CANCEL_GRACE_SECONDS = 5.0
 # Variables every process needs to find its libraries and write temporary files.
@@ -225,6 +230,8 @@ class JobExecution:
         assert process is not None and process.stdin is not None
         stdin: Any = process.stdin
         after = 0
+        if self._done.wait(INPUT_DELAY_SECONDS):
+            return
         while not self._done.is_set():
             try:
                 response = self.api.request(

@@ -294,13 +294,13 @@ def read_output(job_id: str) -> ResponseReturnValue:
             db.session.execute(db.select(Job.state).where(Job.id == job_id)).scalar_one()
         )
         frames = streams.read_output(job_id, after)
-        if frames:
-            return frames
-        if state.terminal:
+        if state.terminal and streams.complete(frames):
+            # Everything was read and nothing more can come: the final status rides
+            # along, so a short job's client needs no second request to learn it.
             db.session.refresh(job)
             db.session.commit()
-            return [status_frame(_final_status(job))]
-        return None
+            return [*frames, status_frame(_final_status(job))]
+        return frames or None
 
     frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, wait_arg())
     return _frames_response(frames or [])
@@ -445,5 +445,7 @@ def finish(job_id: str) -> ResponseReturnValue:
     if not done:
         job = db.session.get(Job, job_id)
         raise Conflict("job cannot be finished", state=job.state if job else None)
-    notifier().notify(f"output:{job_id}", "jobs")
+    # Only this worker gained a free slot: waking every worker's poll would make each
+    # of them run a claim that cannot change anything.
+    notifier().notify(f"output:{job_id}", f"worker:{worker_id}")
     return jsonify({"ok": True})

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
+from sqlalchemy import bindparam, select, update
 
 from coordinator import lifecycle, scheduler
 from coordinator.api.parse import field, json_body, notifier, str_list, wait_arg
@@ -49,6 +50,41 @@ def touch(worker: Worker) -> None:
     worker.last_seen_at = now
     worker.lease_expires_at = now + _lease()
     db.session.commit()
+
+
+# Built once (see renew_lease).
+_WORKERS = Worker.__table__.c
+_WORKER_STATE = select(_WORKERS.state).where(_WORKERS.worker_id == bindparam("worker_id"))
+_RENEW_LEASE = (
+    update(Worker.__table__)
+    .where(_WORKERS.worker_id == bindparam("id"), _WORKERS.state != "offline")
+    .values(
+        last_seen_at=bindparam("seen", type_=_WORKERS.last_seen_at.type),
+        lease_expires_at=bindparam("until", type_=_WORKERS.lease_expires_at.type),
+    )
+)
+
+
+def renew_lease(worker_id: str) -> str:
+    """Extend the calling worker's lease; its state, or 409 when it must register.
+
+    Runs for every heartbeat and every poll of every worker, so it is two plain
+    statements rather than a loaded, flushed and expired ORM object. The update's
+    condition keeps a worker the janitor declared offline offline (see
+    ``current_worker``).
+    """
+    state = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).scalar()
+    if state is None or state == "offline":
+        raise Conflict("worker is not registered")
+    now = now_utc()
+    result = db.session.execute(
+        _RENEW_LEASE,
+        {"id": worker_id, "seen": now, "until": now + _lease()},
+    )
+    db.session.commit()
+    if result.rowcount == 0:  # type: ignore[attr-defined]  # declared offline meanwhile
+        raise Conflict("worker is not registered")
+    return str(state)
 
 
 @bp.post("/register")
@@ -114,9 +150,7 @@ def _forget_previous_life(worker_id: str) -> None:
 @bp.post("/heartbeat")
 @requires(Role.WORKER)
 def heartbeat() -> ResponseReturnValue:
-    worker = current_worker()
-    touch(worker)
-    return jsonify({"state": worker.state})
+    return jsonify({"state": renew_lease(g.user.client_id)})
 
 
 @bp.post("/paths")
@@ -154,8 +188,10 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     # after the worker behind the connection died (kill -9); only a request that
     # arrives proves the worker is alive.
     db.session.expire_all()
-    worker = current_worker()
-    scheduler.claim(worker)
+    if scheduler.any_pending():
+        scheduler.claim(current_worker())
+    # An idle worker's poll is re-checked again and again: without pending jobs the
+    # check is this one indexed query (plus the probe above), no worker row loaded.
     stmt = db.select(Job).where(
         Job.worker_id == worker_id,
         Job.state.in_([JobState.ASSIGNED.value, JobState.CANCELING.value]),
@@ -174,10 +210,21 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
 def poll() -> ResponseReturnValue:
     """Long-poll for work: jobs assigned to this worker and jobs it must cancel."""
     worker_id = g.user.client_id
-    touch(current_worker())
-    result = notifier().wait_for(
-        ["jobs", f"worker:{worker_id}"], lambda: _work_for(worker_id), wait_arg()
-    )
+    renew_lease(worker_id)
+    # A worker that cannot take a job (all slots busy, drained) does not wake for every
+    # submission: only its own key, which its finishes, cancels and resume notify. Once
+    # a slot is free the poll ends empty, and the next one listens for new jobs again.
+    full = scheduler.free_slots(worker_id) <= 0
+    keys = [f"worker:{worker_id}"] if full else ["jobs", f"worker:{worker_id}"]
+
+    def check() -> dict[str, Any] | None:
+        result = _work_for(worker_id)
+        if result is None and full and scheduler.free_slots(worker_id) > 0:
+            result = {"jobs": [], "cancel": []}
+        db.session.commit()
+        return result
+
+    result = notifier().wait_for(keys, check, wait_arg())
     return jsonify(result or {"jobs": [], "cancel": []})
 
 
