@@ -104,6 +104,8 @@ class Job(db.Model):  # type: ignore[name-defined]
         # monitored jobs (revision 0002).
         Index("ix_jobs_requester_created", "requester", "created_at", "id"),
         Index("ix_jobs_state_client_lease", "state", "client_lease_expires_at"),
+        # The scheduler's "served longest ago": one lookup per requester (revision 0003).
+        Index("ix_jobs_requester_started", "requester", "started_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

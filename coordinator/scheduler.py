@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from sqlalchemy import func
+from sqlalchemy import func, select
 
 from coordinator import capabilities, lifecycle
 from coordinator.db import db
@@ -31,6 +32,16 @@ ACTIVE_STATES = [JobState.ASSIGNED.value, JobState.RUNNING.value, JobState.CANCE
 # jobs this worker cannot run are skipped.
 LOOKAHEAD = 32
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Wanted(Protocol):
+    """What matching reads of a job: a ``Job`` or a row of its candidate columns."""
+
+    binary: str
+    path_variables: list[str]
+    required_labels: list[str]
+    preferred_labels: list[str]
+    needs: dict[str, Any] | None
 
 
 @dataclass
@@ -51,7 +62,7 @@ class Offer:
         }
         return cls(worker.worker_id, set(worker.labels), set(worker.path_variables), caps, free)
 
-    def lacks(self, job: Job) -> list[str]:
+    def lacks(self, job: Wanted) -> list[str]:
         """What this worker lacks to run ``job`` (empty when it can run it)."""
         if job.binary not in self.caps:
             return [f"binary {job.binary}"]
@@ -123,7 +134,20 @@ def unmet_by_all(job: Job) -> list[tuple[str, list[str]]] | None:
     return lacking
 
 
-def fair_order(free: int) -> list[Job]:
+_CANDIDATE_COLUMNS = (
+    Job.id,
+    Job.requester,
+    Job.priority,
+    Job.created_at,
+    Job.binary,
+    Job.path_variables,
+    Job.required_labels,
+    Job.preferred_labels,
+    Job.needs,
+)
+
+
+def fair_order(free: int) -> list[Any]:
     """Pending jobs in the order they should be served (see the module docstring)."""
     active = dict(
         db.session.execute(
@@ -138,28 +162,28 @@ def fair_order(free: int) -> list[Job]:
         ).scalars()
     )
     # Ties between requesters go to the one served longest ago.
+    # One query per requester: a lone max() is answered by one lookup in
+    # ix_jobs_requester_started on every database, where a grouped query reads every
+    # job the requester ever ran.
     last_served = {
-        requester: started
-        for requester, started in db.session.execute(
-            db.select(Job.requester, func.max(Job.started_at))
-            .where(Job.requester.in_(requesters), Job.started_at.is_not(None))
-            .group_by(Job.requester)
-        ).all()
+        requester: db.session.execute(
+            select(func.max(Job.started_at)).where(Job.requester == requester)
+        ).scalar()
+        for requester in requesters
     }
-    candidates: list[Job] = []
+    # Plain rows of the columns ordering and matching need: a claim looks at up to
+    # ``free + LOOKAHEAD`` jobs per requester, and whole ORM objects (arguments,
+    # environment, history) cost several times more to load than the claim itself.
+    candidates: list[Any] = []  # rows; typed loosely, their columns vary by query
     for requester in requesters:
         candidates += db.session.execute(
-            db.select(Job)
+            select(*_CANDIDATE_COLUMNS)
             .where(Job.state == JobState.PENDING.value, Job.requester == requester)
             .order_by(Job.priority.desc(), Job.created_at)
             .limit(free + LOOKAHEAD)
-        ).scalars()
-    for job in candidates:
-        # Detached, the rows keep their loaded values after the caller ends the read
-        # transaction, instead of being reloaded one by one.
-        db.session.expunge(job)
+        ).all()
     turn: dict[tuple[str, int], int] = defaultdict(int)
-    keyed: list[tuple[int, int, datetime, datetime, Job]] = []
+    keyed: list[tuple[int, int, datetime, datetime, Any]] = []
     for job in candidates:  # each requester's jobs arrive in its own order
         slot = (job.requester, job.priority)
         keyed.append(
@@ -176,7 +200,7 @@ def fair_order(free: int) -> list[Job]:
     return [k[4] for k in keyed]
 
 
-def _preferred_elsewhere(job: Job, offer: Offer, others: list[Offer]) -> bool:
+def _preferred_elsewhere(job: Wanted, offer: Offer, others: list[Offer]) -> bool:
     """The job prefers labels this worker lacks and another free worker has them."""
     wanted = set(job.preferred_labels or ())
     if not wanted or wanted <= offer.labels:
