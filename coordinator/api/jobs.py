@@ -121,28 +121,15 @@ def submit() -> ResponseReturnValue:
         updated_at=now,
         client_lease_expires_at=now + _client_lease() if mode == "active" else None,
     )
+    # Checked before the insert commits: the job's values are still in memory then,
+    # where afterwards reading them would reload the row.
+    lacking = None if wait_for_worker else scheduler.unmet_by_all(job)
+    reply = job.to_dict()
     db.session.add(job)
     lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
     db.session.commit()
-    if not wait_for_worker:
-        _fail_if_unrunnable(job)
-    notifier().notify("jobs")
-    db.session.refresh(job)
-    return jsonify({"job": job.to_dict()}), 201
-
-
-MAX_PAGE = 500
-
-
-def _csv_arg(name: str) -> list[str]:
-    return [v for v in request.args.get(name, "").split(",") if v]
-
-
-def _fail_if_unrunnable(job: Job) -> None:
-    """Fail at once, naming what is missing, when no online worker could ever take it."""
-    lacking = scheduler.unmet_by_all(job)
-    db.session.commit()
     if lacking is not None:
+        # No online worker could ever take it: fail at once, naming what is missing.
         lifecycle.transition(
             job.id,
             [JobState.PENDING],
@@ -150,6 +137,17 @@ def _fail_if_unrunnable(job: Job) -> None:
             capabilities.describe_missing(lacking),
             failure="no_capable_worker",
         )
+        db.session.refresh(job)
+        reply = job.to_dict()
+    notifier().notify("jobs")
+    return jsonify({"job": reply}), 201
+
+
+MAX_PAGE = 500
+
+
+def _csv_arg(name: str) -> list[str]:
+    return [v for v in request.args.get(name, "").split(",") if v]
 
 
 @bp.get("")
@@ -298,8 +296,9 @@ def read_output(job_id: str) -> ResponseReturnValue:
             # Everything was read and nothing more can come: the final status rides
             # along, so a short job's client needs no second request to learn it.
             db.session.refresh(job)
+            final = status_frame(_final_status(job))
             db.session.commit()
-            return [*frames, status_frame(_final_status(job))]
+            return [*frames, final]
         return frames or None
 
     frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, wait_arg())
@@ -426,7 +425,15 @@ def finish(job_id: str) -> ResponseReturnValue:
             failure="start_failed",
         )
     else:
+        # The common case first: a canceled job costs the extra attempt, not every job.
         done = lifecycle.transition(
+            job_id,
+            [JobState.RUNNING],
+            JobState.COMPLETED,
+            f"exited with {exit_code}",
+            held_by=worker_id,
+            exit_code=exit_code,
+        ) or lifecycle.transition(
             job_id,
             [JobState.CANCELING],
             JobState.CANCELED,
@@ -434,13 +441,6 @@ def finish(job_id: str) -> ResponseReturnValue:
             held_by=worker_id,
             exit_code=exit_code,
             failure="canceled",
-        ) or lifecycle.transition(
-            job_id,
-            [JobState.RUNNING],
-            JobState.COMPLETED,
-            f"exited with {exit_code}",
-            held_by=worker_id,
-            exit_code=exit_code,
         )
     if not done:
         job = db.session.get(Job, job_id)

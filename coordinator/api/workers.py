@@ -197,9 +197,10 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
         Job.state.in_([JobState.ASSIGNED.value, JobState.CANCELING.value]),
     )
     jobs = list(db.session.execute(stmt).scalars())
-    db.session.commit()
+    # Read before the commit, which would expire the rows and reload each one.
     assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
     cancel = [j.id for j in jobs if j.state == JobState.CANCELING.value]
+    db.session.commit()
     if assigned or cancel:
         return {"jobs": assigned, "cancel": cancel}
     return None
