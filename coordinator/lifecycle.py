@@ -86,8 +86,11 @@ def transition(
         },
     )
     db.session.commit()
-    notifier = current_app.extensions["dffmpeg.notifier"]
-    notifier.notify(f"job:{job_id}")
+    if to_state.terminal or to_state == JobState.CANCELING:
+        # Who waits on a job's key (its client's output read, its worker's input read)
+        # acts only on these; waking them for "assigned" or "running" would make each
+        # run a check, and over a broker a request, that cannot change anything.
+        current_app.extensions["dffmpeg.notifier"].notify(f"job:{job_id}")
     return True
 
 

@@ -10,7 +10,6 @@ re-check the database every ``recheck`` seconds, a safety net should a wake-up b
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable
@@ -26,15 +25,19 @@ class Notifier:
     request's database transaction there, so a long-poll never holds a pooled
     connection while it sleeps (a lazy load inside ``check`` would otherwise keep one,
     and a few dozen waiting polls would starve every other request of connections).
+
+    Each waiter sleeps on an event of its own, and a wake-up sets only the events of
+    the waiters on its keys: a process holds dozens of long-polls, and one shared
+    condition would wake every one of them (a thread switch and a check of the
+    predicate each) for every job's every change.
     """
 
     def __init__(self, recheck: float = 1.0, before_wait: Callable[[], None] | None = None) -> None:
         self.recheck = recheck
         self.before_wait = before_wait
-        self._lock = threading.Condition()
-        self._versions: dict[str, int] = {}
-        self._waiters: dict[str, int] = {}
-        self._closed = False
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._closed = threading.Event()
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
 
     def subscribe(self, listener: Callable[[tuple[str, ...]], None]) -> None:
@@ -48,8 +51,10 @@ class Notifier:
     def shutdown(self) -> None:
         """End every wait at once (the process is draining)."""
         with self._lock:
-            self._closed = True
-            self._lock.notify_all()
+            self._closed.set()
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
 
     def notify(self, *keys: str) -> None:
         """Something behind ``keys`` changed and was committed: wake waiters everywhere."""
@@ -60,56 +65,44 @@ class Notifier:
     def wake(self, *keys: str) -> None:
         """Wake this process's waiters on ``keys`` only (a wake-up from elsewhere)."""
         with self._lock:
-            woke = False
             for key in keys:
-                if key in self._waiters:
-                    self._versions[key] = self._versions.get(key, 0) + 1
-                    woke = True
-            if woke:
-                self._lock.notify_all()
+                for event in self._waiters.get(key, ()):
+                    event.set()
 
     def waiting_keys(self) -> list[str]:
         """The keys some request of this process is waiting on right now."""
         with self._lock:
             return list(self._waiters)
 
-    def _changed(self, keys: list[str], seen: list[int]) -> bool:
-        return self._closed or [self._versions.get(k, 0) for k in keys] != seen
-
     def wait_for(self, keys: list[str], check: Callable[[], T | None], timeout: float) -> T | None:
         """Call ``check`` until it returns something or ``timeout`` passes.
 
         ``check`` runs once at once, then after every wake-up of one of ``keys`` and at
         least every ``recheck`` seconds. The waiter is registered before the first
-        check, so a wake-up that comes while ``check`` runs is not lost.
+        check, and its event is cleared before each check, so a wake-up that comes
+        while ``check`` runs is not lost: the next wait returns at once.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        event = threading.Event()
         with self._lock:
             for key in keys:
-                self._waiters[key] = self._waiters.get(key, 0) + 1
+                self._waiters.setdefault(key, set()).add(event)
         try:
             while True:
-                with self._lock:
-                    seen = [self._versions.get(key, 0) for key in keys]
+                event.clear()
                 result = check()
                 if result is not None:
                     return result
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                if remaining <= 0 or self._closed.is_set():
                     return None
                 if self.before_wait is not None:
                     self.before_wait()
-                with self._lock:
-                    self._lock.wait_for(
-                        functools.partial(self._changed, keys, seen),
-                        timeout=min(remaining, self.recheck),
-                    )
+                event.wait(timeout=min(remaining, self.recheck))
         finally:
             with self._lock:
-                for key in keys:
-                    count = self._waiters[key] - 1
-                    if count:
-                        self._waiters[key] = count
-                    else:
+                for key in set(keys):
+                    events = self._waiters[key]
+                    events.discard(event)
+                    if not events:
                         del self._waiters[key]
-                        self._versions.pop(key, None)
