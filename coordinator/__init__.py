@@ -61,7 +61,7 @@ def create_app(
     # Secrets never reach the logs: werkzeug's request log is off, ours logs no headers.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     database.init_app(app)
-    schema.install_sqlite_pragmas(app)
+    schema.install_app_engine_events(app)
     # Wake-ups from other processes arrive through the database (coordinator.wakeups);
     # the periodic re-check is only a safety net.
     notifier = Notifier(recheck=settings.recheck_seconds or 5.0, before_wait=_end_transaction)

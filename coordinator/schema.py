@@ -6,6 +6,7 @@ on an empty database and refuses to start on an out-of-date one.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask
-from sqlalchemy import Engine, event, inspect
+from sqlalchemy import Engine, event, exc, inspect
 from sqlalchemy.engine import make_url
 
 from coordinator.db import db
@@ -37,7 +38,10 @@ def engine_options(url: str) -> dict[str, Any]:
             "pool_size": 10,
             "max_overflow": 30,
         }
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    # No pool_pre_ping: it costs a round trip on every checkout, and a request checks a
+    # connection out after each of its commits. install_idle_ping pings only a
+    # connection that sat unused long enough to have gone stale.
+    options: dict[str, Any] = {"pool_size": 10, "max_overflow": 20}
     if backend in ("mysql", "mariadb"):
         # Long-polls re-read rows in a loop; under REPEATABLE READ they would not see
         # other transactions' commits.
@@ -53,11 +57,43 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def install_sqlite_pragmas(app: Flask) -> None:
+# A pooled connection unused for this long is pinged before use: a database restart or
+# a server-side idle timeout meanwhile would otherwise fail the next request.
+IDLE_PING_SECONDS = 10.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(engine: Engine) -> Any:
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get("checked_in_at")
+        if last is not None and time.monotonic() - last < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception:
+            alive = False
+        if not alive:
+            # The pool discards this connection and checks out a fresh one.
+            raise exc.DisconnectionError("pooled connection is gone")
+
+    return checkout
+
+
+def install_engine_events(engine: Engine) -> None:
+    """SQLite pragmas on every new connection; idle pings on the server databases."""
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine, "checkin", _note_checkin)
+        event.listen(engine, "checkout", _ping_if_idle(engine))
+
+
+def install_app_engine_events(app: Flask) -> None:
     with app.app_context():
-        engine = db.engine
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
+        install_engine_events(db.engine)
 
 
 def alembic_config(engine: Engine) -> Config:

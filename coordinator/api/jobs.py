@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -279,11 +279,17 @@ def read_output(job_id: str) -> ResponseReturnValue:
     job = visible_job(job_id)
     after = int_arg("after", 0)
     is_requester = job.requester == g.user.client_id
+    lease = _client_lease()
+    renewed: list[datetime] = []
 
     def check() -> list[Any] | None:
-        if is_requester:
-            # Reading is the client's heartbeat: a monitored job lives while it is watched.
-            job.client_lease_expires_at = now_utc() + _client_lease()
+        now = now_utc()
+        if is_requester and (not renewed or now - renewed[-1] > lease / 3):
+            # Reading is the client's heartbeat: a monitored job lives while it is
+            # watched. Renewed when the read starts and every third of the lease while
+            # it waits, not on every wake-up: each renewal is a write.
+            job.client_lease_expires_at = now + lease
+            renewed.append(now)
         # The state is read before the frames: a worker's output commits before its
         # finish, so frames read after a final state was seen are complete. The other
         # order loses output on MariaDB/PostgreSQL, where each statement of a
