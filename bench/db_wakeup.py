@@ -1,15 +1,26 @@
 """Cross-instance wake-up latency, and the idle cost of the wake-up poll, per database.
 
-Two coordinator instances (each with two gunicorn processes) share one database and no
-broker. A worker long-polls instance B; a client submits a job to instance A; the
-latency is the time from the start of the submit request to the worker's poll
-returning with that job. The worker then accepts and finishes the job through A, waits
-a random moment and polls again.
+Two coordinator instances (each with two gunicorn processes) share one database. A
+worker waits for work on instance B; a client submits a job to instance A; the latency
+is the time from the start of the submit request to the worker's read on B returning
+with that job. The worker then accepts and finishes the job through A, waits a random
+moment and waits for work again.
 
-Idle cost: CPU seconds used by the coordinator processes over a quiet period (one
-worker long-polling, nothing submitted), which is mostly the wake-up thread's poll.
+``--transport`` says how the worker waits. ``http`` (no broker): it long-polls B, and
+the wake-up travels A -> database -> B's wake-up thread -> the poll. ``mqtt`` or
+``rabbitmq``: both instances publish to that broker (a mosquitto of the benchmark's
+own; the local RabbitMQ with an exchange of its own), and the worker does what
+``worker.agent`` does: the real ``Downlink`` negotiated with B, a read of
+``/workers/poll`` with wait=0, then a sleep on the downlink until a notification, then
+the next read. Such a worker never waits inside B, so B's database wake-up has no one to
+wake: the only way the job reaches it within the sample is A's publish through the
+broker. Each sample records when that notification arrived.
+
+Idle cost: CPU seconds used by the coordinator processes over a quiet period (the worker
+waiting as above, nothing submitted); with ``http`` it is mostly the wake-up thread's poll.
 
     .venv/bin/python -m bench.db_wakeup --databases sqlite,mariadb,postgresql
+    .venv/bin/python -m bench.db_wakeup --transport mqtt --samples 60
 
 Not run by the test suite.
 """
@@ -19,18 +30,28 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.transport_common import RABBIT_URL, _drop_rabbit_exchange
 from client.api import Api
+from client.downlink import open_downlink
+from dffmpeg.config import WorkerConfig
 from tests import databases
+from tests.brokers import OwnMosquitto
 from tests.multicluster import BINARY, multi_cluster
 
 PROCESSES = int(os.environ.get("DFFMPEG_BENCH_PROCESSES", "2"))
+TRANSPORTS = ["http", "mqtt", "rabbitmq"]
+WORKER = "bench-worker"
 
 
 def _worker_identity(database_url: str) -> str:
@@ -39,10 +60,87 @@ def _worker_identity(database_url: str) -> str:
 
     app = create_app({"database_url": database_url}, start_janitor=False)
     with app.app_context():
-        key = str(users.add_user("bench-worker", "worker")["hmac_key"])
+        key = str(users.add_user(WORKER, "worker")["hmac_key"])
         db.session.remove()
         db.engine.dispose()
     return key
+
+
+@contextmanager
+def broker(transport: str, root: Path) -> Iterator[dict[str, Any]]:
+    """The ``mqtt:``/``rabbitmq:`` settings block for coordinators and worker alike."""
+    if transport == "mqtt":
+        own = OwnMosquitto(root)
+        own.start()
+        try:
+            yield {"mqtt": {"url": own.url}}
+        finally:
+            own.stop()
+    elif transport == "rabbitmq":
+        exchange = f"dffmpeg-bench-{secrets.token_hex(4)}"
+        try:
+            yield {"rabbitmq": {"url": RABBIT_URL, "exchange": exchange}}
+        finally:
+            _drop_rabbit_exchange(exchange)
+    else:
+        yield {}
+
+
+@dataclass
+class Read:
+    reply: dict[str, Any]
+    at: float  # when the read that returned it ended
+    notified: list[float] = field(default_factory=list)  # broker notifications meanwhile
+
+
+class WorkerSide:
+    """The benchmark's worker on one instance: HTTP long-poll, or the agent's broker loop."""
+
+    def __init__(self, url: str, key: str, transport: str, blocks: dict[str, Any]) -> None:
+        config = WorkerConfig.from_dict(
+            {
+                "client_id": WORKER,
+                "hmac_key": key,
+                "coordinator_url": url,
+                "transports": [transport, "http"],
+                "binaries": {BINARY: "/bin/true"},
+                "slots": 1,
+                **blocks,
+            }
+        )
+        self.api = Api.from_config(config)
+        # Like WorkerAgent.start: the transport (with its handshake) before registering.
+        self.downlink = open_downlink(self.api, config, "worker")
+        if self.downlink is not None:
+            if self.downlink.name != transport:
+                raise RuntimeError(f"{transport} failed its handshake with {url}")
+            self.downlink.watch("worker")
+        register = {"slots": 1, "binaries": {BINARY: "/bin/true"}}
+        self.api.call("POST", "/workers/register", json_body=register)
+
+    def read(self, wait: float) -> Read:
+        """Wait up to ``wait`` seconds for work, the way WorkerAgent._poll_loop does."""
+        downlink = self.downlink
+        if downlink is None:
+            reply = self.api.call("GET", "/workers/poll", params={"wait": wait}, timeout=wait + 30)
+            return Read(reply, time.monotonic())
+        notified: list[float] = []
+        deadline = time.monotonic() + wait
+        while True:
+            if downlink.long_poll:
+                raise RuntimeError(f"{downlink.transport.name} fell back to HTTP long-poll")
+            downlink.arm("worker")
+            reply = self.api.call("GET", "/workers/poll", params={"wait": 0}, timeout=30)
+            remaining = deadline - time.monotonic()
+            if reply["jobs"] or remaining <= 0:
+                return Read(reply, time.monotonic(), notified)
+            if downlink.wait("worker", remaining):
+                notified.append(time.monotonic())
+
+    def close(self) -> None:
+        if self.downlink is not None:
+            self.downlink.close()
+        self.api.close()
 
 
 def cpu_seconds(marker: str, kind: str = "coordinator") -> float:
@@ -61,63 +159,84 @@ def cpu_seconds(marker: str, kind: str = "coordinator") -> float:
     return total
 
 
-def measure(kind: str, samples: int, idle_seconds: float) -> None:
+@dataclass
+class Sample:
+    latency: float  # submit start -> the worker's read on B returns with the job
+    submit: float  # the submit request alone
+    notified: float | None  # submit start -> first broker notification (None: none came)
+
+
+def measure(kind: str, transport: str, samples: int, idle_seconds: float) -> None:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix=f"dffmpeg-wake-{kind}-") as tmp:
         root = Path(tmp)
-        with databases.fresh_database(kind, root) as url:
+        with (
+            databases.fresh_database(kind, root) as url,
+            broker(transport, root) as blocks,
+        ):
             key = _worker_identity(url)
-            with multi_cluster(root, url, instances=2, processes=PROCESSES, workers=0) as cluster:
-                worker_a = Api(cluster.urls[0], "bench-worker", key)
-                worker_b = Api(cluster.urls[1], "bench-worker", key)
+            extra = {"transports": [transport, "http"], **blocks} if blocks else {}
+            with multi_cluster(
+                root, url, instances=2, processes=PROCESSES, workers=0, coordinator_extra=extra
+            ) as cluster:
+                worker_a = Api(cluster.urls[0], WORKER, key)
+                worker_b = WorkerSide(cluster.urls[1], key, transport, blocks)
                 client = cluster.api("c0", 0)
-                register = {"slots": 1, "binaries": {BINARY: "/bin/true"}}
-                worker_b.call("POST", "/workers/register", json_body=register)
-                pairs = [_one(client, worker_a, worker_b) for _ in range(samples)]
-                latencies = [p[0] for p in pairs]
-                submits = sorted(p[1] for p in pairs)
-                idle = _idle_cost(root, worker_b, idle_seconds)
-    latencies.sort()
-    p95 = latencies[max(0, int(len(latencies) * 0.95) - 1)]
+                try:
+                    runs = [_one(client, worker_a, worker_b) for _ in range(samples)]
+                    idle = _idle_cost(root, worker_b, idle_seconds)
+                finally:
+                    worker_b.close()
+    latencies = sorted(s.latency for s in runs)
+    notes = [s.notified for s in runs if s.notified is not None]
+    path = "database (long-poll)"
+    if transport != "http":
+        path = f"{transport} notification in {len(notes)} of {samples} samples"
+        if notes:
+            path += f", arriving after median {statistics.median(notes) * 1000:.0f} ms"
     print(
-        f"{kind:10s} cross-instance wake-up over {samples} jobs: "
-        f"median {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
+        f"{kind:10s} {transport:8s} cross-instance wake-up over {samples} jobs: "
+        f"median {statistics.median(latencies) * 1000:.0f} ms, "
+        f"p95 {_p95(latencies) * 1000:.0f} ms, "
         f"max {latencies[-1] * 1000:.0f} ms (of which the submit request itself: median "
-        f"{statistics.median(submits) * 1000:.0f} ms); idle: {idle * 100:.1f}% of one core "
-        f"for 4 coordinator processes; load {os.getloadavg()[0]:.1f}",
+        f"{statistics.median(s.submit for s in runs) * 1000:.0f} ms); woken by: {path}; "
+        f"idle: {idle * 100:.1f}% of one core for 4 coordinator processes; "
+        f"load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
         flush=True,
     )
 
 
-def _one(client: Api, worker_a: Api, worker_b: Api) -> tuple[float, float]:
-    """(submit start -> worker's poll returns, the submit request's own duration)"""
-    got: dict[str, Any] = {}
+def _p95(ordered: list[float]) -> float:
+    return ordered[max(0, int(len(ordered) * 0.95) - 1)]
 
-    def poll() -> None:
-        got["reply"] = worker_b.call("GET", "/workers/poll", params={"wait": 20}, timeout=40)
-        got["at"] = time.monotonic()
 
-    poller = threading.Thread(target=poll)
+def _one(client: Api, worker_a: Api, worker_b: WorkerSide) -> Sample:
+    got: list[Read] = []
+    poller = threading.Thread(target=lambda: got.append(worker_b.read(20.0)))
     poller.start()
-    time.sleep(random.uniform(0.15, 0.35))  # the poll is waiting by now
+    time.sleep(random.uniform(0.15, 0.35))  # the worker is waiting by now
     started = time.monotonic()
     job = client.call("POST", "/jobs", json_body={"binary": BINARY, "args": ["x", "0"]}, timeout=30)
     submitted = time.monotonic() - started
     poller.join()
     job_id = job["job"]["job_id"]
-    assert [j["job_id"] for j in got["reply"]["jobs"]] == [job_id], got
+    read = got[0]
+    assert [j["job_id"] for j in read.reply["jobs"]] == [job_id], read
     worker_a.call("POST", f"/jobs/{job_id}/accept")
     worker_a.call("POST", f"/jobs/{job_id}/finish", json_body={"exit_code": 0})
-    return float(got["at"] - started), submitted
+    # Notifications left over from the previous job (its finish) arrive before ``started``.
+    fresh = [t - started for t in read.notified if t >= started]
+    return Sample(read.at - started, submitted, fresh[0] if fresh else None)
 
 
-def _idle_cost(root: Path, worker: Api, seconds: float) -> float:
+def _idle_cost(root: Path, worker: WorkerSide, seconds: float) -> float:
     stop = threading.Event()
 
-    def keep_polling() -> None:
+    def keep_waiting() -> None:
         while not stop.is_set():
-            worker.call("GET", "/workers/poll", params={"wait": 5}, timeout=30)
+            worker.read(5.0)
 
-    poller = threading.Thread(target=keep_polling)
+    poller = threading.Thread(target=keep_waiting)
     poller.start()
     time.sleep(1.0)
     before = cpu_seconds(str(root))
@@ -131,11 +250,12 @@ def _idle_cost(root: Path, worker: Api, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--databases", default="sqlite,mariadb,postgresql")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="http")
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     args = parser.parse_args()
     for kind in databases.selected(args.databases):
-        measure(kind, args.samples, args.idle_seconds)
+        measure(kind, args.transport, args.samples, args.idle_seconds)
 
 
 if __name__ == "__main__":
