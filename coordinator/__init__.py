@@ -64,7 +64,7 @@ def create_app(
     schema.install_app_engine_events(app)
     # Wake-ups from other processes arrive through the database (coordinator.wakeups);
     # the periodic re-check is only a safety net.
-    notifier = Notifier(recheck=settings.recheck_seconds or 5.0, before_wait=_end_transaction)
+    notifier = Notifier(recheck=settings.recheck_seconds or 10.0, before_wait=_end_transaction)
     app.extensions["dffmpeg.notifier"] = notifier
     app.extensions["dffmpeg.draining"] = threading.Event()
     errors.register(app)

@@ -98,7 +98,11 @@ class Notifier:
                     return None
                 if self.before_wait is not None:
                     self.before_wait()
-                event.wait(timeout=min(remaining, self.recheck))
+                woken = event.wait(timeout=min(remaining, self.recheck))
+                if not woken and time.monotonic() >= deadline:
+                    # Nothing happened until the end: no final check, the caller's next
+                    # request (which follows at once) begins with one anyway.
+                    return None
         finally:
             with self._lock:
                 for key in set(keys):

@@ -124,7 +124,9 @@ def register() -> ResponseReturnValue:
     worker.lease_expires_at = now + _lease()
     db.session.commit()
     _forget_previous_life(worker_id)
-    notifier().notify("jobs")
+    # No "jobs" wake-up for every other worker: pending jobs this worker can run are
+    # claimed by its own first poll, which follows the registration.
+    notifier().notify(f"worker:{worker_id}")
     return jsonify({"worker": worker.to_dict(), "lease_seconds": _lease().total_seconds()})
 
 
@@ -169,7 +171,8 @@ def update_paths() -> ResponseReturnValue:
     worker = current_worker()
     worker.path_variables = str_list(json_body(), "path_variables")
     touch(worker)
-    notifier().notify("jobs")
+    # Only this worker's offer changed: its own poll looks at the queue again.
+    notifier().notify(f"worker:{worker.worker_id}")
     return jsonify({"worker": worker.to_dict()})
 
 
