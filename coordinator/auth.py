@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from flask import current_app, g, request
-from sqlalchemy import bindparam, insert, select
+from flask import Response, current_app, g, has_request_context, request
+from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import db, now_utc
@@ -77,19 +77,63 @@ def authenticate() -> Caller:
     # Checked only after the signature: a caller without the key learns nothing here.
     if user.allowed_networks and not address_allowed(request.remote_addr, user.allowed_networks):
         raise Forbidden("this identity may not connect from this network")
-    # The nonce's primary key makes a replay inside the window fail to insert. It is
-    # committed before the view runs: whatever the view does later (including rolling
-    # back a lost race), the request has been seen once.
-    expires_at = now_utc() + timedelta(seconds=window * 2)
+    # The nonce's primary key makes a replay inside the window fail to insert. The row
+    # is inserted now, before the view runs (a concurrent replay's insert fails, or on
+    # the server databases waits for this transaction), and committed with the view's
+    # first commit: one transaction fewer per request. ``settle_nonce`` stores it on
+    # its own when the view never committed or rolled back.
+    seen = {
+        "client_id": client_id,
+        "nonce": nonce,
+        "expires_at": now_utc() + timedelta(seconds=window * 2),
+    }
     try:
-        db.session.execute(
-            _SEE_NONCE, {"client_id": client_id, "nonce": nonce, "expires_at": expires_at}
-        )
-        db.session.commit()
+        db.session.execute(_SEE_NONCE, seen)
     except IntegrityError:
         db.session.rollback()
         raise Unauthorized() from None
+    g.nonce_pending = seen
     return Caller(client_id=client_id, role=user.role)
+
+
+def _nonce_committed(_session: Any) -> None:
+    if has_request_context():
+        g.pop("nonce_pending", None)
+
+
+def _nonce_rolled_back(_session: Any) -> None:
+    if has_request_context() and "nonce_pending" in g:
+        g.nonce_lost = True
+
+
+def install_nonce_tracking() -> None:
+    """Follow the request session's commits and rollbacks (see ``settle_nonce``)."""
+    if not event.contains(db.session, "after_commit", _nonce_committed):
+        event.listen(db.session, "after_commit", _nonce_committed)
+        event.listen(db.session, "after_rollback", _nonce_rolled_back)
+
+
+def settle_nonce(response: Response) -> Response:
+    """After the view: make sure the request's nonce is stored, whatever the view did.
+
+    A successful view that never committed (a read) commits it now. After an error, or
+    when the view rolled back before any commit, whatever the view left is discarded
+    and the nonce is stored on its own.
+    """
+    seen = g.pop("nonce_pending", None)
+    if seen is None:
+        return response
+    if response.status_code < 400 and not g.pop("nonce_lost", False):
+        db.session.commit()
+        return response
+    db.session.rollback()
+    try:
+        db.session.execute(_SEE_NONCE, seen)
+        db.session.commit()
+    except IntegrityError:
+        # A replay of this failed request got in first; neither changed anything.
+        db.session.rollback()
+    return response
 
 
 def requires(*roles: str) -> Callable[[F], F]:

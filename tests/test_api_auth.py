@@ -78,6 +78,38 @@ def test_replayed_request_is_refused(app: Flask, api: Identities) -> None:
     assert job_count(api) == 1
 
 
+def _twice(app: Flask, who: str, key: str, method: str, path: str, body: bytes = b"") -> list[int]:
+    """Status codes of one signed request sent twice, byte for byte."""
+    headers = signing.sign_headers(who, key, method, path, body)
+    client = app.test_client()
+    ctype = "application/json" if body else None
+    return [
+        client.open(path, method=method, data=body, headers=headers, content_type=ctype).status_code
+        for _ in range(2)
+    ]
+
+
+def test_replays_of_reads_and_of_failed_requests_are_refused(app: Flask, api: Identities) -> None:
+    """The nonce is stored with the view's own commit, or on its own when the view only
+    read, failed, or rolled back: no path lets the same request through twice."""
+    worker = {"slots": 1, "binaries": {"ffprobe": "/usr/bin/ffprobe"}}
+    assert api.worker.post("/api/v1/workers/register", json_body=worker).status_code == 200
+    job_id = api.client.post("/api/v1/jobs", json_body=JOB).get_json()["job"]["job_id"]
+    alice, w1 = api.keys["alice"], api.keys["w1"]
+    # A read that commits nothing.
+    assert _twice(app, "alice", alice, "GET", f"/api/v1/jobs/{job_id}") == [200, 401]
+    # A long-poll read, which commits inside its check.
+    path = f"/api/v1/jobs/{job_id}/output?after=0&wait=0"
+    assert _twice(app, "alice", alice, "GET", path) == [200, 401]
+    # A view that fails before writing anything.
+    assert _twice(app, "alice", alice, "POST", "/api/v1/jobs", b"[1]") == [400, 401]
+    # A worker's poll claims the job (a write), then the client cancels it.
+    assert _twice(app, "w1", w1, "GET", "/api/v1/workers/poll?wait=0") == [200, 401]
+    assert _twice(app, "alice", alice, "POST", f"/api/v1/jobs/{job_id}/cancel") == [200, 401]
+    # The worker's late accept loses its compare-and-set and rolls back.
+    assert _twice(app, "w1", w1, "POST", f"/api/v1/jobs/{job_id}/accept") == [409, 401]
+
+
 def test_query_string_is_signed(app: Flask, api: Identities) -> None:
     headers = signing.sign_headers(
         "root", api.keys["root"], "GET", "/api/v1/jobs?state=pending", b""

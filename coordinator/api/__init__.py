@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, g
+from flask import Blueprint, Flask, Response, g
 
 from coordinator.api import cluster, jobs, probes, transport, users, workers
-from coordinator.auth import authenticate
+from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce
 
 
 def register(app: Flask) -> None:
     api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
+    install_nonce_tracking()
+
     @api.before_request
     def _authenticate() -> None:
         g.user = authenticate()
+
+    @api.after_request
+    def _settle_nonce(response: Response) -> Response:
+        return settle_nonce(response)
 
     api.register_blueprint(workers.bp)
     api.register_blueprint(jobs.bp)
