@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, update
+from sqlalchemy import Row, bindparam, func, select, update
 
 from coordinator import capabilities, lifecycle, progress, scheduler, streams
 from coordinator.api.parse import (
@@ -63,14 +63,59 @@ def visible_job(job_id: str) -> Job:
     raise NotFound(f"no job {job_id}")
 
 
-def held_job(job_id: str) -> Job:
-    """The job if the calling worker holds it; 409 if it holds it no longer."""
-    job = db.session.get(Job, job_id)
+# The output, input, accept and finish routes run several times for every job: they
+# read these few columns as a plain row instead of loading the whole job (arguments,
+# environment, capabilities needed) as an ORM object.
+_JOB_REF = select(Job.id, Job.requester, Job.worker_id, Job.state, Job.progress).where(
+    Job.id == bindparam("job_id")
+)
+_FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
+    Job.id == bindparam("job_id")
+)
+_HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
+_RENEW_CLIENT = (
+    update(Job.__table__)
+    .where(Job.__table__.c.id == bindparam("job_id"))
+    .values(
+        client_lease_expires_at=bindparam(
+            "until", type_=Job.__table__.c.client_lease_expires_at.type
+        )
+    )
+)
+
+
+def visible_ref(job_id: str) -> Row[Any]:
+    """``visible_job`` as a plain row of the columns in ``_JOB_REF``."""
+    job = db.session.execute(_JOB_REF, {"job_id": job_id}).first()
+    user = g.user
+    if job is not None and (
+        user.role == Role.ADMIN
+        or job.requester == user.client_id
+        or (user.role == Role.WORKER and job.worker_id == user.client_id)
+    ):
+        return job
+    raise NotFound(f"no job {job_id}")
+
+
+def held_job(job_id: str) -> Row[Any]:
+    """The job (the columns in ``_JOB_REF``) if the calling worker holds it; 409 if it
+    holds it no longer."""
+    job = db.session.execute(_JOB_REF, {"job_id": job_id}).first()
     if job is None:
         raise NotFound(f"no job {job_id}")
     if job.worker_id != g.user.client_id:
         raise Conflict("this worker does not hold the job", state=job.state)
     return job
+
+
+def final_status(job_id: str) -> dict[str, Any]:
+    row = db.session.execute(_FINAL, {"job_id": job_id}).one()
+    return {
+        "state": row.state,
+        "exit_code": row.exit_code,
+        "failure": row.failure,
+        "reason": row.reason,
+    }
 
 
 @bp.post("")
@@ -263,20 +308,11 @@ def _frames_response(frames: list[Any]) -> Response:
     return Response(encode_frames(frames), mimetype=CONTENT_TYPE_FRAMES)
 
 
-def _final_status(job: Job) -> dict[str, Any]:
-    return {
-        "state": job.state,
-        "exit_code": job.exit_code,
-        "failure": job.failure,
-        "reason": job.reason,
-    }
-
-
 @bp.get("/<job_id>/output")
 @requires(Role.CLIENT, Role.ADMIN)
 def read_output(job_id: str) -> ResponseReturnValue:
     """Frames after ``after``; once the job is over and all was read, its final status."""
-    job = visible_job(job_id)
+    job = visible_ref(job_id)
     after = int_arg("after", 0)
     is_requester = job.requester == g.user.client_id
     lease = _client_lease()
@@ -288,7 +324,7 @@ def read_output(job_id: str) -> ResponseReturnValue:
             # Reading is the client's heartbeat: a monitored job lives while it is
             # watched. Renewed when the read starts and every third of the lease while
             # it waits, not on every wake-up: each renewal is a write.
-            job.client_lease_expires_at = now + lease
+            db.session.execute(_RENEW_CLIENT, {"job_id": job_id, "until": now + lease})
             renewed.append(now)
         # The state is read before the frames: a worker's output commits before its
         # finish, so frames read after a final state was seen are complete. The other
@@ -301,8 +337,7 @@ def read_output(job_id: str) -> ResponseReturnValue:
         if state.terminal and streams.complete(frames):
             # Everything was read and nothing more can come: the final status rides
             # along, so a short job's client needs no second request to learn it.
-            db.session.refresh(job)
-            final = status_frame(_final_status(job))
+            final = status_frame(final_status(job_id))
             db.session.commit()
             return [*frames, final]
         return frames or None
@@ -314,7 +349,7 @@ def read_output(job_id: str) -> ResponseReturnValue:
 @bp.post("/<job_id>/input")
 @requires(Role.CLIENT, Role.ADMIN)
 def write_input(job_id: str) -> ResponseReturnValue:
-    job = visible_job(job_id)
+    job = visible_ref(job_id)
     if JobState(job.state).terminal:
         raise Conflict(f"job is already {job.state}", state=job.state)
     added = streams.append_input(job_id, frames_body())
@@ -346,7 +381,6 @@ def write_output(job_id: str) -> ResponseReturnValue:
     if job.state not in (JobState.RUNNING.value, JobState.CANCELING.value):
         raise Conflict(f"job is {job.state}", state=job.state)
     frames = frames_body()
-    # Read before the append commits (which expires the loaded row): no extra query.
     previous = job.progress
     added = streams.append_output(job_id, frames)
     if added:
@@ -377,18 +411,19 @@ def _record_progress(job_id: str, previous: dict[str, Any] | None, frames: list[
 @bp.get("/<job_id>/input")
 @requires(Role.WORKER)
 def read_input(job_id: str) -> ResponseReturnValue:
-    job = held_job(job_id)
+    held_job(job_id)
     after = int_arg("after", 0)
 
     def check() -> list[Any] | None:
         frames = streams.read_input(job_id, after)
         if frames:
             return frames
-        db.session.refresh(job)
-        state = JobState(job.state)
+        now = db.session.execute(_HOLDER, {"job_id": job_id}).one()
+        if JobState(now.state).terminal or now.worker_id != g.user.client_id:
+            final = status_frame(final_status(job_id))
+            db.session.commit()
+            return [final]
         db.session.commit()
-        if state.terminal or job.worker_id != g.user.client_id:
-            return [status_frame(_final_status(job))]
         return None
 
     frames = notifier().wait_for([f"input:{job_id}", f"job:{job_id}"], check, wait_arg())

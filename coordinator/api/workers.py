@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, bindparam, select, update
 
 from coordinator import lifecycle, scheduler
 from coordinator.api.parse import field, json_body, notifier, str_list, wait_arg
@@ -55,9 +55,9 @@ def touch(worker: Worker) -> None:
 RENEW_AFTER = timedelta(seconds=1)
 # Built once (see renew_lease).
 _WORKERS = Worker.__table__.c
-_WORKER_STATE = select(_WORKERS.state, _WORKERS.last_seen_at).where(
-    _WORKERS.worker_id == bindparam("worker_id")
-)
+_WORKER_STATE = select(
+    _WORKERS.state, _WORKERS.last_seen_at, _WORKERS.slots, _WORKERS.drained
+).where(_WORKERS.worker_id == bindparam("worker_id"))
 _RENEW_LEASE = (
     update(Worker.__table__)
     .where(_WORKERS.worker_id == bindparam("id"), _WORKERS.state != "offline")
@@ -68,8 +68,9 @@ _RENEW_LEASE = (
 )
 
 
-def renew_lease(worker_id: str) -> str:
-    """Extend the calling worker's lease; its state, or 409 when it must register.
+def renew_lease(worker_id: str) -> Row[Any]:
+    """Extend the calling worker's lease; its row (state, slots, drained), or 409 when it
+    must register.
 
     Runs for every heartbeat and every poll of every worker, so it is two plain
     statements rather than a loaded, flushed and expired ORM object. The update's
@@ -79,13 +80,12 @@ def renew_lease(worker_id: str) -> str:
     row = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
     if row is None or row.state == "offline":
         raise Conflict("worker is not registered")
-    state = row.state
     now = now_utc()
     if row.last_seen_at is not None and now - row.last_seen_at < RENEW_AFTER:
         # A busy worker polls many times a second: one write per second is plenty for
         # a lease of several seconds.
         db.session.commit()
-        return str(state)
+        return row
     result = db.session.execute(
         _RENEW_LEASE,
         {"id": worker_id, "seen": now, "until": now + _lease()},
@@ -93,7 +93,7 @@ def renew_lease(worker_id: str) -> str:
     db.session.commit()
     if result.rowcount == 0:  # type: ignore[attr-defined]  # declared offline meanwhile
         raise Conflict("worker is not registered")
-    return str(state)
+    return row
 
 
 @bp.post("/register")
@@ -161,7 +161,7 @@ def _forget_previous_life(worker_id: str) -> None:
 @bp.post("/heartbeat")
 @requires(Role.WORKER)
 def heartbeat() -> ResponseReturnValue:
-    return jsonify({"state": renew_lease(g.user.client_id)})
+    return jsonify({"state": renew_lease(g.user.client_id).state})
 
 
 @bp.post("/paths")
@@ -223,11 +223,11 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
 def poll() -> ResponseReturnValue:
     """Long-poll for work: jobs assigned to this worker and jobs it must cancel."""
     worker_id = g.user.client_id
-    renew_lease(worker_id)
+    me = renew_lease(worker_id)
     # A worker that cannot take a job (all slots busy, drained) does not wake for every
     # submission: only its own key, which its finishes, cancels and resume notify. Once
     # a slot is free the poll ends empty, and the next one listens for new jobs again.
-    full = scheduler.free_slots(worker_id) <= 0
+    full = me.state != "online" or me.drained or me.slots - scheduler.active_count(worker_id) <= 0
     keys = [f"worker:{worker_id}"] if full else ["jobs", f"worker:{worker_id}"]
 
     def check() -> dict[str, Any] | None:
