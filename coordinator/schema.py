@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from flask import Flask
 from sqlalchemy import Engine, event, exc, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from coordinator.db import db
 
@@ -124,13 +125,42 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     return before, current_revision(engine)
 
 
+# How long a coordinator waits for another one that is creating the schema right now.
+CREATION_WAIT_SECONDS = 60.0
+
+
+def _await_head(engine: Engine, timeout: float) -> bool:
+    """Wait until the schema reaches the newest revision (another process creates it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if current_revision(engine) == head_revision():
+                return True
+        except SQLAlchemyError:
+            pass  # the other process has not made the version table yet
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
 def ensure_current(engine: Engine | None = None) -> None:
-    """Create the schema on an empty database; refuse an out-of-date one."""
+    """Create the schema on an empty database; refuse an out-of-date one.
+
+    Several coordinators started at once on a new database race to create it: the
+    losers' statements fail (the tables exist) or find tables without a revision yet,
+    and they wait for the winner to finish instead of giving up.
+    """
     engine = engine if engine is not None else db.engine
     if is_empty(engine):
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except SQLAlchemyError:
+            if not _await_head(engine, CREATION_WAIT_SECONDS):
+                raise
         return
     current, head = current_revision(engine), head_revision()
+    if current is None and _await_head(engine, CREATION_WAIT_SECONDS):
+        return  # tables without a revision: another process was still creating them
     if current != head:
         raise SchemaError(
             f"database schema is at revision {current}, this coordinator needs {head}: "

@@ -188,3 +188,37 @@ def test_upgrade_is_idempotent_and_creates_an_empty_database(engine: Engine) -> 
     assert schema.upgrade(engine) == (schema.head_revision(), schema.head_revision())
     with engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM wakeups")).scalar_one() == BUCKETS
+
+
+def test_coordinators_starting_together_on_an_empty_database_agree(database_url: str) -> None:
+    """Several coordinators started at once on a new database (separate processes, as
+    they are): one creates the schema, the others wait for it instead of failing on
+    tables that appeared meanwhile."""
+    code = (
+        "import sys\n"
+        "from sqlalchemy import create_engine\n"
+        "from coordinator import schema\n"
+        "url = sys.argv[1]\n"
+        "engine = create_engine(url, **schema.engine_options(url))\n"
+        "schema.install_engine_events(engine)\n"
+        "schema.ensure_current(engine)\n"
+    )
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, database_url],
+            env=process_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(3)
+    ]
+    outputs = [racer.communicate(timeout=50)[0].decode(errors="replace") for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0, 0], "\n".join(outputs)
+    engine = create_engine(database_url)
+    try:
+        assert schema.current_revision(engine) == schema.head_revision()
+        with engine.connect() as conn:
+            counters = conn.execute(select(func.count()).select_from(WakeupCounter)).scalar()
+        assert counters == BUCKETS  # made once, not once per racer
+    finally:
+        engine.dispose()
