@@ -129,16 +129,26 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
 CREATION_WAIT_SECONDS = 60.0
 
 
-def _await_head(engine: Engine, timeout: float) -> bool:
-    """Wait until the schema reaches the newest revision (another process creates it)."""
+def _await_head(engine: Engine, timeout: float, quiet: float | None = None) -> bool:
+    """Wait until the schema reaches the newest revision (another process creates it).
+
+    With ``quiet``, give up early once the revision stood still that long: an old
+    database nobody is upgrading is refused after a moment, not after ``timeout``.
+    """
     deadline = time.monotonic() + timeout
+    last: object = None
+    last_change = time.monotonic()
     while True:
         try:
-            if current_revision(engine) == head_revision():
-                return True
+            revision: object = current_revision(engine)
         except SQLAlchemyError:
-            pass  # the other process has not made the version table yet
-        if time.monotonic() >= deadline:
+            revision = "unreadable"  # the other process has not made the version table yet
+        if revision == head_revision():
+            return True
+        now = time.monotonic()
+        if revision != last:
+            last, last_change = revision, now
+        if now >= deadline or (quiet is not None and now - last_change >= quiet):
             return False
         time.sleep(0.2)
 
@@ -159,8 +169,10 @@ def ensure_current(engine: Engine | None = None) -> None:
                 raise
         return
     current, head = current_revision(engine), head_revision()
-    if current is None and _await_head(engine, CREATION_WAIT_SECONDS):
-        return  # tables without a revision: another process was still creating them
+    # Tables without the newest revision may be another process's creation in
+    # progress (MariaDB stamps each migration as it goes): wait while it moves.
+    if current != head and _await_head(engine, CREATION_WAIT_SECONDS, quiet=2.0):
+        return
     if current != head:
         raise SchemaError(
             f"database schema is at revision {current}, this coordinator needs {head}: "
