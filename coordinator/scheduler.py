@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import aliased
 
 from coordinator import capabilities, lifecycle
@@ -77,12 +77,19 @@ def can_run(worker: Worker, job: Job) -> bool:
     return not Offer.of(worker, 0).lacks(job)
 
 
+# Built once, like the other statements that run on every poll: building a statement
+# and its cache key costs about as much as running it.
+_ANY_PENDING = select(Job.id).where(Job.state == JobState.PENDING.value).limit(1)
+_ACTIVE_COUNT = select(func.count()).where(
+    Job.worker_id == bindparam("worker_id"), Job.state.in_(ACTIVE_STATES)
+)
+
+
 def any_pending() -> bool:
     """Whether any job waits. Callers probe this before ``claim``: most wake-ups find
     the queue empty (another worker took the job), and one indexed probe is much
     cheaper than the counting and ordering queries of a claim."""
-    stmt = db.select(Job.id).where(Job.state == JobState.PENDING.value).limit(1)
-    return db.session.execute(stmt).first() is not None
+    return db.session.execute(_ANY_PENDING).first() is not None
 
 
 def free_slots(worker_id: str) -> int:
@@ -96,8 +103,7 @@ def free_slots(worker_id: str) -> int:
 
 
 def active_count(worker_id: str) -> int:
-    stmt = db.select(func.count()).where(Job.worker_id == worker_id, Job.state.in_(ACTIVE_STATES))
-    return int(db.session.execute(stmt).scalar_one())
+    return int(db.session.execute(_ACTIVE_COUNT, {"worker_id": worker_id}).scalar_one())
 
 
 def slots_used() -> dict[str, int]:
@@ -148,21 +154,14 @@ _CANDIDATE_COLUMNS = (
 )
 
 
-def fair_order(free: int) -> list[Any]:
-    """Pending jobs in the order they should be served (see the module docstring).
-
-    Two statements plus one per requester with pending jobs (a claim runs on many
-    worker wake-ups, and on a server database each statement is a round trip).
-    """
-    live = db.session.execute(
+def _fair_order_statements() -> tuple[Any, Any, Any]:
+    """The three statements of ``fair_order``, built once: building and caching a
+    statement with a correlated subquery costs more than running it."""
+    live = (
         select(Job.requester, Job.state, func.count())
         .where(Job.state.in_([JobState.PENDING.value, *ACTIVE_STATES]))
         .group_by(Job.requester, Job.state)
-    ).all()
-    active: dict[str, int] = defaultdict(int)
-    for requester, state, count in live:
-        if state != JobState.PENDING.value:
-            active[requester] += int(count)
+    )
     # Ties between requesters go to the one served longest ago: per requester one
     # lookup in ix_jobs_requester_started (a correlated max()), where a grouped query
     # would read every job the requester ever ran.
@@ -173,20 +172,40 @@ def fair_order(free: int) -> list[Any]:
         .where(history.requester == waiting.c.requester)
         .scalar_subquery()
     )
-    last_served: dict[str, datetime | None] = {
-        str(r): t for r, t in db.session.execute(select(waiting.c.requester, started))
-    }
+    last_served = select(waiting.c.requester, started)
     # Each requester's first ``free + LOOKAHEAD`` pending jobs in its own order, as
     # plain rows of the columns ordering and matching need: whole ORM objects
     # (arguments, environment) cost several times more to load than the claim itself.
     # One indexed, limited read per requester: a queue of thousands costs no more.
+    candidates = (
+        select(*_CANDIDATE_COLUMNS)
+        .where(Job.state == JobState.PENDING.value, Job.requester == bindparam("requester"))
+        .order_by(Job.priority.desc(), Job.created_at)
+        .limit(bindparam("limit"))
+    )
+    return live, last_served, candidates
+
+
+_LIVE, _LAST_SERVED, _CANDIDATES = _fair_order_statements()
+
+
+def fair_order(free: int) -> list[Any]:
+    """Pending jobs in the order they should be served (see the module docstring).
+
+    Two statements plus one per requester with pending jobs (a claim runs on many
+    worker wake-ups, and on a server database each statement is a round trip).
+    """
+    active: dict[str, int] = defaultdict(int)
+    for requester, state, count in db.session.execute(_LIVE):
+        if state != JobState.PENDING.value:
+            active[requester] += int(count)
+    last_served: dict[str, datetime | None] = {
+        str(r): t for r, t in db.session.execute(_LAST_SERVED)
+    }
     candidates: list[Any] = []  # rows; typed loosely, their columns vary by query
     for requester in last_served:
         candidates += db.session.execute(
-            select(*_CANDIDATE_COLUMNS)
-            .where(Job.state == JobState.PENDING.value, Job.requester == requester)
-            .order_by(Job.priority.desc(), Job.created_at)
-            .limit(free + LOOKAHEAD)
+            _CANDIDATES, {"requester": requester, "limit": free + LOOKAHEAD}
         ).all()
     turn: dict[tuple[str, int], int] = defaultdict(int)
     keyed: list[tuple[int, int, datetime, datetime, Any]] = []
@@ -244,8 +263,8 @@ def claim(worker: Worker) -> list[str]:
             job.id,
             [JobState.PENDING],
             JobState.ASSIGNED,
-            reason=f"assigned to {worker.worker_id}",
-            worker_id=worker.worker_id,
+            reason=f"assigned to {offer.worker_id}",
+            worker_id=offer.worker_id,  # not the row: the commit above expired it
         ):
             claimed.append(job.id)
             free -= 1

@@ -9,7 +9,9 @@ coordinator already has; those are ignored, so retries are safe.
 
 from __future__ import annotations
 
-from sqlalchemy import func
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import db
@@ -26,10 +28,23 @@ READ_BUDGET = 4 * 1024 * 1024
 Model = type[OutputChunk] | type[InputChunk]
 
 
+def _statements(model: Model) -> tuple[Any, Any]:
+    """The last-seq and read statements of one stream table, built once."""
+    last = select(func.max(model.seq)).where(model.job_id == bindparam("job_id"))
+    read = (
+        select(model.seq, model.kind, model.data)
+        .where(model.job_id == bindparam("job_id"), model.seq > bindparam("after"))
+        .order_by(model.seq)
+        .execution_options(yield_per=64)
+    )
+    return last, read
+
+
+_STATEMENTS = {OutputChunk: _statements(OutputChunk), InputChunk: _statements(InputChunk)}
+
+
 def _append(model: Model, job_id: str, frames: list[Frame], kinds: frozenset[FrameKind]) -> int:
-    last = db.session.execute(
-        db.select(func.max(model.seq)).where(model.job_id == job_id)
-    ).scalar_one()
+    last = db.session.execute(_STATEMENTS[model][0], {"job_id": job_id}).scalar_one()
     last = int(last or 0)
     added = 0
     for frame in frames:
@@ -52,17 +67,12 @@ def _append(model: Model, job_id: str, frames: list[Frame], kinds: frozenset[Fra
 
 
 def _read(model: Model, job_id: str, after: int) -> list[Frame]:
-    stmt = (
-        db.select(model.seq, model.kind, model.data)
-        .where(model.job_id == job_id, model.seq > after)
-        .order_by(model.seq)
-        .execution_options(yield_per=64)
-    )
+    stmt = _STATEMENTS[model][1]
     frames: list[Frame] = []
     size = 0
     # Closed explicitly: on PostgreSQL yield_per is a server-side cursor, which a
     # loop that stops early would otherwise leave open.
-    with db.session.execute(stmt) as result:
+    with db.session.execute(stmt, {"job_id": job_id, "after": after}) as result:
         for seq, kind, data in result:
             frames.append(Frame(FrameKind(kind), int(seq), bytes(data)))
             size += len(data)

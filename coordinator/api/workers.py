@@ -195,6 +195,12 @@ def deregister() -> ResponseReturnValue:
     return jsonify({"state": worker.state})
 
 
+_NEWS_FOR = select(Job).where(
+    Job.worker_id == bindparam("worker_id"),
+    Job.state.in_([JobState.ASSIGNED.value, JobState.CANCELING.value]),
+)
+
+
 def _work_for(worker_id: str) -> dict[str, Any] | None:
     # No lease extension here: this runs again and again while a poll waits, also
     # after the worker behind the connection died (kill -9); only a request that
@@ -204,11 +210,7 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
         scheduler.claim(current_worker())
     # An idle worker's poll is re-checked again and again: without pending jobs the
     # check is this one indexed query (plus the probe above), no worker row loaded.
-    stmt = db.select(Job).where(
-        Job.worker_id == worker_id,
-        Job.state.in_([JobState.ASSIGNED.value, JobState.CANCELING.value]),
-    )
-    jobs = list(db.session.execute(stmt).scalars())
+    jobs = list(db.session.execute(_NEWS_FOR, {"worker_id": worker_id}).scalars())
     # Read before the commit, which would expire the rows and reload each one.
     assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
     cancel = [j.id for j in jobs if j.state == JobState.CANCELING.value]
