@@ -6,6 +6,7 @@ row and changes nothing; the caller turns that into 409.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,21 @@ _STATE_OF = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("job_id"))
 _ADD_EVENT = insert(JobEvent.__table__)
 
 
+@functools.lru_cache(maxsize=256)
+def _update_for(sources: tuple[str, ...], keys: tuple[str, ...], held: bool, since: bool) -> Any:
+    """The compare-and-set UPDATE for one shape of transition, built once.
+
+    Plain table statements (no ORM), and built once per shape: every job passes here
+    several times, and building the statement cost more than running it.
+    """
+    stmt = update(_JOBS).where(_JOBS.c.id == bindparam("b_id"), _JOBS.c.state.in_(sources))
+    if held:
+        stmt = stmt.where(_JOBS.c.worker_id == bindparam("b_held"))
+    if since:
+        stmt = stmt.where(_JOBS.c.updated_at < bindparam("b_since", type_=_JOBS.c.updated_at.type))
+    return stmt.values({key: bindparam(f"v_{key}", type_=_JOBS.c[key].type) for key in keys})
+
+
 def transition(
     job_id: str,
     from_states: Iterable[JobState],
@@ -59,19 +75,18 @@ def transition(
         values.setdefault("finished_at", now)
     if reason is not None:
         values.setdefault("reason", reason)
-    # Plain table statements (no ORM): every job passes here four times or more.
-    stmt = (
-        update(_JOBS)
-        .where(_JOBS.c.id == job_id, _JOBS.c.state.in_([s.value for s in sources]))
-        .values(state=to_state.value, updated_at=now, **values)
+    values.update(state=to_state.value, updated_at=now)
+    stmt = _update_for(
+        tuple(s.value for s in sources),
+        tuple(sorted(values)),
+        held_by is not None,
+        unchanged_since is not None,
     )
-    if held_by is not None:
-        stmt = stmt.where(_JOBS.c.worker_id == held_by)
-    if unchanged_since is not None:
-        stmt = stmt.where(_JOBS.c.updated_at < unchanged_since)
+    params = {f"v_{key}": value for key, value in values.items()}
+    params.update(b_id=job_id, b_held=held_by, b_since=unchanged_since)
     # Read the state being left in the same transaction, for the history row.
     previous = db.session.execute(_STATE_OF, {"job_id": job_id}).scalar_one_or_none()
-    result = db.session.execute(stmt)
+    result = db.session.execute(stmt, params)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()
         return False

@@ -85,6 +85,9 @@ _ACTIVE_COUNT = select(func.count()).where(
 )
 
 
+_ONLINE = select(Worker).where(Worker.state == "online")
+
+
 def any_pending() -> bool:
     """Whether any job waits. Callers probe this before ``claim``: most wake-ups find
     the queue empty (another worker took the job), and one indexed probe is much
@@ -132,7 +135,7 @@ def online_offers() -> list[Offer]:
 def unmet_by_all(job: Job) -> list[tuple[str, list[str]]] | None:
     """None if some online worker can run ``job``; else what each online worker lacks."""
     lacking = []
-    workers = db.session.execute(db.select(Worker).where(Worker.state == "online")).scalars()
+    workers = db.session.execute(_ONLINE).scalars()
     for offer in (Offer.of(w, 0) for w in workers):  # what they can run, not how busy
         missing = offer.lacks(job)
         if not missing:

@@ -330,9 +330,7 @@ def read_output(job_id: str) -> ResponseReturnValue:
         # finish, so frames read after a final state was seen are complete. The other
         # order loses output on MariaDB/PostgreSQL, where each statement of a
         # READ COMMITTED transaction sees a later moment than the one before.
-        state = JobState(
-            db.session.execute(db.select(Job.state).where(Job.id == job_id)).scalar_one()
-        )
+        state = JobState(db.session.execute(_HOLDER, {"job_id": job_id}).one().state)
         frames = streams.read_output(job_id, after)
         if state.terminal and streams.complete(frames):
             # Everything was read and nothing more can come: the final status rides
