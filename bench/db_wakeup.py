@@ -30,23 +30,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import secrets
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.transport_common import RABBIT_URL, _drop_rabbit_exchange
+from bench.transport_common import broker
 from client.api import Api
 from client.downlink import open_downlink
 from dffmpeg.config import WorkerConfig
 from tests import databases
-from tests.brokers import OwnMosquitto
 from tests.multicluster import BINARY, multi_cluster
 
 PROCESSES = int(os.environ.get("DFFMPEG_BENCH_PROCESSES", "2"))
@@ -64,26 +60,6 @@ def _worker_identity(database_url: str) -> str:
         db.session.remove()
         db.engine.dispose()
     return key
-
-
-@contextmanager
-def broker(transport: str, root: Path) -> Iterator[dict[str, Any]]:
-    """The ``mqtt:``/``rabbitmq:`` settings block for coordinators and worker alike."""
-    if transport == "mqtt":
-        own = OwnMosquitto(root)
-        own.start()
-        try:
-            yield {"mqtt": {"url": own.url}}
-        finally:
-            own.stop()
-    elif transport == "rabbitmq":
-        exchange = f"dffmpeg-bench-{secrets.token_hex(4)}"
-        try:
-            yield {"rabbitmq": {"url": RABBIT_URL, "exchange": exchange}}
-        finally:
-            _drop_rabbit_exchange(exchange)
-    else:
-        yield {}
 
 
 @dataclass

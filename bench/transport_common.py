@@ -53,7 +53,7 @@ def add_users(database_url: str, identities: dict[str, str]) -> dict[str, str]:
     return keys
 
 
-def _drop_rabbit_exchange(exchange: str) -> None:
+def drop_rabbit_exchange(exchange: str) -> None:
     import pika
 
     conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
@@ -67,6 +67,26 @@ def _drop_rabbit_exchange(exchange: str) -> None:
 
 
 @contextmanager
+def broker(transport: str, root: Path) -> Iterator[dict[str, Any]]:
+    """The ``mqtt:``/``rabbitmq:`` settings block for coordinators and worker alike."""
+    if transport == "mqtt":
+        own = OwnMosquitto(root)
+        own.start()
+        try:
+            yield {"mqtt": {"url": own.url}}
+        finally:
+            own.stop()
+    elif transport == "rabbitmq":
+        exchange = f"dffmpeg-bench-{secrets.token_hex(4)}"
+        try:
+            yield {"rabbitmq": {"url": RABBIT_URL, "exchange": exchange}}
+        finally:
+            drop_rabbit_exchange(exchange)
+    else:
+        yield {}
+
+
+@contextmanager
 def coordinator(
     name: str,
     identities: dict[str, str],
@@ -76,16 +96,7 @@ def coordinator(
 ) -> Iterator[Setup]:
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-")))
-        blocks: dict[str, Any] = {}
-        if name == "mqtt":
-            broker = OwnMosquitto(root)
-            broker.start()
-            stack.callback(broker.stop)
-            blocks = {"mqtt": {"url": broker.url}}
-        elif name == "rabbitmq":
-            exchange = f"dffmpeg-bench-{secrets.token_hex(4)}"
-            blocks = {"rabbitmq": {"url": RABBIT_URL, "exchange": exchange}}
-            stack.callback(_drop_rabbit_exchange, exchange)
+        blocks = stack.enter_context(broker(name, root))
         port = free_port()
         database_url = f"sqlite:///{root / 'coordinator.db'}"
         config = write_yaml(

@@ -83,9 +83,10 @@ _ANY_PENDING = select(Job.id).where(Job.state == JobState.PENDING.value).limit(1
 _ACTIVE_COUNT = select(func.count()).where(
     Job.worker_id == bindparam("worker_id"), Job.state.in_(ACTIVE_STATES)
 )
-
-
 _ONLINE = select(Worker).where(Worker.state == "online")
+_SLOTS_OF = select(Worker.slots, Worker.state, Worker.drained).where(
+    Worker.worker_id == bindparam("worker_id")
+)
 
 
 def any_pending() -> bool:
@@ -95,11 +96,14 @@ def any_pending() -> bool:
     return db.session.execute(_ANY_PENDING).first() is not None
 
 
-def free_slots(worker_id: str) -> int:
-    """Jobs the worker could take now: 0 when it is full, drained, draining or offline."""
-    row = db.session.execute(
-        db.select(Worker.slots, Worker.state, Worker.drained).where(Worker.worker_id == worker_id)
-    ).first()
+def free_slots(worker_id: str, row: Any = None) -> int:
+    """Jobs the worker could take now: 0 when it is full, drained, draining or offline.
+
+    ``row`` (with ``slots``, ``state`` and ``drained``) saves reading the worker again
+    when the caller just did.
+    """
+    if row is None:
+        row = db.session.execute(_SLOTS_OF, {"worker_id": worker_id}).first()
     if row is None or row.state != "online" or row.drained:
         return 0
     return int(row.slots) - active_count(worker_id)
@@ -128,7 +132,7 @@ def online_offers() -> list[Offer]:
             .group_by(Job.worker_id)
         ).all()
     )
-    workers = db.session.execute(db.select(Worker).where(Worker.state == "online")).scalars()
+    workers = db.session.execute(_ONLINE).scalars()
     return [Offer.of(w, w.slots - int(busy.get(w.worker_id, 0))) for w in workers]
 
 

@@ -17,7 +17,6 @@ from alembic.script import ScriptDirectory
 from flask import Flask
 from sqlalchemy import Engine, event, exc, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from coordinator.db import db
 
@@ -40,7 +39,7 @@ def engine_options(url: str) -> dict[str, Any]:
             "max_overflow": 30,
         }
     # No pool_pre_ping: it costs a round trip on every checkout, and a request checks a
-    # connection out after each of its commits. install_idle_ping pings only a
+    # connection out after each of its commits. install_engine_events pings only a
     # connection that sat unused long enough to have gone stale.
     options: dict[str, Any] = {"pool_size": 10, "max_overflow": 20}
     if backend in ("mysql", "mariadb"):
@@ -141,7 +140,7 @@ def _await_head(engine: Engine, timeout: float, quiet: float | None = None) -> b
     while True:
         try:
             revision: object = current_revision(engine)
-        except SQLAlchemyError:
+        except exc.SQLAlchemyError:
             revision = "unreadable"  # the other process has not made the version table yet
         if revision == head_revision():
             return True
@@ -164,7 +163,7 @@ def ensure_current(engine: Engine | None = None) -> None:
     if is_empty(engine):
         try:
             upgrade(engine)
-        except SQLAlchemyError:
+        except exc.SQLAlchemyError:
             if not _await_head(engine, CREATION_WAIT_SECONDS):
                 raise
         return

@@ -417,12 +417,10 @@ def read_input(job_id: str) -> ResponseReturnValue:
         if frames:
             return frames
         now = db.session.execute(_HOLDER, {"job_id": job_id}).one()
-        if JobState(now.state).terminal or now.worker_id != g.user.client_id:
-            final = status_frame(final_status(job_id))
-            db.session.commit()
-            return [final]
+        over = JobState(now.state).terminal or now.worker_id != g.user.client_id
+        result = [status_frame(final_status(job_id))] if over else None
         db.session.commit()
-        return None
+        return result
 
     frames = notifier().wait_for([f"input:{job_id}", f"job:{job_id}"], check, wait_arg())
     return _frames_response(frames or [])

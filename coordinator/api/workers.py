@@ -229,7 +229,7 @@ def poll() -> ResponseReturnValue:
     # A worker that cannot take a job (all slots busy, drained) does not wake for every
     # submission: only its own key, which its finishes, cancels and resume notify. Once
     # a slot is free the poll ends empty, and the next one listens for new jobs again.
-    full = me.state != "online" or me.drained or me.slots - scheduler.active_count(worker_id) <= 0
+    full = scheduler.free_slots(worker_id, me) <= 0
     keys = [f"worker:{worker_id}"] if full else ["jobs", f"worker:{worker_id}"]
 
     def check() -> dict[str, Any] | None:
