@@ -275,6 +275,9 @@ class CoordinatorConfig:
     allowed_binaries: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_BINARIES))
     auth_window_seconds: int = 30
     worker_lease_seconds: int = 15
+    # An idle worker (no job assigned, running or canceling) has nothing a client waits
+    # on: a longer lease lets it heartbeat a quarter as often (see docs/lifecycle.md).
+    worker_idle_lease_seconds: int = 60
     client_lease_seconds: int = 15
     gunicorn_workers: int = 1
     gunicorn_threads: int = 32
@@ -292,6 +295,10 @@ class CoordinatorConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> CoordinatorConfig:
         source = data.get("_path")
         url = str(data.get("database_url") or default_database_url(source))
+        lease = int(data.get("worker_lease_seconds", 15))
+        idle_lease = int(data.get("worker_idle_lease_seconds", 4 * lease))
+        if idle_lease < lease:
+            raise ConfigError("worker_idle_lease_seconds must be at least worker_lease_seconds")
         return cls(
             host=str(data.get("host", "127.0.0.1")),
             port=int(data.get("port", 8000)),
@@ -299,7 +306,8 @@ class CoordinatorConfig:
             transports=_str_list(data, "transports", ["http"]),
             allowed_binaries=_str_list(data, "allowed_binaries", DEFAULT_ALLOWED_BINARIES),
             auth_window_seconds=int(data.get("auth_window_seconds", 30)),
-            worker_lease_seconds=int(data.get("worker_lease_seconds", 15)),
+            worker_lease_seconds=lease,
+            worker_idle_lease_seconds=idle_lease,
             client_lease_seconds=int(data.get("client_lease_seconds", 15)),
             gunicorn_workers=int(data.get("gunicorn_workers", 1)),
             gunicorn_threads=int(data.get("gunicorn_threads", 32)),

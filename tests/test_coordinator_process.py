@@ -89,3 +89,49 @@ def test_refuses_an_outdated_schema(tmp_path: Path) -> None:
     )
     assert out.returncode == 3
     assert b"dffmpeg-admin --config FILE db upgrade" in out.stderr
+
+
+def test_a_held_poll_whose_worker_died_claims_nothing(tmp_path: Path) -> None:
+    """kill -9 of an idle worker mid long-poll: the next job waits for a live worker
+    instead of being handed to the dead poll (and stranded until the lease runs out)."""
+    port = free_port()
+    config = write_yaml(
+        tmp_path / "coordinator.yaml",
+        {"host": "127.0.0.1", "port": port, "database_url": f"sqlite:///{tmp_path / 'c.db'}"},
+    )
+    worker_key = admin(config, "user", "add", "w", "--role", "worker")["hmac_key"]
+    client_key = admin(config, "user", "add", "c", "--role", "client")["hmac_key"]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.serve", "--config", str(config)],
+        env=process_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker, client = Api(url, "w", worker_key), Api(url, "c", client_key)
+    try:
+        wait_until(lambda: health(url) == 200, timeout=20)
+        binaries = {"ffmpeg": {"path": "/usr/bin/ffmpeg", "capabilities": None}}
+        worker.call("POST", "/workers/register", json_body={"slots": 1, "binaries": binaries})
+        poll = (
+            "import sys; from client.api import Api; "
+            "Api(sys.argv[1], 'w', sys.argv[2]).call('GET', '/workers/poll', params={'wait': 25})"
+        )
+        dying = subprocess.Popen(
+            [sys.executable, "-c", poll, url, worker_key], env=process_env(), cwd=Path.cwd()
+        )
+        time.sleep(1.5)  # the poll is held by now
+        dying.kill()
+        dying.wait(timeout=5)
+        body = {"binary": "ffmpeg", "args": ["-i", "in.mp4", "out.mkv"]}
+        job = client.call("POST", "/jobs", json_body=body)["job"]["job_id"]
+        time.sleep(1.0)  # the submit woke the held poll; it saw nobody there
+        assert client.call("GET", f"/jobs/{job}")["job"]["state"] == "pending"
+        # A live poll takes it.
+        work = worker.call("GET", "/workers/poll", params={"wait": 5})
+        assert [j["job_id"] for j in work["jobs"]] == [job]
+    finally:
+        worker.close()
+        client.close()
+        proc.kill()
+        proc.wait(timeout=10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from tests.conftest import Identities
@@ -253,6 +254,56 @@ def test_lost_worker_fails_running_job_and_closes_cancels(app: Flask, api: Ident
     late = api.worker.post(f"/api/v1/jobs/{running}/finish", json_body={"exit_code": 0})
     assert late.status_code == 409
     assert show(api.client, running)["state"] == "failed"
+
+
+def lease_left(app: Flask, worker_id: str, age: float = 2.0) -> float:
+    """Seconds left on the worker's lease; first ages its last renewal by ``age`` s so
+    that the next request renews it (renewals closer than a second are skipped)."""
+    from datetime import timedelta
+
+    from coordinator.db import db, now_utc
+    from coordinator.models import Worker
+
+    with app.app_context():
+        worker = db.session.get(Worker, worker_id)
+        assert worker is not None
+        left = (worker.lease_expires_at - now_utc()).total_seconds()
+        worker.last_seen_at = now_utc() - timedelta(seconds=age)
+        db.session.commit()
+    return left
+
+
+def test_idle_workers_get_the_idle_lease_and_busy_ones_the_short_lease(
+    app: Flask, api: Identities
+) -> None:
+    config = app.config["DFFMPEG"]
+    assert (config.worker_lease_seconds, config.worker_idle_lease_seconds) == (15, 60)
+    answer = api.worker.post(
+        "/api/v1/workers/register", json_body={"slots": 1, "binaries": {"ffmpeg": {}}}
+    ).get_json()
+    assert (answer["lease_seconds"], answer["idle_lease_seconds"]) == (15, 60)
+    assert 14 < lease_left(app, "w1") <= 15  # registered: the short lease to start with
+    api.worker.post("/api/v1/workers/heartbeat")
+    assert 58 < lease_left(app, "w1") <= 60  # idle: the heartbeat grants the idle lease
+    job = submit(api.client)
+    assert poll(api.worker) == [job]
+    # The claim cut the lease back at once, though the poll renewed it as idle first.
+    assert 14 < lease_left(app, "w1") <= 15
+    assert api.worker.post(f"/api/v1/jobs/{job}/accept").status_code == 200
+    api.worker.post("/api/v1/workers/heartbeat")
+    assert 14 < lease_left(app, "w1") <= 15  # holding a job: the short lease
+    finish = api.worker.post(f"/api/v1/jobs/{job}/finish", json_body={"exit_code": 0})
+    assert finish.status_code == 200
+    api.worker.post("/api/v1/workers/heartbeat")
+    assert 58 < lease_left(app, "w1") <= 60  # idle again
+
+
+def test_idle_lease_is_never_shorter_than_the_lease() -> None:
+    from dffmpeg.config import ConfigError, CoordinatorConfig
+
+    assert CoordinatorConfig.from_dict({"worker_lease_seconds": 5}).worker_idle_lease_seconds == 20
+    with pytest.raises(ConfigError, match="worker_idle_lease_seconds"):
+        CoordinatorConfig.from_dict({"worker_lease_seconds": 30, "worker_idle_lease_seconds": 20})
 
 
 def test_abandoned_monitored_job_is_canceled(app: Flask, api: Identities) -> None:

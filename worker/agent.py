@@ -44,6 +44,13 @@ class WorkerAgent:
         self._register_lock = threading.Lock()
         self._registered_at = 0.0
         self.binaries: dict[str, dict[str, Any]] = {}
+        # Heartbeats: every heartbeat_seconds while a job is held; while idle, a third
+        # of the idle lease the coordinator grants (it says so when we register).
+        self.idle_heartbeat_seconds = config.heartbeat_seconds
+        self._idle_lease = 0.0
+        self._renewed_at = 0.0  # monotonic send time of the last request that renewed
+        self._poll_ok = False  # the last poll reached the coordinator
+        self._beat = threading.Event()  # re-think the next heartbeat (a job started)
         self.downlink: Downlink | None = None
         self.mounts = MountMonitor(
             config.paths, self._paths_changed, interval=config.mount_check_seconds
@@ -99,8 +106,12 @@ class WorkerAgent:
         delay = 0.5
         while not self._stopped.is_set():
             try:
-                self.api.call("POST", "/workers/register", json_body=self.registration())
-                self._registered_at = time.monotonic()
+                sent = time.monotonic()
+                answer = self.api.call("POST", "/workers/register", json_body=self.registration())
+                self._registered_at = self._renewed_at = sent
+                idle_lease = float(answer.get("idle_lease_seconds") or 0)
+                self.idle_heartbeat_seconds = max(self.config.heartbeat_seconds, idle_lease / 3)
+                self._idle_lease = idle_lease
                 log.info(
                     "registered with %s as %s", self.config.coordinator_url, self.config.client_id
                 )
@@ -186,6 +197,7 @@ class WorkerAgent:
     def stop(self) -> None:
         self._draining.set()
         self._stopped.set()
+        self._beat.set()
         self.mounts.stop()
         try:
             self.api.request("POST", "/workers/deregister", timeout=5)
@@ -200,18 +212,43 @@ class WorkerAgent:
 
     # -- loops -------------------------------------------------------------------------
 
+    def heartbeat_interval(self) -> float:
+        if self.running_jobs():
+            return self.config.heartbeat_seconds
+        downlink = self.downlink
+        if self._poll_ok and (downlink is None or downlink.long_poll):
+            # Each long-poll renews the lease as it arrives, one every POLL_WAIT_SECONDS:
+            # a heartbeat only covers a gap between polls, so it comes a little later
+            # than the next poll would (still well within the idle lease).
+            gap = min(POLL_WAIT_SECONDS + 5, self._idle_lease / 2)
+            return max(self.idle_heartbeat_seconds, gap)
+        return self.idle_heartbeat_seconds
+
     def _heartbeat_loop(self) -> None:
-        while not self._stopped.wait(self.config.heartbeat_seconds):
-            sent = time.monotonic()
-            try:
-                self.api.request("POST", "/workers/heartbeat", timeout=10)
-            except ApiError as exc:
-                if exc.status == 409:  # the coordinator forgot us, or declared us lost
-                    self.register(unless_since=sent)
-                else:
-                    log.warning("heartbeat refused: %s", exc)
-            except Unreachable as exc:
-                log.warning("heartbeat failed: %s", exc)
+        # A heartbeat is due an interval after the last request that renewed the lease:
+        # the poll renews it too, so a long-polling idle worker rarely sends one.
+        while not self._stopped.is_set():
+            wait = self._renewed_at + self.heartbeat_interval() - time.monotonic()
+            if wait > 0:
+                self._beat.wait(wait)
+                self._beat.clear()
+                continue
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        sent = time.monotonic()
+        try:
+            self.api.request("POST", "/workers/heartbeat", timeout=10)
+            self._renewed_at = max(self._renewed_at, sent)
+        except ApiError as exc:
+            if exc.status == 409:  # the coordinator forgot us, or declared us lost
+                self.register(unless_since=sent)
+            else:
+                log.warning("heartbeat refused: %s", exc)
+                self._stopped.wait(min(self.heartbeat_interval(), 5.0))
+        except Unreachable as exc:
+            log.warning("heartbeat failed: %s", exc)
+            self._stopped.wait(min(self.heartbeat_interval(), 5.0))
 
     def _poll_loop(self) -> None:
         # Runs while draining too: cancellations of running jobs still arrive this way.
@@ -222,6 +259,11 @@ class WorkerAgent:
             if downlink is not None and not long_poll:
                 downlink.arm("worker")  # before the read: news during it is not lost
             sent = time.monotonic()
+            if self._poll_ok:
+                # The coordinator renews the lease when a poll arrives; the previous
+                # poll got through, so this one is taken to get through too (a failure is
+                # noticed by the next heartbeat, well within the lease).
+                self._renewed_at = max(self._renewed_at, sent)
             try:
                 work = self.api.call(
                     "GET",
@@ -230,7 +272,10 @@ class WorkerAgent:
                     timeout=POLL_WAIT_SECONDS + 30,
                 )
                 delay = 0.5
+                self._poll_ok = True
+                self._renewed_at = max(self._renewed_at, sent)
             except ApiError as exc:
+                self._poll_ok = False
                 if exc.status == 409:
                     self.register(unless_since=sent)
                     continue
@@ -239,6 +284,7 @@ class WorkerAgent:
                 delay = min(delay * 2, 10.0)
                 continue
             except Unreachable as exc:
+                self._poll_ok = False
                 log.warning("poll failed: %s", exc)
                 self._stopped.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -276,6 +322,7 @@ class WorkerAgent:
             )
             self.jobs[job_id] = execution
         threading.Thread(target=execution.run, name=f"job-{job_id[:8]}", daemon=True).start()
+        self._beat.set()  # held a job: heartbeats at the short interval from now on
 
     def _cancel(self, job_id: str) -> None:
         with self._jobs_lock:

@@ -228,7 +228,14 @@ class JobExecution:
     def _feed_input(self) -> None:
         process = self.process
         assert process is not None and process.stdin is not None
-        stdin: Any = process.stdin
+        try:
+            self._relay_input(process.stdin)
+        finally:
+            # This thread owns the pipe: a long-lived worker must not keep one per job.
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+
+    def _relay_input(self, stdin: Any) -> None:
         after = 0
         if self._done.wait(INPUT_DELAY_SECONDS):
             return

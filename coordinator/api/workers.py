@@ -7,10 +7,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, case, select, update
 
 from coordinator import lifecycle, scheduler
 from coordinator.api.parse import field, json_body, notifier, str_list, wait_arg
+from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
 from coordinator.errors import BadRequest, Conflict, NotFound
@@ -22,6 +23,10 @@ bp = Blueprint("workers", __name__, url_prefix="/workers")
 
 def _lease() -> timedelta:
     return timedelta(seconds=current_app.config["DFFMPEG"].worker_lease_seconds)
+
+
+def _idle_lease() -> timedelta:
+    return timedelta(seconds=current_app.config["DFFMPEG"].worker_idle_lease_seconds)
 
 
 def current_worker() -> Worker:
@@ -55,16 +60,37 @@ def touch(worker: Worker) -> None:
 RENEW_AFTER = timedelta(seconds=1)
 # Built once (see renew_lease).
 _WORKERS = Worker.__table__.c
+_JOBS = Job.__table__.c
 _WORKER_STATE = select(
     _WORKERS.state, _WORKERS.last_seen_at, _WORKERS.slots, _WORKERS.drained
 ).where(_WORKERS.worker_id == bindparam("worker_id"))
+# A worker holding a job gets the short lease: a client waits on that job, and a lost
+# worker must be noticed within worker_lease_seconds. One holding none gets the idle
+# lease. Decided in the statement itself, so a claim committed meanwhile is seen.
+_HOLDS_JOB = (
+    select(_JOBS.id)
+    .where(_JOBS.worker_id == _WORKERS.worker_id, _JOBS.state.in_(scheduler.ACTIVE_STATES))
+    .exists()
+)
 _RENEW_LEASE = (
     update(Worker.__table__)
     .where(_WORKERS.worker_id == bindparam("id"), _WORKERS.state != "offline")
     .values(
         last_seen_at=bindparam("seen", type_=_WORKERS.last_seen_at.type),
-        lease_expires_at=bindparam("until", type_=_WORKERS.lease_expires_at.type),
+        lease_expires_at=case(
+            (_HOLDS_JOB, bindparam("until", type_=_WORKERS.lease_expires_at.type)),
+            else_=bindparam("idle_until", type_=_WORKERS.lease_expires_at.type),
+        ),
     )
+)
+# After a claim: the short lease from now on, never a longer one than the worker had.
+_SHORTEN_LEASE = (
+    update(Worker.__table__)
+    .where(
+        _WORKERS.worker_id == bindparam("id"),
+        _WORKERS.lease_expires_at > bindparam("until", type_=_WORKERS.lease_expires_at.type),
+    )
+    .values(lease_expires_at=bindparam("until"))
 )
 
 
@@ -88,12 +114,19 @@ def renew_lease(worker_id: str) -> Row[Any]:
         return row
     result = db.session.execute(
         _RENEW_LEASE,
-        {"id": worker_id, "seen": now, "until": now + _lease()},
+        {"id": worker_id, "seen": now, "until": now + _lease(), "idle_until": now + _idle_lease()},
     )
     db.session.commit()
     if result.rowcount == 0:  # type: ignore[attr-defined]  # declared offline meanwhile
         raise Conflict("worker is not registered")
     return row
+
+
+def shorten_lease(worker_id: str) -> None:
+    """The worker just took a job: from now on it must be heard from within the short
+    lease (a held poll claims for a worker that may have died since it was sent)."""
+    db.session.execute(_SHORTEN_LEASE, {"id": worker_id, "until": now_utc() + _lease()})
+    db.session.commit()
 
 
 @bp.post("/register")
@@ -127,7 +160,13 @@ def register() -> ResponseReturnValue:
     # No "jobs" wake-up for every other worker: pending jobs this worker can run are
     # claimed by its own first poll, which follows the registration.
     notifier().notify(f"worker:{worker_id}")
-    return jsonify({"worker": worker.to_dict(), "lease_seconds": _lease().total_seconds()})
+    return jsonify(
+        {
+            "worker": worker.to_dict(),
+            "lease_seconds": _lease().total_seconds(),
+            "idle_lease_seconds": _idle_lease().total_seconds(),
+        }
+    )
 
 
 def _forget_previous_life(worker_id: str) -> None:
@@ -192,6 +231,8 @@ def deregister() -> ResponseReturnValue:
     worker = current_worker()
     worker.state = "offline"
     db.session.commit()
+    # Its own poll, still held, ends now (409) instead of at its deadline.
+    notifier().notify(f"worker:{worker.worker_id}")
     return jsonify({"state": worker.state})
 
 
@@ -206,10 +247,14 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     # after the worker behind the connection died (kill -9); only a request that
     # arrives proves the worker is alive.
     db.session.expire_all()
-    if scheduler.any_pending():
-        scheduler.claim(current_worker())
+    me = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
+    if me is None or me.state == "offline":  # deregistered or expired meanwhile
+        db.session.commit()
+        raise Conflict("worker is not registered")
+    if scheduler.any_pending() and scheduler.claim(current_worker()):
+        shorten_lease(worker_id)
     # An idle worker's poll is re-checked again and again: without pending jobs the
-    # check is this one indexed query (plus the probe above), no worker row loaded.
+    # check is this indexed query plus the two above, no worker row loaded.
     jobs = list(db.session.execute(_NEWS_FOR, {"worker_id": worker_id}).scalars())
     # Read before the commit, which would expire the rows and reload each one.
     assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
@@ -233,6 +278,8 @@ def poll() -> ResponseReturnValue:
     keys = [f"worker:{worker_id}"] if full else ["jobs", f"worker:{worker_id}"]
 
     def check() -> dict[str, Any] | None:
+        if caller_gone():
+            return {"jobs": [], "cancel": []}  # nobody to hand a job to: claim nothing
         result = _work_for(worker_id)
         if result is None and full and scheduler.free_slots(worker_id) > 0:
             result = {"jobs": [], "cancel": []}
