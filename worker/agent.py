@@ -49,7 +49,7 @@ class WorkerAgent:
         self.idle_heartbeat_seconds = config.heartbeat_seconds
         self._idle_lease = 0.0
         self._renewed_at = 0.0  # monotonic send time of the last request that renewed
-        self._poll_ok = False  # the last poll reached the coordinator
+        self._poll_ok = False  # the last poll (or registration) reached the coordinator
         self._beat = threading.Event()  # re-think the next heartbeat (a job started)
         self.downlink: Downlink | None = None
         self.mounts = MountMonitor(
@@ -109,6 +109,7 @@ class WorkerAgent:
                 sent = time.monotonic()
                 answer = self.api.call("POST", "/workers/register", json_body=self.registration())
                 self._registered_at = self._renewed_at = sent
+                self._poll_ok = True  # the coordinator is reachable: polls count as renewals
                 idle_lease = float(answer.get("idle_lease_seconds") or 0)
                 self.idle_heartbeat_seconds = max(self.config.heartbeat_seconds, idle_lease / 3)
                 self._idle_lease = idle_lease
