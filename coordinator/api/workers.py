@@ -51,9 +51,11 @@ def _capabilities(binaries: dict[str, Any]) -> dict[str, Any]:
 
 
 def touch(worker: Worker) -> None:
+    """Renew the lease of a worker loaded as a row (see ``renew_lease`` for the lengths)."""
     now = now_utc()
+    holds = scheduler.active_count(worker.worker_id) > 0
     worker.last_seen_at = now
-    worker.lease_expires_at = now + _lease()
+    worker.lease_expires_at = now + (_lease() if holds else _idle_lease())
     db.session.commit()
 
 
@@ -154,7 +156,8 @@ def register() -> ResponseReturnValue:
     worker.version = str(field(data, "version", str, ""))[:32]
     worker.hostname = str(field(data, "hostname", str, ""))[:255]
     worker.last_seen_at = now
-    worker.lease_expires_at = now + _lease()
+    # Whatever it held is settled just below: it starts out holding nothing.
+    worker.lease_expires_at = now + _idle_lease()
     db.session.commit()
     _forget_previous_life(worker_id)
     # No "jobs" wake-up for every other worker: pending jobs this worker can run are
