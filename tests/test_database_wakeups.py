@@ -113,3 +113,35 @@ def test_keys_map_to_stable_buckets_across_processes() -> None:
         [sys.executable, "-c", code, *keys], capture_output=True, env=process_env(), check=True
     )
     assert out.stdout.decode().strip() == str([bucket_of(k) for k in keys])
+
+
+def test_wakeups_survive_a_broken_poll_connection(two_instances: tuple[Flask, Flask]) -> None:
+    """The wake-up poll keeps a connection of its own; when it breaks (the database
+    restarted, a proxy cut it) the poll takes a new one and wake-ups go on."""
+    from coordinator.notify import Notifier
+    from coordinator.wakeups import DatabaseWakeups
+
+    first, second = two_instances
+    reader: Notifier = second.extensions["dffmpeg.notifier"]
+    writer: Notifier = first.extensions["dffmpeg.notifier"]
+    wakeups: DatabaseWakeups = second.extensions["dffmpeg.wakeups"]
+    flag = threading.Event()
+    woke: list[float] = []
+
+    def wait() -> None:
+        if reader.wait_for(["worker:w9"], lambda: True if flag.is_set() else None, timeout=20):
+            woke.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)  # the poll runs, on its own connection
+    broken = wakeups._conn
+    assert broken is not None
+    broken.dbapi_connection.close()  # under the poll's feet
+    time.sleep(0.3)
+    sent = time.monotonic()
+    flag.set()
+    writer.notify("worker:w9")
+    thread.join(timeout=25)
+    assert woke and woke[0] - sent < 3.0
+    assert wakeups._conn is not None and wakeups._conn is not broken
