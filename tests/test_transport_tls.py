@@ -1,0 +1,104 @@
+"""MQTT over TLS with a password, against a real Mosquitto with a certificate of our own.
+
+The test makes a private CA and a server certificate for 127.0.0.1 (with ``openssl``),
+runs a mosquitto that only speaks TLS and only to known users, and checks that a party
+trusting that CA (``ca_file``) with the right password hears the coordinator, and that
+one with a wrong password or speaking plain MQTT does not connect.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dffmpeg.config import BrokerSettings
+from dffmpeg.transport import create_publisher, create_transport
+from dffmpeg.transport.base import Endpoint, message, to
+from tests.brokers import mosquitto_available
+from tests.helpers import free_port, port_open, require, wait_until
+
+
+def make_certificates(root: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a server key and certificate for IP 127.0.0.1 signed by it."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=root)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+            "/CN=dffmpeg test CA", "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    (root / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext",
+            "-out", "server.pem")  # fmt: skip
+    return root / "ca.pem", root / "server.pem", root / "server.key"
+
+
+@pytest.fixture
+def tls_mosquitto(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    require(mosquitto_available(), "mosquitto")
+    require(shutil.which("openssl") is not None, "openssl")
+    ca, cert, key = make_certificates(tmp_path)
+    passwords = tmp_path / "passwords"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "coordinator", "c-pw"], check=True
+    )
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "w1", "w1-pw"], check=True)
+    port = free_port()
+    # Started as root, mosquitto would switch to its own user, who cannot read tmp_path.
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        f"{stay}listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+        f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\npersistence false\n"
+    )
+    with (tmp_path / "mosquitto.log").open("wb") as log:
+        proc = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port), timeout=10)
+        yield port, ca
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_mqtt_over_tls_with_a_password(tls_mosquitto: tuple[int, Path]) -> None:
+    port, ca = tls_mosquitto
+
+    def settings(
+        user: str, password: str, ca_file: Path | None = ca, scheme: str = "mqtts"
+    ) -> BrokerSettings:
+        url = f"{scheme}://{user}:{password}@127.0.0.1:{port}"
+        return BrokerSettings(mqtt_url=url, mqtt_ca_file=str(ca_file) if ca_file else None)
+
+    publisher = create_publisher("mqtt", settings("coordinator", "c-pw"))
+    worker = create_transport("mqtt", Endpoint("w1", "worker", brokers=settings("w1", "w1-pw")))
+    refused = [
+        create_transport("mqtt", Endpoint("w1", "worker", brokers=bad))
+        for bad in (
+            settings("w1", "wrong"),
+            settings("w1", "w1-pw", scheme="mqtt"),  # plain MQTT to a TLS listener
+        )
+    ]
+    parts: list[Any] = [publisher, worker, *refused]
+    for part in parts:
+        part.start()
+    try:
+        assert worker.wait_connected(10)
+        wait_until(publisher.healthy, timeout=10)
+        worker.watch("ping")
+        publisher.publish(to("w1", "ping"), message(token="over-tls"))
+        assert worker.signals.wait_token("over-tls", 5)
+        time.sleep(1.0)  # ample for a local handshake to succeed, had it been allowed to
+        assert [part.healthy() for part in refused] == [False, False]
+    finally:
+        for part in parts:
+            part.close()
