@@ -3,7 +3,7 @@
 The test makes a private CA and a server certificate for 127.0.0.1 (with ``openssl``),
 runs a mosquitto that only speaks TLS and only to known users, and checks that a party
 trusting that CA (``ca_file``) with the right password hears the coordinator, and that
-one with a wrong password or speaking plain MQTT does not connect.
+one with a wrong password, speaking plain MQTT, or trusting another CA does not connect.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from dffmpeg.config import BrokerSettings
 from dffmpeg.transport import create_publisher, create_transport
 from dffmpeg.transport.base import Endpoint, message, to
 from tests.brokers import mosquitto_available
-from tests.helpers import free_port, port_open, require, wait_until
+from tests.helpers import free_port, port_open, process_env, require, wait_until
 
 
 def make_certificates(root: Path) -> tuple[Path, Path, Path]:
@@ -102,3 +103,42 @@ def test_mqtt_over_tls_with_a_password(tls_mosquitto: tuple[int, Path]) -> None:
     finally:
         for part in parts:
             part.close()
+
+
+# In a process of its own: paho-mqtt leaves each failed handshake's socket to the garbage
+# collector, and the ResourceWarning that follows would surface outside any one test.
+UNTRUSTED = """
+import sys
+from dffmpeg.config import BrokerSettings
+from dffmpeg.transport import create_transport
+from dffmpeg.transport.base import Endpoint
+brokers = BrokerSettings(mqtt_url=sys.argv[1], mqtt_ca_file=sys.argv[2] or None)
+party = create_transport("mqtt", Endpoint("w1", "worker", brokers=brokers))
+party.start()
+print(party.wait_connected(3), flush=True)
+party.close()
+"""
+
+
+def test_mqtt_refuses_a_broker_certificate_it_does_not_trust(
+    tls_mosquitto: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, ca = tls_mosquitto
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    stranger, _, _ = make_certificates(other)  # a CA that did not sign the broker's cert
+    url = f"mqtts://w1:w1-pw@127.0.0.1:{port}"
+
+    def connects(ca_file: str) -> bool:
+        out = subprocess.run(
+            [sys.executable, "-c", UNTRUSTED, url, ca_file],
+            capture_output=True,
+            timeout=30,
+            env=process_env(),
+        )
+        assert out.returncode == 0, out.stderr.decode()
+        return out.stdout.decode().strip() == "True"
+
+    assert connects(str(ca))  # the control: the same script with the right CA
+    assert not connects(str(stranger))
+    assert not connects("")  # the system's CAs do not know ours either
