@@ -1,17 +1,20 @@
-"""MQTT over TLS with a password, against a real Mosquitto with a certificate of our own.
+"""MQTT and RabbitMQ over TLS, against brokers with a certificate of the test's own.
 
 The test makes a private CA and a server certificate for 127.0.0.1 (with ``openssl``),
 runs a mosquitto that only speaks TLS and only to known users, and checks that a party
 trusting that CA (``ca_file``) with the right password hears the coordinator, and that
 one with a wrong password, speaking plain MQTT, or trusting another CA does not connect.
+The same for RabbitMQ, on a node of the test's own with only a TLS listener.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +145,97 @@ def test_mqtt_refuses_a_broker_certificate_it_does_not_trust(
     assert connects(str(ca))  # the control: the same script with the right CA
     assert not connects(str(stranger))
     assert not connects("")  # the system's CAs do not know ours either
+
+
+@pytest.fixture
+def tls_rabbitmq() -> Iterator[tuple[int, Path]]:
+    """A RabbitMQ node of the test's own that only speaks TLS (the shared node has no
+    TLS listener, and must not be reconfigured)."""
+    require(shutil.which("rabbitmq-server") is not None, "rabbitmq-server")
+    require(shutil.which("openssl") is not None, "openssl")
+    # Run as root, rabbitmq-server switches to its own user, who cannot enter pytest's
+    # private temporary directories: a directory of its own under /tmp, open to it.
+    with tempfile.TemporaryDirectory(prefix="dffmpeg-rabbit-tls-") as name:
+        yield from _rabbit_node(Path(name))
+
+
+def _rabbit_node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    ca, cert, key = make_certificates(tmp_path)
+    port = free_port()
+    config = tmp_path / "rabbitmq.conf"
+    config.write_text(
+        f"listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n"
+        f"ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\n"
+        f"ssl_options.keyfile = {key}\nssl_options.verify = verify_none\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
+    )
+    plugins = tmp_path / "plugins"
+    plugins.write_text("[].\n")
+    for sub in ("mnesia", "log"):
+        (tmp_path / sub).mkdir()
+    for path in (tmp_path, *tmp_path.iterdir()):
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    node = f"dffmpeg-tls-{os.getpid()}-{port}@localhost"
+    env = {
+        **os.environ,
+        "RABBITMQ_NODENAME": node,
+        "RABBITMQ_NODE_PORT": str(free_port()),
+        "RABBITMQ_DIST_PORT": str(free_port()),
+        "RABBITMQ_CONFIG_FILE": str(config),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+        "RABBITMQ_MNESIA_BASE": str(tmp_path / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(tmp_path / "log"),
+        "RABBITMQ_PID_FILE": str(tmp_path / "rabbitmq.pid"),
+    }
+    with (tmp_path / "rabbitmq.out").open("wb") as out:
+        proc = subprocess.Popen(
+            ["rabbitmq-server"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=tmp_path,  # where a crash dump would go
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, timeout=45)
+        assert proc.poll() is None, (tmp_path / "rabbitmq.out").read_text()[-2000:]
+        yield port, ca
+    finally:
+        subprocess.run(["rabbitmqctl", "-n", node, "shutdown"], capture_output=True, timeout=60)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_rabbitmq_over_tls(tls_rabbitmq: tuple[int, Path], tmp_path: Path) -> None:
+    port, ca = tls_rabbitmq
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    stranger, _, _ = make_certificates(other)
+
+    def settings(ca_file: Path, scheme: str = "amqps") -> BrokerSettings:
+        url = f"{scheme}://guest:guest@127.0.0.1:{port}/"
+        return BrokerSettings(rabbitmq_url=url, rabbitmq_ca_file=str(ca_file))
+
+    publisher = create_publisher("rabbitmq", settings(ca))
+    worker = create_transport("rabbitmq", Endpoint("w1", "worker", brokers=settings(ca)))
+    refused = [
+        create_transport("rabbitmq", Endpoint("w2", "worker", brokers=bad))
+        for bad in (settings(stranger), settings(ca, scheme="amqp"))
+    ]
+    parts: list[Any] = [publisher, worker, *refused]
+    for part in parts:
+        part.start()
+    try:
+        assert worker.wait_connected(15)
+        wait_until(publisher.healthy, timeout=15)
+        worker.watch("ping")
+        publisher.publish(to("w1", "ping"), message(token="amqps"))
+        assert worker.signals.wait_token("amqps", 5)
+        time.sleep(1.0)
+        assert [part.healthy() for part in refused] == [False, False]
+    finally:
+        for part in parts:
+            part.close()
