@@ -46,6 +46,24 @@ def make_certificates(root: Path) -> tuple[Path, Path, Path]:
     return root / "ca.pem", root / "server.pem", root / "server.key"
 
 
+def check_delivery_and_refusals(publisher: Any, worker: Any, refused: list[Any]) -> None:
+    """``worker`` connects and hears ``publisher``; none of ``refused`` connects."""
+    parts = [publisher, worker, *refused]
+    for part in parts:
+        part.start()
+    try:
+        assert worker.wait_connected(15)
+        wait_until(publisher.healthy, timeout=15)
+        worker.watch("ping")
+        publisher.publish(to("w1", "ping"), message(token="over-tls"))
+        assert worker.signals.wait_token("over-tls", 5)
+        time.sleep(1.0)  # ample for a local handshake to succeed, had it been allowed to
+        assert [part.healthy() for part in refused] == [False] * len(refused)
+    finally:
+        for part in parts:
+            part.close()
+
+
 @pytest.fixture
 def tls_mosquitto(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     require(mosquitto_available(), "mosquitto")
@@ -92,20 +110,7 @@ def test_mqtt_over_tls_with_a_password(tls_mosquitto: tuple[int, Path]) -> None:
             settings("w1", "w1-pw", scheme="mqtt"),  # plain MQTT to a TLS listener
         )
     ]
-    parts: list[Any] = [publisher, worker, *refused]
-    for part in parts:
-        part.start()
-    try:
-        assert worker.wait_connected(10)
-        wait_until(publisher.healthy, timeout=10)
-        worker.watch("ping")
-        publisher.publish(to("w1", "ping"), message(token="over-tls"))
-        assert worker.signals.wait_token("over-tls", 5)
-        time.sleep(1.0)  # ample for a local handshake to succeed, had it been allowed to
-        assert [part.healthy() for part in refused] == [False, False]
-    finally:
-        for part in parts:
-            part.close()
+    check_delivery_and_refusals(publisher, worker, refused)
 
 
 # In a process of its own: paho-mqtt leaves each failed handshake's socket to the garbage
@@ -225,17 +230,4 @@ def test_rabbitmq_over_tls(tls_rabbitmq: tuple[int, Path], tmp_path: Path) -> No
         create_transport("rabbitmq", Endpoint("w2", "worker", brokers=bad))
         for bad in (settings(stranger), settings(ca, scheme="amqp"))
     ]
-    parts: list[Any] = [publisher, worker, *refused]
-    for part in parts:
-        part.start()
-    try:
-        assert worker.wait_connected(15)
-        wait_until(publisher.healthy, timeout=15)
-        worker.watch("ping")
-        publisher.publish(to("w1", "ping"), message(token="amqps"))
-        assert worker.signals.wait_token("amqps", 5)
-        time.sleep(1.0)
-        assert [part.healthy() for part in refused] == [False, False]
-    finally:
-        for part in parts:
-            part.close()
+    check_delivery_and_refusals(publisher, worker, refused)

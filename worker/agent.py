@@ -44,9 +44,8 @@ class WorkerAgent:
         self._register_lock = threading.Lock()
         self._registered_at = 0.0
         self.binaries: dict[str, dict[str, Any]] = {}
-        # Heartbeats: every heartbeat_seconds while a job is held; while idle, a third
-        # of the idle lease the coordinator grants (it says so when we register).
-        self.idle_heartbeat_seconds = config.heartbeat_seconds
+        # The lease the coordinator grants while we hold no job (it says so when we
+        # register; 0 from one that does not).
         self._idle_lease = 0.0
         self._renewed_at = 0.0  # monotonic send time of the last request that renewed
         self._poll_ok = False  # the last poll (or registration) reached the coordinator
@@ -110,9 +109,7 @@ class WorkerAgent:
                 answer = self.api.call("POST", "/workers/register", json_body=self.registration())
                 self._registered_at = self._renewed_at = sent
                 self._poll_ok = True  # the coordinator is reachable: polls count as renewals
-                idle_lease = float(answer.get("idle_lease_seconds") or 0)
-                self.idle_heartbeat_seconds = max(self.config.heartbeat_seconds, idle_lease / 3)
-                self._idle_lease = idle_lease
+                self._idle_lease = float(answer.get("idle_lease_seconds") or 0)
                 log.info(
                     "registered with %s as %s", self.config.coordinator_url, self.config.client_id
                 )
@@ -212,6 +209,11 @@ class WorkerAgent:
             thread.join(timeout)
 
     # -- loops -------------------------------------------------------------------------
+
+    @property
+    def idle_heartbeat_seconds(self) -> float:
+        """Heartbeats while holding no job: a third of the idle lease."""
+        return max(self.config.heartbeat_seconds, self._idle_lease / 3)
 
     def heartbeat_interval(self) -> float:
         if self.running_jobs():
