@@ -12,7 +12,15 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from client.api import Api
-from tests.helpers import admin, free_port, health, process_env, wait_until, write_yaml
+from tests.helpers import (
+    admin,
+    free_port,
+    health,
+    process_env,
+    running,
+    wait_until,
+    write_yaml,
+)
 
 
 def test_sigterm_stops_promptly_even_with_open_long_polls(tmp_path: Path) -> None:
@@ -102,14 +110,9 @@ def test_a_held_poll_whose_worker_died_claims_nothing(tmp_path: Path) -> None:
     worker_key = admin(config, "user", "add", "w", "--role", "worker")["hmac_key"]
     client_key = admin(config, "user", "add", "c", "--role", "client")["hmac_key"]
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.serve", "--config", str(config)],
-        env=process_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "coordinator.serve", "--config", str(config)]
     worker, client = Api(url, "w", worker_key), Api(url, "c", client_key)
-    try:
+    with running(cmd, tmp_path / "coordinator.log", env=process_env()):
         wait_until(lambda: health(url) == 200, timeout=20)
         binaries = {"ffmpeg": {"path": "/usr/bin/ffmpeg", "capabilities": None}}
         worker.call("POST", "/workers/register", json_body={"slots": 1, "binaries": binaries})
@@ -130,8 +133,5 @@ def test_a_held_poll_whose_worker_died_claims_nothing(tmp_path: Path) -> None:
         # A live poll takes it.
         work = worker.call("GET", "/workers/poll", params={"wait": 5})
         assert [j["job_id"] for j in work["jobs"]] == [job]
-    finally:
-        worker.close()
-        client.close()
-        proc.kill()
-        proc.wait(timeout=10)
+    worker.close()
+    client.close()
