@@ -9,9 +9,12 @@ shared node would disturb everything else using it).
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,32 @@ class OwnMosquitto:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+
+def password_file(path: Path, passwords: dict[str, str]) -> Path:
+    """A mosquitto password file with ``{user: password}``."""
+    for i, (user, password) in enumerate(passwords.items()):
+        flags = ["-b", "-c"] if i == 0 else ["-b"]
+        subprocess.run(["mosquitto_passwd", *flags, str(path), user, password], check=True)
+    return path
+
+
+@contextmanager
+def mosquitto_with(root: Path, settings: str) -> Iterator[int]:
+    """A mosquitto of our own on a free port with ``settings`` (config lines); its port."""
+    port = free_port()
+    # Started as root, mosquitto would switch to its own user, who cannot read ``root``.
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    config = root / "mosquitto.conf"
+    config.write_text(f"{stay}listener {port} 127.0.0.1\n{settings}")
+    with (root / "mosquitto.log").open("wb") as log:
+        proc = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port), timeout=10)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def rabbitmqctl(*args: str) -> None:

@@ -5,7 +5,6 @@ Each identity receives what is addressed to it and cannot listen to another's to
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import time
@@ -18,8 +17,14 @@ import pytest
 from dffmpeg.config import BrokerSettings
 from dffmpeg.transport import create_publisher, create_transport
 from dffmpeg.transport.base import Endpoint, message, to
-from tests.brokers import mosquitto_available, rabbitmq_available, rabbitmqctl
-from tests.helpers import free_port, port_open, require, wait_until
+from tests.brokers import (
+    mosquitto_available,
+    mosquitto_with,
+    password_file,
+    rabbitmq_available,
+    rabbitmqctl,
+)
+from tests.helpers import require, wait_until
 
 MOSQUITTO_ACL = """\
 user coordinator
@@ -34,28 +39,14 @@ pattern read dffmpeg/jobs
 @pytest.fixture
 def acl_mosquitto(tmp_path: Path) -> Iterator[str]:
     require(mosquitto_available(), "mosquitto")
-    passwords = tmp_path / "passwords"
-    for user in ("coordinator", "w1", "w2"):
-        flags = ["-b"] if passwords.exists() else ["-b", "-c"]
-        subprocess.run(["mosquitto_passwd", *flags, str(passwords), user, f"{user}-pw"], check=True)
+    passwords = password_file(
+        tmp_path / "passwords", {user: f"{user}-pw" for user in ("coordinator", "w1", "w2")}
+    )
     acl = tmp_path / "acl"
     acl.write_text(MOSQUITTO_ACL)
-    port = free_port()
-    config = tmp_path / "mosquitto.conf"
-    # Started as root, mosquitto would switch to its own user, who cannot read tmp_path.
-    stay = "user root\n" if os.geteuid() == 0 else ""
-    config.write_text(
-        f"{stay}listener {port} 127.0.0.1\nallow_anonymous false\n"
-        f"password_file {passwords}\nacl_file {acl}\n"
-    )
-    with (tmp_path / "mosquitto.log").open("wb") as log:
-        proc = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log)
-    try:
-        wait_until(lambda: port_open("127.0.0.1", port), timeout=10)
+    settings = f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
+    with mosquitto_with(tmp_path, settings) as port:
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_mosquitto_acl_confines_each_worker(acl_mosquitto: str) -> None:

@@ -25,7 +25,7 @@ import pytest
 from dffmpeg.config import BrokerSettings
 from dffmpeg.transport import create_publisher, create_transport
 from dffmpeg.transport.base import Endpoint, message, to
-from tests.brokers import mosquitto_available
+from tests.brokers import mosquitto_available, mosquitto_with, password_file
 from tests.helpers import free_port, port_open, process_env, require, wait_until
 
 
@@ -69,27 +69,13 @@ def tls_mosquitto(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     require(mosquitto_available(), "mosquitto")
     require(shutil.which("openssl") is not None, "openssl")
     ca, cert, key = make_certificates(tmp_path)
-    passwords = tmp_path / "passwords"
-    subprocess.run(
-        ["mosquitto_passwd", "-b", "-c", str(passwords), "coordinator", "c-pw"], check=True
-    )
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "w1", "w1-pw"], check=True)
-    port = free_port()
-    # Started as root, mosquitto would switch to its own user, who cannot read tmp_path.
-    stay = "user root\n" if os.geteuid() == 0 else ""
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(
-        f"{stay}listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+    passwords = password_file(tmp_path / "passwords", {"coordinator": "c-pw", "w1": "w1-pw"})
+    settings = (
+        f"allow_anonymous false\npassword_file {passwords}\n"
         f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\npersistence false\n"
     )
-    with (tmp_path / "mosquitto.log").open("wb") as log:
-        proc = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=log, stderr=log)
-    try:
-        wait_until(lambda: port_open("127.0.0.1", port), timeout=10)
+    with mosquitto_with(tmp_path, settings) as port:
         yield port, ca
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_mqtt_over_tls_with_a_password(tls_mosquitto: tuple[int, Path]) -> None:
