@@ -15,6 +15,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -75,12 +76,16 @@ class Worker(db.Model):  # type: ignore[name-defined]
     # Set by an operator: the worker keeps its running jobs but is given no new ones.
     # Separate from ``state`` so that it survives the worker restarting and registering.
     drained: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether the worker runs its jobs confined (worker key ``sandbox``). A worker that
+    # does not say is taken to be unconfined: operators must see it, not assume safety.
+    sandboxed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,
             "state": self.state,
             "drained": bool(self.drained),
+            "sandboxed": bool(self.sandboxed),
             "slots": self.slots,
             "labels": self.labels,
             "binaries": sorted(self.capabilities),

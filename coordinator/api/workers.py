@@ -155,6 +155,7 @@ def register() -> ResponseReturnValue:
     worker.path_variables = str_list(data, "path_variables", [])
     worker.version = str(field(data, "version", str, ""))[:32]
     worker.hostname = str(field(data, "hostname", str, ""))[:255]
+    worker.sandboxed = bool(field(data, "sandboxed", bool, False))
     worker.last_seen_at = now
     # Whatever it held is settled just below: it starts out holding nothing.
     worker.lease_expires_at = now + _idle_lease()
