@@ -101,14 +101,47 @@ def _hmac_key(data: Mapping[str, Any], base: Path | None) -> str:
     return key
 
 
-def _paths(data: Mapping[str, Any]) -> dict[str, str]:
+def _path_entries(data: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """``paths`` as ``{Variable: (root, writable)}``.
+
+    A value is a root (writable) or ``{path: /root, writable: false}`` for a library the
+    jobs may read but never change.
+    """
     raw = data.get("paths") or {}
     if not isinstance(raw, dict):
         raise ConfigError("paths must be a mapping of Variable: /local/root")
+    entries: dict[str, tuple[Any, bool]] = {}
+    for name, value in raw.items():
+        if isinstance(value, dict):
+            unknown = set(value) - {"path", "writable"}
+            if unknown:
+                raise ConfigError(f"paths.{name}: unknown key {sorted(unknown)[0]!r}")
+            writable = value.get("writable", True)
+            if not isinstance(writable, bool):
+                raise ConfigError(f"paths.{name}.writable must be true or false")
+            entries[str(name)] = (value.get("path"), writable)
+        else:
+            entries[str(name)] = (value, True)
     try:
-        return validate_paths(raw)
+        roots = validate_paths({name: root for name, (root, _) in entries.items()})
     except PathMappingError as exc:
         raise ConfigError(str(exc)) from exc
+    return {name: (roots[name], entries[name][1]) for name in roots}
+
+
+def _paths(data: Mapping[str, Any]) -> dict[str, str]:
+    return {name: root for name, (root, _) in _path_entries(data).items()}
+
+
+def _key_file(data: Mapping[str, Any], base: Path | None) -> str | None:
+    """The absolute path of ``hmac_key_file``, if the key comes from a file."""
+    key_file = data.get("hmac_key_file")
+    if not key_file:
+        return None
+    path = Path(str(key_file)).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return str(path.absolute())
 
 
 @dataclass
@@ -186,6 +219,7 @@ class ClientConfig:
     transports: list[str] = field(default_factory=lambda: ["http"])
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
     source: str | None = None
+    hmac_key_file: str | None = None
     # Defaults for every job this client submits (see docs/lifecycle.md).
     require_labels: list[str] = field(default_factory=list)
     prefer_labels: list[str] = field(default_factory=list)
@@ -210,6 +244,7 @@ class ClientConfig:
             transports=_str_list(data, "transports", ["http"]),
             brokers=BrokerSettings.from_dict(data),
             source=source,
+            hmac_key_file=_key_file(data, base),
             require_labels=_str_list(data, "require_labels", []),
             prefer_labels=_str_list(data, "prefer_labels", []),
             priority=int(data.get("priority", 0)),
@@ -240,6 +275,14 @@ class WorkerConfig(ClientConfig):
     mount_check_seconds: float = 5.0
     # Paths outside every mapped root are refused unless this is set (see docs/dropin.md).
     allow_unmapped_paths: bool = False
+    # Path variables whose roots jobs may read but not change (``writable: false``).
+    read_only_paths: list[str] = field(default_factory=list)
+    # Confinement of every job (docs/security-model.md): on unless ``sandbox: off``.
+    sandbox: bool = True
+    allow_network: bool = False
+    allow_filters: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    job_user: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
@@ -260,7 +303,40 @@ class WorkerConfig(ClientConfig):
             heartbeat_seconds=float(data.get("heartbeat_seconds", 5.0)),
             mount_check_seconds=float(data.get("mount_check_seconds", 5.0)),
             allow_unmapped_paths=bool(data.get("allow_unmapped_paths", False)),
+            read_only_paths=sorted(n for n, (_, w) in _path_entries(data).items() if not w),
+            sandbox=_on_off(data, "sandbox", True),
+            allow_network=_on_off(data, "allow_network", False),
+            allow_filters=_str_list(data, "allow_filters", []),
+            devices=_absolute_list(data, "devices"),
+            job_user=_job_user(data),
         )
+
+
+def _on_off(data: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A switch: YAML's true/false (``on``/``off`` load as booleans too) or the words."""
+    value = data.get(key, default)
+    if isinstance(value, str) and value.lower() in ("on", "off", "true", "false"):
+        return value.lower() in ("on", "true")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be on or off, got {value!r}")
+    return value
+
+
+def _absolute_list(data: Mapping[str, Any], key: str) -> list[str]:
+    values = _str_list(data, key, [])
+    for value in values:
+        if not value.startswith("/"):
+            raise ConfigError(f"{key}: {value!r} must be an absolute path")
+    return [os.path.normpath(v) for v in values]
+
+
+def _job_user(data: Mapping[str, Any]) -> str | None:
+    value = data.get("job_user")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ConfigError("job_user must be a user name or a numeric uid")
+    return str(value)
 
 
 DEFAULT_ALLOWED_BINARIES = ["ffmpeg", "ffprobe"]

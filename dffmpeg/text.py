@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
+
+# C0 and C1 control characters and DEL: what a terminal may obey instead of showing.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` from another party, safe to show: every control character is written as
+    a visible escape (``\\x1b``), so escape sequences cannot move the cursor, retitle the
+    window or clear the screen."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 def cell(value: Any) -> str:

@@ -195,7 +195,10 @@ def start_cluster(
     worker_extra: dict[str, Any] | None = None,
     coordinator_extra: dict[str, Any] | None = None,
     client_extra: dict[str, Any] | None = None,
+    worker_key_file: bool = False,
 ) -> Iterator[Cluster]:
+    """A coordinator and a worker as processes; ``worker_key_file`` keeps the worker's key
+    in a file of its own (mode 0600) instead of in its config."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     coordinator_config = write_yaml(
@@ -214,11 +217,17 @@ def start_cluster(
     worker_media = tmp_path / "worker-media"
     client_media.symlink_to(media_dir)
     worker_media.symlink_to(media_dir)
+    key: dict[str, str] = {"hmac_key": worker_user["hmac_key"]}
+    if worker_key_file:
+        key_path = tmp_path / "worker.key"
+        key_path.write_text(worker_user["hmac_key"] + "\n")
+        key_path.chmod(0o600)
+        key = {"hmac_key_file": str(key_path)}
     worker_config = write_yaml(
         tmp_path / "worker.yaml",
         {
             "client_id": "worker1",
-            "hmac_key": worker_user["hmac_key"],
+            **key,
             "coordinator_url": url,
             "paths": {"Media": str(worker_media)},
             "binaries": {"ffmpeg": shutil.which("ffmpeg"), "ffprobe": shutil.which("ffprobe")},

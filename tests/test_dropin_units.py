@@ -7,7 +7,7 @@ import pytest
 from client.fastprobe import ProbeCall, recognise
 from client.proxy import fallback_binary
 from dffmpeg.config import ClientConfig
-from worker.executor import requested_env
+from worker.guard import forwarded_env
 
 
 @pytest.mark.parametrize(
@@ -35,18 +35,29 @@ def test_recognise_only_exact_probe_forms(args: list[str], expected: ProbeCall |
     assert recognise(args) == expected
 
 
-def test_requested_env_drops_what_changes_which_code_runs() -> None:
+def test_forwarded_env_is_an_allow_list() -> None:
     asked = {
         "TZ": "Europe/Paris",
         "LANG": "C.UTF-8",
+        "LC_NUMERIC": "C",
+        "AV_LOG_FORCE_NOCOLOR": "1",
         "LD_PRELOAD": "/tmp/evil.so",
+        "FFREPORT": "file=/etc/x",
+        "FREI0R_PATH": "/tmp",
+        "LADSPA_PATH": "/tmp",
         "PATH": "/tmp",
         "PYTHONPATH": "/tmp",
         "HOME": "/tmp",
         "bad name": "x",
-        "NUL": "a\0b",
+        "LANGUAGE": "a\0b",
+        "LC_ALL": "x" * 5000,
     }
-    assert requested_env(asked) == {"TZ": "Europe/Paris", "LANG": "C.UTF-8"}
+    assert forwarded_env(asked) == {
+        "TZ": "Europe/Paris",
+        "LANG": "C.UTF-8",
+        "LC_NUMERIC": "C",
+        "AV_LOG_FORCE_NOCOLOR": "1",
+    }
 
 
 def _config(fallback: object) -> ClientConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -21,8 +22,10 @@ from dffmpeg import __version__
 from dffmpeg.config import WorkerConfig
 from dffmpeg.transport.session import Downlink
 from worker.capabilities import probe_binaries
-from worker.executor import JobExecution
+from worker.executor import JobExecution, JobRules, Runner
 from worker.mounts import MountMonitor
+from worker.process import Unconfined
+from worker.sandbox import Policy, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class WorkerAgent:
         self._poll_ok = False  # the last poll (or registration) reached the coordinator
         self._beat = threading.Event()  # re-think the next heartbeat (a job started)
         self.downlink: Downlink | None = None
+        self.runner: Runner = Unconfined()
+        self.rules: JobRules | None = None
         self.mounts = MountMonitor(
             config.paths, self._paths_changed, interval=config.mount_check_seconds
         )
@@ -61,6 +66,15 @@ class WorkerAgent:
         self.binaries = probe_binaries(self.config.binaries)
         if not self.binaries:
             raise RuntimeError("none of the configured binaries could be run")
+        binaries = {n: str(b["path"]) for n, b in self.binaries.items()}
+        self.runner = self._runner(binaries)  # fails closed: SandboxError
+        self.rules = JobRules(
+            binaries=binaries,
+            paths=dict(self.config.paths),
+            allow_unmapped_paths=self.config.allow_unmapped_paths,
+            allow_network=self.config.allow_network,
+            allow_filters=frozenset(f.lower() for f in self.config.allow_filters),
+        )
         self.mounts.available()
         # Transport first: the worker goes online only once its transport passed the
         # reachability handshake (or it settled on HTTP long-poll).
@@ -71,6 +85,28 @@ class WorkerAgent:
             thread.start()
             self._threads.append(thread)
         self.mounts.start()
+
+    def _runner(self, binaries: dict[str, str]) -> Runner:
+        """The sandbox every job runs in, checked once now; unconfined with ``sandbox: off``."""
+        config = self.config
+        if not config.sandbox:
+            log.warning("sandbox: off -- jobs run unconfined, with this worker's rights")
+            return Unconfined()
+        hidden = [p for p in (config.source, config.hmac_key_file) if p]
+        sandbox = Sandbox(
+            Policy(
+                roots=dict(config.paths),
+                read_only=frozenset(config.read_only_paths),
+                allow_network=config.allow_network,
+                devices=tuple(config.devices),
+                job_user=config.job_user,
+                hidden=tuple(os.path.abspath(p) for p in hidden),
+                binaries=tuple(binaries.values()),
+            )
+        )
+        sandbox.check(next(iter(binaries.values())))
+        log.info("jobs run confined (bubblewrap %s)", sandbox.bwrap)
+        return sandbox
 
     def _open_downlink(self) -> Downlink | None:
         delay = 0.5
@@ -131,6 +167,7 @@ class WorkerAgent:
             "path_variables": self.available_paths(),
             "version": __version__,
             "hostname": socket.gethostname(),
+            "sandboxed": self.runner.confined,
         }
 
     def available_paths(self) -> list[str]:
@@ -318,11 +355,8 @@ class WorkerAgent:
             # drain is still run: it was ours, and the drain finishes what it holds.
             if job_id in self.jobs or self._stopped.is_set():
                 return
-            paths = {n: r for n, r in self.config.paths.items()}
-            binaries = {n: str(b["path"]) for n, b in self.binaries.items()}
-            execution = JobExecution(
-                self.api, assignment, binaries, paths, self.config.allow_unmapped_paths
-            )
+            assert self.rules is not None  # set by start()
+            execution = JobExecution(self.api, assignment, self.rules, self.runner)
             self.jobs[job_id] = execution
         threading.Thread(target=execution.run, name=f"job-{job_id[:8]}", daemon=True).start()
         self._beat.set()  # held a job: heartbeats at the short interval from now on

@@ -16,6 +16,7 @@ from typing import Any
 from client.api import Api, AuthError
 from dffmpeg.config import ConfigError, load_worker
 from worker.agent import WorkerAgent
+from worker.sandbox import SandboxError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             f"dffmpeg-worker: coordinator refused our credentials: {exc.message}", file=sys.stderr
         )
         return 3
-    except RuntimeError as exc:
+    except (RuntimeError, SandboxError) as exc:
         print(f"dffmpeg-worker: {exc}", file=sys.stderr)
         return 2
     while not stop.wait(1.0):

@@ -7,26 +7,31 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from client.api import Api, ApiError, Unreachable
 from dffmpeg.exitcodes import from_returncode
-from dffmpeg.paths import (
-    StreamRewriter,
-    from_variables,
-    output_rewriter,
-    unmap_args,
-    unmapped_paths,
-)
+from dffmpeg.paths import StreamRewriter, output_rewriter, to_variables, unmap_args
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
-from worker.process import die_with_parent, stop_group
+from worker.guard import (
+    ConcatLists,
+    Refused,
+    forwarded_env,
+    read_script,
+    refuse_code_loading,
+    refuse_network,
+    refuse_unmapped,
+    working_directory,
+)
+from worker.process import Unconfined
 from worker.relay import FrameSender, OutputBuffer, read_pipe
+from worker.sandbox import private_path
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +43,59 @@ INPUT_WAIT_SECONDS = 20.0
 INPUT_DELAY_SECONDS = 0.2
 RETRY_SECONDS = 60.0
 CANCEL_GRACE_SECONDS = 5.0
-# Variables every process needs to find its libraries and write temporary files.
-BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR", "LD_LIBRARY_PATH")
+# Variables of the worker's own environment a job's process gets: finding its libraries
+# and drivers (set by the operator, e.g. for VAAPI or CUDA), never the worker's secrets.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH")
+DRIVER_ENV = (
+    "LIBVA_DRIVER_NAME",
+    "LIBVA_DRIVERS_PATH",
+    "VDPAU_DRIVER",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "OCL_ICD_VENDORS",
+)
+# Inside the sandbox: the standard places, and a home and temporary directory that are
+# the job's private /tmp.
+CONFINED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp"}
 
 
-class StartError(Exception):
-    """The job cannot be started here; the message goes back to the requester."""
+class Runner(Protocol):
+    """How a job's process is started, signalled and stopped (confined or not)."""
+
+    confined: bool
+
+    def launch(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        files: Mapping[str, bytes] | None = None,
+    ) -> subprocess.Popen[bytes]: ...
+
+    def deliver(self, process: subprocess.Popen[bytes], signum: int) -> None: ...
+
+    def stop(self, process: subprocess.Popen[bytes], grace: float) -> None: ...
 
 
-def refuse_unmapped(args: list[str], paths: Mapping[str, str], cwd: str | None) -> None:
-    """Refuse a command naming a path outside every mapped root (and its working dir).
+@dataclass(frozen=True)
+class JobRules:
+    """What this worker lets a job do (its config), the same for every job."""
 
-    Without this, any client could make the worker read or overwrite any file its user
-    can reach (``-i /etc/shadow``, ``-y /home/worker/.ssh/authorized_keys``).
-    """
-    outside = unmapped_paths(args, paths, cwd)
-    if outside:
-        shown = ", ".join(sorted(set(outside))[:3])
-        raise StartError(f"path outside every mapped root refused: {shown}")
-
-
-# Variables a client may not set for the remote process: they change which code runs
-# (loader, interpreter, shell hooks) or where the worker keeps its own files.
-_UNSAFE_ENV = re.compile(r"^(LD_|DYLD_|PYTHON|PATH$|HOME$|TMPDIR$|IFS$|SHELL$|ENV$|BASH_)")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+    binaries: Mapping[str, str]
+    paths: Mapping[str, str]
+    allow_unmapped_paths: bool = False
+    allow_network: bool = False
+    allow_filters: frozenset[str] = frozenset()
 
 
-def requested_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The client's forwarded variables that are safe to set on this worker."""
-    return {
-        k: v
-        for k, v in env.items()
-        if _ENV_NAME.match(k) and not _UNSAFE_ENV.match(k) and "\0" not in v
-    }
+@dataclass
+class Prepared:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class JobExecution:
@@ -78,16 +103,15 @@ class JobExecution:
         self,
         api: Api,
         assignment: Mapping[str, Any],
-        binaries: Mapping[str, str],
-        paths: Mapping[str, str],
-        allow_unmapped_paths: bool = False,
+        rules: JobRules,
+        runner: Runner | None = None,
     ) -> None:
         self.api = api
-        self.allow_unmapped_paths = allow_unmapped_paths
+        self.rules = rules
+        self.runner: Runner = runner if runner is not None else Unconfined()
         self.job_id: str = assignment["job_id"]
         self.assignment = assignment
-        self.binaries = binaries
-        self.paths = paths
+        self.paths = rules.paths
         self.process: subprocess.Popen[bytes] | None = None
         self._canceled = threading.Event()
         self._done = threading.Event()  # the process is over
@@ -98,29 +122,60 @@ class JobExecution:
 
     # -- preparing ---------------------------------------------------------------------
 
-    def command(self, cwd: str | None = None) -> list[str]:
+    def prepare(self) -> Prepared:
+        """The command, working directory, environment and private files of the job.
+
+        Raises ``Refused`` (shown to the caller) when a check says no.
+        """
         binary = self.assignment["binary"]
-        path = self.binaries.get(binary)
+        path = self.rules.binaries.get(binary)
         if path is None:
-            raise StartError(f"binary {binary} is not available on this worker")
-        args = unmap_args(self.assignment["args"], self.paths)
-        if not self.allow_unmapped_paths:
+            raise Refused(f"binary {binary} is not available on this worker")
+        raw_args = [str(a) for a in self.assignment["args"]]
+        if not self.rules.allow_network:
+            refuse_network(raw_args)
+        refuse_code_loading(
+            raw_args, self.rules.allow_filters, lambda p: read_script(p, self.paths)
+        )
+        cwd = self.working_directory()
+        args = unmap_args(raw_args, self.paths)
+        if not self.rules.allow_unmapped_paths:
             refuse_unmapped(args, self.paths, cwd)
-        return [path, *args]
+        lists = ConcatLists(
+            self.paths,
+            self.assignment.get("client_paths") or {},
+            cwd,
+            self.rules.allow_network,
+            self._private_place(),
+            check_roots=not self.rules.allow_unmapped_paths,
+        )
+        args = lists.rewrite(args)
+        return Prepared([path, *args], cwd, self.environment(), lists.files)
 
     def working_directory(self) -> str:
         cwd = self.assignment.get("cwd")
         if cwd:
-            local = from_variables(cwd, self.paths)
-            if local == cwd or not os.path.isdir(local):
-                raise StartError(f"working directory {cwd} is not available on this worker")
-            return local
+            return working_directory(str(cwd), self.paths)
+        if self.runner.confined:
+            return "/tmp"  # the sandbox's own, gone with the job
         self._tempdir = tempfile.TemporaryDirectory(prefix=f"dffmpeg-{self.job_id[:8]}-")
         return self._tempdir.name
 
+    def _private_place(self) -> Callable[[str], str]:
+        if self.runner.confined:
+            return private_path
+        if self._tempdir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix=f"dffmpeg-{self.job_id[:8]}-")
+        folder = self._tempdir.name
+        return lambda name: os.path.join(folder, name)
+
     def environment(self) -> dict[str, str]:
-        env = {k: v for k in BASE_ENV if (v := os.environ.get(k)) is not None}
-        env.update(requested_env(self.assignment.get("env") or {}))
+        own = BASE_ENV + DRIVER_ENV
+        env = {k: v for k in own if (v := os.environ.get(k)) is not None}
+        if self.runner.confined:
+            env.update(CONFINED_ENV)
+            env.pop("LD_LIBRARY_PATH", None)
+        env.update(forwarded_env(self.assignment.get("env") or {}))
         return env
 
     def rewriter(self, kind: FrameKind) -> StreamRewriter | None:
@@ -155,21 +210,16 @@ class JobExecution:
 
     def _run_accepted(self) -> None:
         try:
-            cwd = self.working_directory()
-            cmd = self.command(cwd)
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=self.environment(),
-                start_new_session=True,
-                preexec_fn=die_with_parent(),
-                bufsize=0,
-            )
-        except (StartError, OSError) as exc:
-            self._finish({"error": f"could not start: {exc}"})
+            job = self.prepare()
+        except Refused as exc:
+            self._finish({"error": f"refused: {exc}"})
+            return
+        try:
+            if not self.runner.confined:
+                self._write_private(job.files)
+            self.process = self.runner.launch(job.argv, cwd=job.cwd, env=job.env, files=job.files)
+        except OSError as exc:
+            self._finish({"error": f"could not start: {_without_roots(exc, self.paths)}"})
             return
         log.info("job %s started: pid %s", self.job_id, self.process.pid)
         if self._canceled.is_set():  # canceled while it was starting
@@ -205,6 +255,12 @@ class JobExecution:
         if self._aborted is not None:
             result["aborted"] = self._aborted
         self._finish(result)
+
+    def _write_private(self, files: Mapping[str, bytes]) -> None:
+        place = self._private_place()
+        for name, data in files.items():
+            with open(place(name), "wb") as private:
+                private.write(data)
 
     def _send_output(self, frames: list[Frame]) -> None:
         self.api.request(
@@ -300,9 +356,8 @@ class JobExecution:
         ):
             return
         process = self.process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signum)
+        if process is not None:
+            self.runner.deliver(process, signum)
 
     def cancel(self) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after a grace period."""
@@ -327,7 +382,7 @@ class JobExecution:
     def _kill_group(self) -> None:
         process = self.process
         if process is not None:
-            stop_group(process, CANCEL_GRACE_SECONDS)
+            self.runner.stop(process, CANCEL_GRACE_SECONDS)
 
     @property
     def done(self) -> bool:
@@ -337,3 +392,8 @@ class JobExecution:
     def reported(self) -> bool:
         """The job's thread is over: its end was reported (or it never started)."""
         return self._reported.is_set()
+
+
+def _without_roots(exc: OSError, roots: Mapping[str, str]) -> str:
+    """An OS error as the caller may see it: the worker's roots written as variables."""
+    return to_variables(str(exc), roots)

@@ -13,7 +13,7 @@ import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 PR_SET_PDEATHSIG = 1
 
@@ -69,3 +69,41 @@ def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+class Unconfined:
+    """Starts jobs as plain children of the worker (``sandbox: off``).
+
+    The same interface as ``worker.sandbox.Sandbox``; private files are written by the
+    caller into the job's own temporary directory.
+    """
+
+    confined = False
+
+    def launch(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        files: Mapping[str, bytes] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+            bufsize=0,
+        )
+
+    def deliver(self, process: subprocess.Popen[bytes], signum: int) -> None:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+
+    def stop(self, process: subprocess.Popen[bytes], grace: float) -> None:
+        stop_group(process, grace)
