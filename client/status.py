@@ -82,8 +82,13 @@ def _version_of(info: Any) -> str:
 
 
 def worker_state(worker: dict[str, Any]) -> str:
-    state = str(worker.get("state", "?"))
-    return f"{state}, drained" if worker.get("drained") else state
+    """``online``, with ``drained`` and ``unconfined`` (jobs run outside the sandbox)."""
+    parts = [str(worker.get("state", "?"))]
+    if worker.get("drained"):
+        parts.append("drained")
+    if worker.get("sandboxed") is False:
+        parts.append("unconfined")
+    return ", ".join(parts)
 
 
 def worker_row(worker: dict[str, Any], now: datetime | None) -> list[str]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what dffmpeg needs on a fresh Debian machine: Debian's ffmpeg and a virtual
-# environment in .venv with dffmpeg (and, with --test, the test tools) installed.
+# Installs what dffmpeg needs on a fresh Debian machine: Debian's ffmpeg and bubblewrap
+# (every job runs in a sandbox) and a virtual environment in .venv with dffmpeg (and,
+# with --test, the test tools) installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,22 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+if ! command -v bwrap >/dev/null; then
+  # Workers run every job inside a bubblewrap sandbox (docs/security-model.md).
+  echo "== installing Debian's bubblewrap"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bubblewrap >/dev/null
+fi
+
+if [ "${1:-}" = "--test" ] && ! command -v gcc >/dev/null; then
+  # The sandbox tests build a real shared library to prove it is never loaded.
+  echo "== installing Debian's gcc"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc libc6-dev >/dev/null
 fi
 
 if [ "${1:-}" = "--test" ] && ! command -v openssl >/dev/null; then

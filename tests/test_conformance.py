@@ -696,3 +696,39 @@ def test_progress_on_stderr_arrives_while_running(cluster: Cluster, case: Path) 
     assert progress, arrivals
     assert end - progress[0] > 1.0  # the first progress arrived well before the end
     assert len(progress) >= 4  # and several more separately while it ran
+
+
+def test_concat_list_naming_the_callers_paths(cluster: Cluster, case: Path) -> None:
+    """Jellyfin's album loudness scan: a concat list it wrote, with its own paths (and
+    one relative entry), read with ``-f concat -safe 0``: the worker maps a private copy."""
+    clip = cluster.client_media / "clip.mp4"
+    for side in ("local", "remote"):
+        shutil.copy(clip, case / side / "second.mp4")
+        (case / side / "list.txt").write_text(
+            f"ffconcat version 1.0\nfile '{clip}'\nfile 'second.mp4'\n"
+        )
+
+    def args(side: str) -> list[str]:
+        return ["-v", "error", "-f", "concat", "-safe", "0", "-i", str(case / side / "list.txt"),
+                "-map", "0:a", "-c:a", "pcm_s16le", "-f", "wav", "-"]  # fmt: skip
+
+    loc, rem = both(cluster, "ffmpeg", args)
+    assert rem.returncode == loc.returncode == 0, rem.stderr
+    assert rem.stdout == loc.stdout and len(loc.stdout) > 100_000
+    assert rem.stderr == loc.stderr == b""
+
+
+def test_concat_protocol_of_files_inside_a_root(cluster: Cluster, case: Path) -> None:
+    clip = cluster.client_media / "clip.mp4"
+    parts = []
+    for n in (1, 2):
+        part = case / f"part{n}.ts"
+        made = local(FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", "-f", "mpegts",
+                     str(part))  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        parts.append(str(part))
+    args = ["-v", "error", "-i", "concat:" + "|".join(parts), "-map", "0:a", "-c:a",
+            "pcm_s16le", "-f", "wav", "-"]  # fmt: skip
+    loc, rem = both(cluster, "ffmpeg", lambda side: args)
+    assert rem.returncode == loc.returncode == 0, rem.stderr
+    assert rem.stdout == loc.stdout and len(loc.stdout) > 100_000

@@ -36,6 +36,7 @@ WORKER = {
     "labels": ["gpu", "fast"],
     "path_variables": ["Media"],
     "version": "0.1.0",
+    "sandboxed": True,
 }
 
 

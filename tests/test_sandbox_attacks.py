@@ -140,7 +140,9 @@ def assert_secret_kept(host: Host, result: subprocess.CompletedProcess[bytes]) -
     assert host.token.encode() not in result.stderr
 
 
-def assert_refused(cluster: Cluster, result: subprocess.CompletedProcess[bytes], *words: str) -> None:
+def assert_refused(
+    cluster: Cluster, result: subprocess.CompletedProcess[bytes], *words: str
+) -> None:
     """Exit 202 with one ``dffmpeg:`` line naming what was refused, no worker root in it."""
     assert result.returncode == 202, result.stderr
     lines = result.stderr.decode().strip().splitlines()
@@ -153,6 +155,11 @@ def assert_refused(cluster: Cluster, result: subprocess.CompletedProcess[bytes],
 # -- reading outside every root -------------------------------------------------------------
 
 
+def _script(source: str) -> str:
+    graph = f"amovie={source}:f=u8".encode()
+    return "data:text/plain;base64," + base64.b64encode(graph).decode()
+
+
 READS = {
     "plain": lambda s: dump(s),
     "file-prefix": lambda s: dump(f"file:{s}"),
@@ -160,14 +167,11 @@ READS = {
     "cache": lambda s: dump(f"cache:{s}"),
     "async": lambda s: dump(f"async:{s}"),
     "subfile": lambda s: dump(f"subfile,,start,0,end,0,,:{s}"),
-    "amovie-escaped": lambda s: [
-        "-f", "lavfi", "-i", f"amovie=\\{s}:f=u8", "-f", "u8", "-",
-    ],  # fmt: skip
+    "amovie-escaped": lambda s: ["-f", "lavfi", "-i", f"amovie=\\{s}:f=u8", "-f", "u8", "-"],
     "filter-script-data": lambda s: [
-        "-f", "lavfi", "-i", "anullsrc=d=0.1", "-filter_complex_script",
-        "data:text/plain;base64," + base64.b64encode(f"amovie={s}:f=u8".encode()).decode(),
-        "-f", "u8", "-",
-    ],  # fmt: skip
+        *("-f", "lavfi", "-i", "anullsrc=d=0.1"),
+        *("-filter_complex_script", _script(s), "-f", "u8", "-"),
+    ],
 }
 
 
@@ -311,9 +315,7 @@ def _plant_library(cluster: Cluster) -> tuple[Path, Path]:
     build.mkdir(exist_ok=True)
     proof = cluster.worker_media / f"proof-{secrets.token_hex(4)}"
     library = _library(build, proof)
-    data = "data:application/octet-stream;base64," + base64.b64encode(
-        library.read_bytes()
-    ).decode()
+    data = "data:application/octet-stream;base64," + base64.b64encode(library.read_bytes()).decode()
     name = f"x-{secrets.token_hex(4)}.so"
     written = run(cluster, *dump(data)[:-1], "-y", str(cluster.client_media / name))
     assert written.returncode == 0, written.stderr

@@ -229,7 +229,8 @@ class ConcatLists:
 
     def _mapped_list(self, source: str) -> bytes:
         path = source.removeprefix("file:")
-        local = os.path.realpath(os.path.join(self.cwd, path))
+        lexical = os.path.normpath(os.path.join(self.cwd, path))
+        local = os.path.realpath(lexical)
         if self.check_roots and not any(
             _within(local, os.path.realpath(r)) for r in self.roots.values()
         ):
@@ -243,7 +244,7 @@ class ConcatLists:
             raise Refused(f"concat list {_shown(source)} cannot be read: {exc.strerror}") from exc
         if len(data) > MAX_LIST_BYTES:
             raise Refused(f"concat list {_shown(source)} is larger than 4 MiB")
-        base = os.path.dirname(local)
+        base = os.path.dirname(lexical)  # relative entries: as the job names the list
         lines = data.decode(errors="surrogateescape").splitlines()
         return (
             "\n".join(self._mapped_line(line, base) for line in lines).encode(

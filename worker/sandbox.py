@@ -125,6 +125,8 @@ class Sandbox:
             if not _inside(folder, "/usr"):
                 args += ["--ro-bind", folder, folder]
         args += ["--proc", "/proc", "--dev", "/dev"]
+        # Before anything below /tmp is bound: the tmpfs would hide it.
+        args += ["--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         for device in policy.devices:
             if _inside(device, "/dev"):
                 args += ["--dev-bind-try", device, device]
@@ -133,7 +135,6 @@ class Sandbox:
         if any(_inside(d, "/dev") for d in policy.devices):
             for path in DEVICE_SYS:
                 args += ["--ro-bind-try", path, path]
-        args += ["--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         # Parents before children: a root inside another root is bound over it.
         for name, root in sorted(policy.roots.items(), key=lambda item: len(item[1])):
             kind = "--ro-bind-try" if name in policy.read_only else "--bind-try"
