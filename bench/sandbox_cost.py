@@ -106,14 +106,13 @@ def main() -> None:
             "ffprobe JSON of a 10 s clip": [FFPROBE, "-v", "error", "-print_format", "json",
                                             "-show_format", "-show_streams", str(clip)],
         }  # fmt: skip
-        runners: dict[str, Runner] = {
-            "unconfined": Unconfined(),
-            "confined": Sandbox(Policy(roots={"Media": str(root)}, binaries=(FFMPEG,))),
-        }
+        sandbox = Sandbox(Policy(roots={"Media": str(root)}, binaries=(FFMPEG,)))
+        runners: dict[str, Runner] = {"unconfined": Unconfined(), "confined": sandbox}
         measure(jobs, runners, 3, str(root))  # warm the page cache
         load = os.getloadavg()[0]
         results = measure(jobs, runners, options.runs, str(root))
         load_after = os.getloadavg()[0]
+        sandbox.close()
     print(f"{options.runs} runs of each, alternating; load average {load:.2f} before, "
           f"{load_after:.2f} after\n")  # fmt: skip
     print(

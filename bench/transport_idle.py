@@ -58,7 +58,13 @@ def load(setup_json: str, heartbeat: float) -> None:
     agents = []
     for party in parties:
         config = WorkerConfig.from_dict(
-            {**party, "binaries": {"ffmpeg": ffmpeg}, "heartbeat_seconds": heartbeat}
+            # Many agents in one process, no jobs: nothing to confine.
+            {
+                **party,
+                "binaries": {"ffmpeg": ffmpeg},
+                "heartbeat_seconds": heartbeat,
+                "sandbox": False,
+            }
         )
         agent = WorkerAgent(config, Api.from_config(config))
         agent.start()

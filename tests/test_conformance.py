@@ -603,7 +603,8 @@ def test_reader_closing_stdout_ends_remote_like_local(cluster: Cluster, case: Pa
         cmd = [FFMPEG if side == "local" else cluster.dropin("ffmpeg"), *args]
         with start(cmd, cluster if side == "remote" else None) as proc, stopped_after(proc):
             assert proc.stdout is not None and proc.stderr is not None
-            assert len(proc.stdout.read(1000)) == 1000
+            head = proc.stdout.read(1000)
+            assert len(head) == 1000, (side, proc.stderr.read())
             proc.stdout.close()
             closed = time.monotonic()
             err = proc.stderr.read()

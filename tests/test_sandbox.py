@@ -19,7 +19,6 @@ import pytest
 
 from tests.conftest import Cluster, start_cluster
 from tests.helpers import REPO, admin, free_port, process_env, require, write_yaml
-from worker.sandbox import Policy, Sandbox, SandboxError
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 pytestmark = pytest.mark.timeout(120)
@@ -35,21 +34,42 @@ def _bwrap() -> None:
     require(shutil.which("bwrap") is not None, "bubblewrap (bwrap)")
 
 
-def confined(policy: Policy, script: str, cwd: str = "/tmp") -> subprocess.CompletedProcess[bytes]:
-    sandbox = Sandbox(policy)
-    process = sandbox.launch(["/bin/sh", "-c", script], cwd=cwd, env={"PATH": "/usr/bin:/bin"})
-    out, err = process.communicate(timeout=60)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+def in_worker(code: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    """Run ``code`` in a process of its own, as a worker would: building a ``Sandbox``
+    moves the process into its mount namespace, which the test process must not do."""
+    preamble = "import json, os, signal, sys, time\nfrom worker.sandbox import Policy, Sandbox\n"
+    kwargs.setdefault("env", process_env())
+    return subprocess.run(
+        [sys.executable, "-c", preamble + textwrap.dedent(code)],
+        capture_output=True,
+        timeout=90,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def confined(policy: str, script: str, cwd: str = "/tmp") -> subprocess.CompletedProcess[bytes]:
+    """``sh -c script`` in a sandbox of ``Policy(...)`` (given as Python source)."""
+    return in_worker(
+        f"""
+        process = Sandbox({policy}).launch(
+            ["/bin/sh", "-c", {script!r}], cwd={cwd!r}, env={{"PATH": "/usr/bin:/bin"}}
+        )
+        out, err = process.communicate(timeout=60)
+        sys.stdout.buffer.write(out)
+        sys.stderr.buffer.write(err)
+        sys.exit(process.returncode)
+        """
+    )
 
 
 def test_only_the_listed_devices_and_driver_files_are_visible(tmp_path: Path) -> None:
     drivers = tmp_path / "vendors"
     drivers.mkdir()
     (drivers / "driver.icd").write_text("libdriver.so\n")
-    plain = confined(Policy(roots={}), "ls -A /dev")
+    plain = confined("Policy(roots={})", "ls -A /dev")
     assert set(plain.stdout.decode().split()) <= MINIMAL_DEV
     listed = confined(
-        Policy(roots={}, devices=("/dev/fuse", str(drivers))),
+        f"Policy(roots={{}}, devices=('/dev/fuse', {str(drivers)!r}))",
         f"ls -A /dev; echo --; cat {drivers}/driver.icd; ls -d /sys/dev/char",
     )
     names, _, rest = listed.stdout.decode().partition("--")
@@ -61,7 +81,7 @@ def test_only_the_listed_devices_and_driver_files_are_visible(tmp_path: Path) ->
 
 def test_a_confined_process_has_no_rights_network_or_view_of_the_host(tmp_path: Path) -> None:
     result = confined(
-        Policy(roots={"Media": str(tmp_path)}),
+        f"Policy(roots={{'Media': {str(tmp_path)!r}}})",
         "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; "
         "echo pids $(ls /proc | grep -c '^[0-9]'); "
         "echo nets $(tail -n +3 /proc/net/dev | cut -d: -f1); "
@@ -95,9 +115,9 @@ def test_the_network_is_there_only_with_allow_network() -> None:
                 count += 1
                 conn.close()
 
-        confined(Policy(roots={}), probe)
+        confined("Policy(roots={})", probe)
         assert connections() == 0
-        confined(Policy(roots={}, allow_network=True), probe)
+        confined("Policy(roots={}, allow_network=True)", probe)
         assert connections() >= 1
 
 
@@ -105,58 +125,107 @@ def test_files_the_job_must_not_see_are_hidden_even_inside_a_root(tmp_path: Path
     key = tmp_path / "worker.key"
     key.write_text("the-secret-key\n")
     result = confined(
-        Policy(roots={"Media": str(tmp_path)}, hidden=(str(key),)),
+        f"Policy(roots={{'Media': {str(tmp_path)!r}}}, hidden=({str(key)!r},))",
         f"cat {key}; echo; ls {tmp_path}",
     )
     assert b"the-secret-key" not in result.stdout
     assert b"worker.key" in result.stdout  # there, but empty
 
 
-def closed(process: subprocess.Popen[bytes]) -> None:
-    for stream in (process.stdin, process.stdout, process.stderr):
-        if stream is not None:
-            stream.close()
-
-
 def test_signals_reach_the_confined_process_not_bubblewrap() -> None:
-    sandbox = Sandbox(Policy(roots={}))
-    script = 'trap "echo got $1; exit 7" INT; echo ready; while :; do sleep 0.05; done'
-    process = sandbox.launch(["/bin/sh", "-c", script, "sh", "INT"], cwd="/tmp", env={})
-    assert process.stdout is not None
-    assert process.stdout.readline() == b"ready\n"
-    sandbox.deliver(process, signal.SIGINT)
-    assert process.wait(timeout=10) == 7
-    assert process.stdout.read() == b"got INT\n"
-    closed(process)
+    result = in_worker(
+        """
+        sandbox = Sandbox(Policy(roots={}))
+        script = 'trap "echo got $1; exit 7" INT; echo ready; while :; do sleep 0.05; done'
+        process = sandbox.launch(["/bin/sh", "-c", script, "sh", "INT"], cwd="/tmp", env={})
+        assert process.stdout.readline() == b"ready\\n"
+        sandbox.deliver(process, signal.SIGINT)
+        print("trapped", process.wait(timeout=10), process.stdout.read())
+        process = sandbox.launch(["/bin/sh", "-c", "echo ready; exec sleep 30"], cwd="/tmp",
+                                 env={})
+        assert process.stdout.readline() == b"ready\\n"
+        sandbox.deliver(process, signal.SIGHUP)
+        print("killed", process.wait(timeout=10))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "trapped 7 b'got INT\\n'"
     # Death by a signal is reported as a shell would: 128 + N.
-    process = sandbox.launch(["/bin/sh", "-c", "echo ready; exec sleep 30"], cwd="/tmp", env={})
-    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
-    sandbox.deliver(process, signal.SIGHUP)
-    assert process.wait(timeout=10) == 128 + signal.SIGHUP
-    closed(process)
+    assert lines[1] == f"killed {128 + signal.SIGHUP}"
 
 
 def test_stop_ends_a_process_that_ignores_sigterm() -> None:
-    sandbox = Sandbox(Policy(roots={}))
-    process = sandbox.launch(
-        ["/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
-        cwd="/tmp",
-        env={},
+    result = in_worker(
+        """
+        sandbox = Sandbox(Policy(roots={}))
+        process = sandbox.launch(
+            ["/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
+            cwd="/tmp", env={},
+        )
+        assert process.stdout.readline() == b"ready\\n"
+        started = time.monotonic()
+        sandbox.stop(process, grace=0.5)
+        print(process.wait(timeout=10), round(time.monotonic() - started, 1))
+        """
     )
-    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
-    started = time.monotonic()
-    sandbox.stop(process, grace=0.5)
-    assert process.wait(timeout=10) != 0
-    assert time.monotonic() - started < 5
-    closed(process)
+    assert result.returncode == 0, result.stderr
+    code, took = result.stdout.decode().split()
+    assert int(code) != 0 and float(took) < 5
+
+
+def test_the_sandbox_dies_with_the_worker() -> None:
+    """A worker killed with SIGKILL leaves no job behind (bubblewrap does not see to it)."""
+    marker = f"dffmpeg-orphan-{os.getpid()}"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(
+            f"""
+            import sys, time
+            from worker.sandbox import Policy, Sandbox
+            p = Sandbox(Policy(roots={{}})).launch(
+                ["/bin/sh", "-c", "echo ready; exec sleep 300 {marker}"], cwd="/tmp", env={{}})
+            print(p.stdout.readline().decode(), end="", flush=True)
+            time.sleep(300)
+            """
+        )],
+        stdout=subprocess.PIPE,
+        env=process_env(),
+    )  # fmt: skip
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == b"ready\n"
+        assert _pids_with(marker)
+        worker.kill()
+        worker.wait(10)
+        deadline = time.monotonic() + 5
+        while _pids_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pids_with(marker)
+    finally:
+        worker.kill()
+        worker.wait(10)
+        assert worker.stdout is not None
+        worker.stdout.close()
+
+
+def _pids_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if marker.encode() in cmdline.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="job_user needs a worker running as root")
 def test_job_user_runs_the_job_as_that_user(tmp_path: Path) -> None:
-    result = confined(Policy(roots={}, job_user="nobody"), "id -u; id -g")
+    result = confined("Policy(roots={}, job_user='nobody')", "id -u; id -g")
     assert result.stdout.decode().split() == ["65534", "65534"], result.stderr
-    with pytest.raises(SandboxError, match="does not exist"):
-        Sandbox(Policy(roots={}, job_user="no-such-user-here"))
+    missing = confined("Policy(roots={}, job_user='no-such-user-here')", "true")
+    assert missing.returncode != 0 and b"does not exist" in missing.stderr
 
 
 @pytest.fixture
@@ -192,7 +261,7 @@ def test_an_unprivileged_worker_confines_its_jobs_too(nobody_dir: Path) -> None:
     # The two modules the sandbox needs, where the unprivileged user can read them.
     package = nobody_dir / "code" / "worker"
     package.mkdir(parents=True)
-    for name in ("__init__.py", "namespaces.py", "sandbox.py"):
+    for name in ("__init__.py", "namespaces.py", "process.py", "sandbox.py"):
         shutil.copy(REPO / "worker" / name, package / name)
     script = textwrap.dedent(
         f"""

@@ -88,6 +88,9 @@ class Deployment:
             "binaries": {"ffmpeg": ffmpeg},
             "slots": 2,
             "heartbeat_seconds": 1,
+            # An agent inside the test process: confining its jobs would move the test
+            # run into the sandbox's mount namespace (tests/test_sandbox*.py cover it).
+            "sandbox": False,
         }
         return WorkerConfig.from_dict(data)
 

@@ -91,6 +91,8 @@ def test_heartbeats_follow_the_lease_of_what_the_worker_holds(
             "binaries": {"sleepjob": str(script)},
             "slots": 1,
             "heartbeat_seconds": 0.5,
+            # In this process: the sandbox would move the test run into its namespace.
+            "sandbox": False,
         }
     )
     api = CountingApi(url, "w", worker_key)

@@ -52,6 +52,10 @@ class WorkerAgent:
         self._idle_lease = 0.0
         self._renewed_at = 0.0  # monotonic send time of the last request that renewed
         self._poll_ok = False  # the last poll (or registration) reached the coordinator
+        # The coordinator's last renewal was made while we held nothing, so it granted
+        # the idle lease. Until then the short lease of a busy worker still runs, and an
+        # idle heartbeat interval would let it expire right after a job ends.
+        self._idle_lease_held = False
         self._beat = threading.Event()  # re-think the next heartbeat (a job started)
         self.downlink: Downlink | None = None
         self.runner: Runner = Unconfined()
@@ -144,6 +148,7 @@ class WorkerAgent:
                 sent = time.monotonic()
                 answer = self.api.call("POST", "/workers/register", json_body=self.registration())
                 self._registered_at = self._renewed_at = sent
+                self._idle_lease_held = not self.running_jobs()  # registration: idle lease
                 self._poll_ok = True  # the coordinator is reachable: polls count as renewals
                 self._idle_lease = float(answer.get("idle_lease_seconds") or 0)
                 log.info(
@@ -253,7 +258,7 @@ class WorkerAgent:
         return max(self.config.heartbeat_seconds, self._idle_lease / 3)
 
     def heartbeat_interval(self) -> float:
-        if self.running_jobs():
+        if self.running_jobs() or not self._idle_lease_held:
             return self.config.heartbeat_seconds
         downlink = self.downlink
         if self._poll_ok and (downlink is None or downlink.long_poll):
@@ -277,9 +282,11 @@ class WorkerAgent:
 
     def _heartbeat(self) -> None:
         sent = time.monotonic()
+        idle = not self.running_jobs()
         try:
             self.api.request("POST", "/workers/heartbeat", timeout=10)
             self._renewed_at = max(self._renewed_at, sent)
+            self._idle_lease_held = idle and not self.running_jobs()
         except ApiError as exc:
             if exc.status == 409:  # the coordinator forgot us, or declared us lost
                 self.register(unless_since=sent)
@@ -358,6 +365,7 @@ class WorkerAgent:
             assert self.rules is not None  # set by start()
             execution = JobExecution(self.api, assignment, self.rules, self.runner)
             self.jobs[job_id] = execution
+        self._idle_lease_held = False
         threading.Thread(target=execution.run, name=f"job-{job_id[:8]}", daemon=True).start()
         self._beat.set()  # held a job: heartbeats at the short interval from now on
 

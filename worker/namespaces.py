@@ -1,29 +1,30 @@
-"""What a confined job's child does between ``fork`` and ``exec`` of bubblewrap.
+"""The worker's own mount namespace, in which every mapped root is ``noexec``.
 
-bubblewrap builds the sandbox, but it cannot mount a directory ``noexec``; without that,
-a shared library one job writes into a mapped root could be loaded by the next job
-(``-af ladspa=file=...``). So the child first enters a mount namespace of its own and
-re-mounts every mapped root (and every mount below one) ``noexec,nosuid,nodev`` there;
-bubblewrap then binds those mounts into the sandbox, keeping the flags. The host's mounts
-are untouched: the namespace ends with the job.
+bubblewrap builds each job's sandbox from the mounts of the process that starts it,
+keeping their flags, but it cannot mount a directory ``noexec`` itself. Without that, a
+shared library one job writes into a mapped root could be loaded by the next job
+(``-af ladspa=file=...``). So a confined worker moves, once at start-up, into a mount
+namespace of its own, and there re-mounts every mapped root (and every mount below one)
+``noexec,nosuid,nodev``. The host's mounts are untouched; mounts the host makes later
+still arrive (the namespace is a slave of the host's), and before each job the worker
+re-checks the roots (``MountGuard.ensure``: one ``poll`` unless the mount table changed).
 
-A worker running as root enters the mount namespace directly (and may then switch to
-``job_user``). An unprivileged worker first enters a user namespace that maps only its
-own uid and gid, which grants the right to mount inside it; the capabilities that come
-with it are lost at the ``exec`` of bubblewrap (the uid inside is not 0).
+A worker running as root enters the mount namespace directly. An unprivileged worker
+first enters a user namespace that maps only its own uid and gid, which grants the
+right to mount inside it and changes nothing of what it may access.
 
-Everything is worked out in the worker before the fork; the child only makes system
-calls, through functions looked up in the worker (see ``worker.process``).
+Doing this once, in the worker, rather than in every job's child between ``fork`` and
+``exec`` keeps a job's start free of Python code in the child, so it can use ``vfork``:
+in a worker of tens of MB, a ``fork`` costs more than the whole sandbox.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import pwd
-import signal
+import select
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -36,9 +37,9 @@ MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
-MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
 MS_RELATIME = 0x200000
-PR_SET_PDEATHSIG = 1
+LOCKED = MS_NOEXEC | MS_NOSUID | MS_NODEV
 
 # statvfs flag -> mount flag, for the flags a bind re-mount must keep (in a user
 # namespace, dropping one the mount already has is refused).
@@ -51,64 +52,64 @@ _KEPT_FLAGS = (
     (os.ST_NODIRATIME, MS_NODIRATIME),
     (os.ST_RELATIME, MS_RELATIME),
 )
+MOUNTINFO = "/proc/self/mountinfo"
 
 
-class PreludeError(Exception):
-    """The child could not prepare its namespace; the message names the step."""
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
+class NamespaceError(Exception):
+    """The mount namespace could not be set up; the message names the step."""
 
 
 def _function(name: str, argtypes: list[type]) -> Callable[..., int] | None:
-    if _LIBC is None or not hasattr(_LIBC, name):
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
         return None
-    function: Callable[..., int] = getattr(_LIBC, name)
-    function.argtypes = argtypes  # type: ignore[attr-defined]
+    function: Callable[..., int] | None = getattr(libc, name, None)
+    if function is not None:
+        function.argtypes = argtypes  # type: ignore[attr-defined]
     return function
 
 
-# Looked up once in the worker: never dlsym in a child forked from a threaded process.
 _UNSHARE = _function("unshare", [ctypes.c_int])
 _MOUNT = _function(
     "mount",
     [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p],
 )
-_PRCTL = _function(
-    "prctl", [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-)
+_UMOUNT2 = _function("umount2", [ctypes.c_char_p, ctypes.c_int])
+MNT_DETACH = 2
 
 
-def available() -> str | None:
-    """Why the prelude cannot run here, or None when it can."""
+def _failed(step: str) -> NamespaceError:
+    return NamespaceError(f"{step}: {os.strerror(ctypes.get_errno())}")
+
+
+def enter_own_namespace() -> None:
+    """Move this process into a mount namespace of its own (must be single-threaded)."""
     if _UNSHARE is None or _MOUNT is None:
-        return "the C library offers no unshare/mount"
-    return None
+        raise NamespaceError("the C library offers no unshare/mount")
+    if threading.active_count() > 1:
+        raise NamespaceError("the worker must set up its namespace before starting threads")
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        if _UNSHARE(CLONE_NEWNS) != 0:
+            raise _failed("unshare(mount namespace)")
+    else:
+        if _UNSHARE(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+            raise _failed("unshare(user and mount namespaces)")
+        _write("/proc/self/setgroups", b"deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1".encode())
+        _write("/proc/self/gid_map", f"{gid} {gid} 1".encode())
+    # Our re-mounts stay ours; the host's later mounts still reach us.
+    if _MOUNT(None, b"/", None, MS_REC | MS_SLAVE, None) != 0:
+        raise _failed("mount --make-rslave /")
 
 
-def mounts_below(roots: Iterable[str], mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Every mount point at or below one of ``roots`` (resolved), parents first."""
-    resolved = [os.path.realpath(r) for r in roots]
-    found = set(resolved)
+def mount_points(mountinfo: str = MOUNTINFO) -> list[str]:
     try:
         with open(mountinfo, encoding="utf-8", errors="surrogateescape") as lines:
-            for line in lines:
-                fields = line.split(" ")
-                if len(fields) < 5:
-                    continue
-                point = _unescape(fields[4])
-                if any(point == r or _below(point, r) for r in resolved):
-                    found.add(point)
+            return [_unescape(f[4]) for line in lines if len(f := line.split(" ")) > 4]
     except OSError:
-        pass
-    return sorted(found, key=lambda p: (p.count("/"), p))
+        return []
 
 
 def _unescape(field: str) -> str:
@@ -121,99 +122,70 @@ def _unescape(field: str) -> str:
     )
 
 
-def _kept_flags(path: str) -> int:
-    try:
-        flags = os.statvfs(path).f_flag
-    except OSError:
-        return 0
+def _flags(path: str) -> int:
+    flags = os.statvfs(path).f_flag
     return sum(mount for stat, mount in _KEPT_FLAGS if flags & stat)
 
 
-@dataclass(frozen=True)
-class Identity:
-    """The unprivileged user a job runs as (``job_user``)."""
-
-    uid: int
-    gid: int
-
-    @classmethod
-    def lookup(cls, name: str) -> Identity:
-        try:
-            entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-        except (KeyError, ValueError) as exc:
-            raise PreludeError(f"job_user {name!r} does not exist") from exc
-        if entry.pw_uid == 0:
-            raise PreludeError("job_user must not be root")
-        return cls(entry.pw_uid, entry.pw_gid)
+def _below(path: str, other: str) -> bool:
+    """``path`` is ``other`` or lies inside it."""
+    return path == other or path.startswith(other.rstrip("/") + "/")
 
 
-class Prelude:
-    """A ``preexec_fn``: die with the worker, then enter the job's mount namespace.
+class MountGuard:
+    """Keeps the roots ``noexec,nosuid,nodev`` in this process's mount namespace.
 
-    Built per job in the worker (it reads the current mounts); called in the child.
-    Raises ``PreludeError`` (the start fails) if any step is refused.
+    Construct it in the worker before any thread starts (it enters the namespace);
+    ``ensure`` may then be called from any thread before each job.
     """
 
-    def __init__(self, roots: Iterable[str], job_user: Identity | None = None) -> None:
-        self.worker_pid = os.getpid()
-        self.privileged = os.geteuid() == 0
-        if job_user is not None and not self.privileged:
-            raise PreludeError("job_user needs a worker running as root")
-        self.job_user = job_user
-        self.uid = os.geteuid()
-        self.gid = os.getegid()
-        present = [os.path.realpath(r) for r in roots if os.path.isdir(r)]
-        # Each outermost root is bound onto itself with what is mounted below it, so
-        # that every mount point below can then be re-mounted on its own.
-        self.binds = [p.encode() for p in present if not any(_below(p, o) for o in present)]
-        self.remounts = [
-            (point.encode(), _kept_flags(point) | MS_NOEXEC | MS_NOSUID | MS_NODEV)
-            for point in mounts_below(present)
-        ]
+    def __init__(self, roots: Iterable[str]) -> None:
+        self.roots = sorted({os.path.realpath(r) for r in roots})
+        enter_own_namespace()
+        self._lock = threading.Lock()
+        self._bound: list[str] = []  # roots this guard made mount points
+        self._table = open(MOUNTINFO, "rb")  # noqa: SIM115 -- polled for the guard's life
+        self._poll = select.poll()
+        self._poll.register(self._table, select.POLLPRI | select.POLLERR)
+        self.apply()
 
-    def __call__(self) -> None:
-        self._die_with_worker()
-        self._enter_namespaces()
-        self._remount_noexec()
-        if self.job_user is not None:
-            os.setgroups([])
-            os.setresgid(self.job_user.gid, self.job_user.gid, self.job_user.gid)
-            os.setresuid(self.job_user.uid, self.job_user.uid, self.job_user.uid)
+    def ensure(self) -> None:
+        """Re-apply the flags if the mount table changed since the last look."""
+        if self._poll.poll(0):
+            self.apply()
 
-    def _die_with_worker(self) -> None:
-        # Linux sends it when the *thread* that forked us ends: the job's thread waits
-        # for the process, so it lives as long as the job.
-        if _PRCTL is not None:
-            _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != self.worker_pid:  # the worker died before prctl took effect
-            os._exit(1)
-
-    def _enter_namespaces(self) -> None:
-        assert _UNSHARE is not None and _MOUNT is not None
-        flags = CLONE_NEWNS if self.privileged else CLONE_NEWUSER | CLONE_NEWNS
-        if _UNSHARE(flags) != 0:
-            raise PreludeError(f"unshare: {os.strerror(ctypes.get_errno())}")
-        if not self.privileged:
-            _write("/proc/self/setgroups", b"deny")
-            _write("/proc/self/uid_map", f"{self.uid} {self.uid} 1".encode())
-            _write("/proc/self/gid_map", f"{self.gid} {self.gid} 1".encode())
-        # Nothing mounted here may reach the host's namespace.
-        if _MOUNT(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-            raise PreludeError(f"private mounts: {os.strerror(ctypes.get_errno())}")
-
-    def _remount_noexec(self) -> None:
+    def apply(self) -> None:
         assert _MOUNT is not None
-        for point in self.binds:
-            if _MOUNT(point, point, None, MS_BIND | MS_REC, None) != 0:
-                raise PreludeError(f"bind {point!r}: {os.strerror(ctypes.get_errno())}")
-        for point, flags in self.remounts:
-            if _MOUNT(None, point, None, MS_REMOUNT | MS_BIND | flags, None) != 0:
-                raise PreludeError(f"noexec {point!r}: {os.strerror(ctypes.get_errno())}")
+        with self._lock:
+            self._table.seek(0)
+            self._table.read()  # clears the change notification
+            present = [r for r in self.roots if os.path.isdir(r)]
+            outermost = [r for r in present if not any(_below(r, o) and o != r for o in present)]
+            points = set(mount_points())
+            # A root that is not a mount point is made one (with what is mounted below
+            # it), so that its own flags can be set.
+            unbound = [r for r in outermost if _flags(r) & LOCKED != LOCKED and r not in points]
+            for root in unbound:
+                if _MOUNT(root.encode(), root.encode(), None, MS_BIND | MS_REC, None) != 0:
+                    raise _failed(f"bind {root}")
+                self._bound.append(root)
+            below = {p for p in mount_points() if any(_below(p, r) for r in outermost)}
+            for point in sorted(below, key=len):
+                flags = _flags(point)
+                if flags & LOCKED == LOCKED:
+                    continue
+                wanted = MS_REMOUNT | MS_BIND | flags | LOCKED
+                if _MOUNT(None, point.encode(), None, wanted, None) != 0:
+                    raise _failed(f"remount {point} noexec")
 
-
-def _below(path: str, other: str) -> bool:
-    """``path`` lies strictly inside ``other``."""
-    return path != other and path.startswith(other.rstrip("/") + "/")
+    def close(self) -> None:
+        """Undo the binds (in this namespace only): the roots can be removed again."""
+        with self._lock:
+            for root in reversed(self._bound):
+                if _UMOUNT2 is not None:
+                    _UMOUNT2(root.encode(), MNT_DETACH)
+            self._bound.clear()
+            self._table.close()
 
 
 def _write(path: str, data: bytes) -> None:
@@ -224,4 +196,4 @@ def _write(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise PreludeError(f"{path}: {exc.strerror}") from exc
+        raise NamespaceError(f"{path}: {exc.strerror}") from exc

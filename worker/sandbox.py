@@ -31,7 +31,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from worker.namespaces import Identity, Prelude, PreludeError, available
+from worker.namespaces import MountGuard, NamespaceError
+from worker.process import Identity, with_parent_death
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,26 @@ class Sandbox:
     confined = True
 
     def __init__(self, policy: Policy, bwrap: str = "bwrap") -> None:
+        """Check what the sandbox needs and move this process into its mount namespace
+        (``worker.namespaces``): call it before the worker starts any thread."""
         path = shutil.which(bwrap)
         if path is None:
             raise SandboxError(
                 "bubblewrap (bwrap) is not installed: install it, or set sandbox: off "
                 "to run jobs unconfined"
             )
-        reason = available()
-        if reason is not None:
-            raise SandboxError(f"cannot confine jobs: {reason}")
         self.bwrap = path
         self.policy = policy
         try:
             self.job_user = Identity.lookup(policy.job_user) if policy.job_user else None
-        except PreludeError as exc:
+        except ValueError as exc:
             raise SandboxError(str(exc)) from exc
+        if self.job_user is not None and os.geteuid() != 0:
+            raise SandboxError("job_user needs a worker running as root")
+        try:
+            self.mounts = MountGuard(policy.roots.values())
+        except NamespaceError as exc:
+            raise SandboxError(f"cannot confine jobs: {exc}") from exc
         self._system = self._system_args()
 
     # -- building the command ---------------------------------------------------------
@@ -115,6 +121,8 @@ class Sandbox:
                 args += ["--symlink", os.readlink(host), host]
             elif os.path.isdir(host):
                 args += ["--ro-bind", host, host]
+        # A tmpfs hides what was bound below it before: /tmp comes first.
+        args += ["--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         etc = ETC + (NETWORK_ETC if policy.allow_network else ())
         for name in etc:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
@@ -125,8 +133,6 @@ class Sandbox:
             if not _inside(folder, "/usr"):
                 args += ["--ro-bind", folder, folder]
         args += ["--proc", "/proc", "--dev", "/dev"]
-        # Before anything below /tmp is bound: the tmpfs would hide it.
-        args += ["--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
         for device in policy.devices:
             if _inside(device, "/dev"):
                 args += ["--dev-bind-try", device, device]
@@ -176,22 +182,21 @@ class Sandbox:
         """
         fds = {name: _memfd(name, data) for name, data in (files or {}).items()}
         try:
-            prelude = Prelude(self.policy.roots.values(), self.job_user)
+            self.mounts.ensure()
+            # No Python code runs in the child (no preexec_fn), so the process can be
+            # started with vfork: the worker's memory is not copied for every job.
             return subprocess.Popen(
-                self.command(argv, cwd, fds),
+                with_parent_death(self.command(argv, cwd, fds), self.job_user),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=dict(env),
                 start_new_session=True,
-                preexec_fn=prelude,
                 pass_fds=tuple(fds.values()),
                 bufsize=0,
             )
-        except PreludeError as exc:
+        except NamespaceError as exc:
             raise OSError(f"sandbox: {exc}") from exc
-        except subprocess.SubprocessError as exc:
-            raise OSError(f"sandbox could not be prepared: {exc}") from exc
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -215,6 +220,10 @@ class Sandbox:
             process.wait(timeout=grace)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Release the worker's hold on its roots (``MountGuard.close``)."""
+        self.mounts.close()
 
     def check(self, binary: str) -> None:
         """Run ``binary -version`` confined once; raise SandboxError saying why not."""
