@@ -95,8 +95,11 @@ def multi_cluster(
     clients: int = 5,
     coordinator_extra: dict[str, Any] | None = None,
 ) -> Iterator[MultiCluster]:
-    runs_file = root / "runs.txt"
-    script = root / "stressjob.sh"
+    # The job records its runs in a mapped root: jobs run confined and see nothing else.
+    (root / "runs").mkdir()
+    (root / "bin").mkdir()
+    runs_file = root / "runs" / "runs.txt"
+    script = root / "bin" / "stressjob.sh"
     script.write_text(SCRIPT.format(runs=runs_file))
     script.chmod(0o755)
     worker_keys, client_keys = _add_users(database_url, workers, clients)
@@ -136,6 +139,7 @@ def multi_cluster(
                     "hmac_key": key,
                     "coordinator_url": urls[i % len(urls)],
                     "binaries": {BINARY: str(script)},
+                    "paths": {"Runs": str(runs_file.parent)},
                     "slots": slots,
                     "heartbeat_seconds": 1,
                 },

@@ -116,6 +116,7 @@ class JobExecution:
         self._canceled = threading.Event()
         self._done = threading.Event()  # the process is over
         self._reported = threading.Event()  # ... and the coordinator was told
+        self._finished = threading.Event()  # a finish was sent
         self._aborted: str | None = None
         self._stdout_hung_up = threading.Event()
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -200,8 +201,10 @@ class JobExecution:
             return
         try:
             self._run_accepted()
-        except Exception:
+        except Exception as exc:
             log.exception("job %s failed in the worker", self.job_id)
+            if not self._finished.is_set():  # never leave the job running on the coordinator
+                self._finish({"error": f"worker error: {type(exc).__name__}"})
         finally:
             self._done.set()
             self._reported.set()
@@ -272,6 +275,7 @@ class JobExecution:
         )
 
     def _finish(self, result: dict[str, Any]) -> None:
+        self._finished.set()
         try:
             self.api.request(
                 "POST", f"/jobs/{self.job_id}/finish", json_body=result, retry_for=RETRY_SECONDS

@@ -151,7 +151,9 @@ class MountGuard:
 
     def ensure(self) -> None:
         """Re-apply the flags if the mount table changed since the last look."""
-        if self._poll.poll(0):
+        with self._lock:
+            changed = bool(self._poll.poll(0))  # a poll object is not for two threads
+        if changed:
             self.apply()
 
     def apply(self) -> None:
