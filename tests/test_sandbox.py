@@ -368,3 +368,29 @@ def test_an_unconfined_worker_is_marked_as_such(unconfined: Cluster) -> None:
     # It still runs jobs.
     assert unconfined.run("ffmpeg", "-v", "error", "-f", "lavfi", "-i", "nullsrc=d=0.1",
                           "-f", "null", "-").returncode == 0  # fmt: skip
+
+
+def test_jobs_starting_together_share_the_mount_guard(tmp_path: Path) -> None:
+    """Every job start asks the guard whether the mount table changed, from its own
+    thread; many at once must neither fail nor stack binds."""
+    result = in_worker(
+        f"""
+        import threading
+        from worker.namespaces import mount_points
+        sandbox = Sandbox(Policy(roots={{"Media": {str(tmp_path)!r}}}))
+        errors = []
+        def start_many():
+            for _ in range(200):
+                try:
+                    sandbox.mounts.ensure()
+                except Exception as exc:
+                    errors.append(repr(exc))
+        threads = [threading.Thread(target=start_many) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        sandbox.mounts.apply()
+        print(len(errors), mount_points().count({str(tmp_path)!r}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split() == ["0", "1"]
