@@ -55,7 +55,9 @@ healthy() { python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.ar
 for _ in $(seq 100); do healthy && break; sleep 0.1; done
 dffmpeg-worker --config "$DEMO/worker.yaml" >"$DEMO/worker.log" 2>&1 &
 WORKER_PID=$!
-sleep 2
+online() { dffmpeg-admin --config "$DEMO/coordinator.yaml" worker list --json | grep -q '"online"'; }
+for _ in $(seq 120); do online && break; sleep 0.5; done
+online || { echo "the worker did not come online; see $DEMO/worker.log" >&2; exit 1; }
 
 echo "== generating a 10 s test clip with lavfi"
 ffmpeg -v error -f lavfi -i testsrc2=duration=10:size=1280x720:rate=25 \

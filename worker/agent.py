@@ -35,6 +35,10 @@ POLL_WAIT_SECONDS = 20.0
 CATCHUP_SECONDS = 60.0
 
 
+class StoppedBeforeOnline(Exception):
+    """A drain or stop was asked for before the worker ever reached the coordinator."""
+
+
 class WorkerAgent:
     def __init__(self, config: WorkerConfig, api: Api) -> None:
         self.config = config
@@ -115,6 +119,8 @@ class WorkerAgent:
     def _open_downlink(self) -> Downlink | None:
         delay = 0.5
         while not self._stopped.is_set():
+            if self._draining.is_set():
+                raise StoppedBeforeOnline("stopped before reaching the coordinator")
             try:
                 downlink = open_downlink(self.api, self.config, "worker")
                 if downlink is not None:
@@ -144,6 +150,8 @@ class WorkerAgent:
     def _register(self) -> None:
         delay = 0.5
         while not self._stopped.is_set():
+            if self._draining.is_set() and not self._registered_at:
+                raise StoppedBeforeOnline("stopped before reaching the coordinator")
             try:
                 sent = time.monotonic()
                 answer = self.api.call("POST", "/workers/register", json_body=self.registration())

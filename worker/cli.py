@@ -15,7 +15,7 @@ from typing import Any
 
 from client.api import Api, AuthError
 from dffmpeg.config import ConfigError, load_worker
-from worker.agent import WorkerAgent
+from worker.agent import StoppedBeforeOnline, WorkerAgent
 from worker.sandbox import SandboxError
 
 
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, SandboxError) as exc:
         print(f"dffmpeg-worker: {exc}", file=sys.stderr)
         return 2
+    except StoppedBeforeOnline:
+        logging.info("stopped before reaching the coordinator; nothing to drain")
+        return 0
     while not stop.wait(1.0):
         pass
     agent.wait_jobs()
