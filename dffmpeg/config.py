@@ -13,11 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dffmpeg.config_check import (
+    PATH_KEY,
+    ConfigError,
+    check_block,
+    check_config,
+    known_keys,
+    yaml_keys,
+)
 from dffmpeg.paths import PathMappingError, validate_paths
 
-
-class ConfigError(Exception):
-    """The configuration is missing or wrong; the message says what to fix."""
+# Every key of a config file is a field of one of the dataclasses below (see
+# dffmpeg/config_check.py): an unknown key is an error naming the closest known one,
+# and a plain value of the wrong type is an error naming key, value and type. To add a
+# setting, add a field (with ``metadata=yaml_keys(...)`` if its YAML key is not its
+# name) and read it in ``from_dict``.
 
 
 def candidates(component: str) -> list[Path]:
@@ -70,8 +80,20 @@ def load_raw(component: str, explicit: str | None = None, required: bool = True)
             )
         return {}
     data = read_yaml(path)
-    data.setdefault("_path", str(path))
+    data.setdefault(PATH_KEY, str(path))
     return data
+
+
+def _parse(cls: Any, data: dict[str, Any]) -> Any:
+    """``cls.from_dict(data)``, every failure one line that starts with the file's name."""
+    where = f"{data[PATH_KEY]}: " if data.get(PATH_KEY) else ""
+    try:
+        return cls.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    except (TypeError, ValueError) as exc:
+        # A parser that converted a value it should have checked: still one line.
+        raise ConfigError(f"{where}invalid value: {exc}") from None
 
 
 def _str_list(data: Mapping[str, Any], key: str, default: list[str]) -> list[str]:
@@ -101,14 +123,37 @@ def _hmac_key(data: Mapping[str, Any], base: Path | None) -> str:
     return key
 
 
+@dataclass
+class PathRoot:
+    """The long form of a ``paths`` value: ``Variable: {path: /root, writable: false}``.
+
+    Its fields are the keys such a mapping may have.
+    """
+
+    path: str
+    writable: bool = True
+
+
 def _paths(data: Mapping[str, Any]) -> dict[str, str]:
     raw = data.get("paths") or {}
     if not isinstance(raw, dict):
         raise ConfigError("paths must be a mapping of Variable: /local/root")
+    roots: dict[str, Any] = {}
+    for name, value in raw.items():
+        if isinstance(value, dict):
+            entry = check_block(f"paths.{name}", PathRoot, value)
+            if "path" not in entry:
+                raise ConfigError(f"paths.{name}: path is required")
+            if entry.get("writable") is False:
+                # Refused rather than ignored: a root the operator wants read-only must
+                # never be silently writable.
+                raise ConfigError(f"paths.{name}: writable: false is not supported by this version")
+            value = entry["path"]
+        roots[name] = value
     try:
-        return validate_paths(raw)
+        return validate_paths(roots)
     except PathMappingError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(f"paths: {exc}") from exc
 
 
 @dataclass
@@ -129,10 +174,10 @@ class BrokerSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BrokerSettings:
-        mqtt = data.get("mqtt") or {}
-        rabbit = data.get("rabbitmq") or {}
-        if not isinstance(mqtt, dict) or not isinstance(rabbit, dict):
-            raise ConfigError("mqtt and rabbitmq must be mappings (with at least url)")
+        # The ``mqtt:`` block's keys are the fields named ``mqtt_*``, the ``rabbitmq:``
+        # block's those named ``rabbitmq_*``.
+        mqtt = check_block("mqtt", cls, data.get("mqtt") or {}, strip="mqtt_")
+        rabbit = check_block("rabbitmq", cls, data.get("rabbitmq") or {}, strip="rabbitmq_")
         return cls(
             mqtt_url=mqtt.get("url"),
             rabbitmq_url=rabbit.get("url"),
@@ -180,12 +225,14 @@ class ClientConfig:
     """What the client, the drop-in and the console read (``client`` keys)."""
 
     client_id: str
-    hmac_key: str
+    hmac_key: str = field(metadata=yaml_keys("hmac_key", "hmac_key_file"))
     coordinator_url: str
     paths: dict[str, str] = field(default_factory=dict)
     transports: list[str] = field(default_factory=lambda: ["http"])
-    brokers: BrokerSettings = field(default_factory=BrokerSettings)
-    source: str | None = None
+    brokers: BrokerSettings = field(
+        default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
+    )
+    source: str | None = field(default=None, metadata=yaml_keys())
     # Defaults for every job this client submits (see docs/lifecycle.md).
     require_labels: list[str] = field(default_factory=list)
     prefer_labels: list[str] = field(default_factory=list)
@@ -197,7 +244,8 @@ class ClientConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
-        source = data.get("_path")
+        check_config(cls, data)
+        source = data.get(PATH_KEY)
         base = Path(source).parent if source else None
         for key in ("client_id", "coordinator_url"):
             if not data.get(key):
@@ -243,15 +291,19 @@ class WorkerConfig(ClientConfig):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
-        base = ClientConfig.from_dict(data)
+        check_config(cls, data)
+        client_keys = {*known_keys(ClientConfig), PATH_KEY}
+        base = ClientConfig.from_dict({k: v for k, v in data.items() if k in client_keys})
         binaries = data.get("binaries") or {"ffmpeg": "ffmpeg", "ffprobe": "ffprobe"}
         if not isinstance(binaries, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in binaries.items()
         ):
             raise ConfigError("binaries must be a mapping of name: /path/to/binary")
-        slots = data.get("slots") or os.cpu_count() or 1
-        if not isinstance(slots, int) or slots < 1:
-            raise ConfigError("slots must be a positive integer")
+        slots = data.get("slots")
+        if slots is None:
+            slots = os.cpu_count() or 1
+        if slots < 1:
+            raise ConfigError(f"slots: expected a positive integer, got {slots}")
         return cls(
             **vars(base),
             binaries=dict(binaries),
@@ -288,12 +340,15 @@ class CoordinatorConfig:
     # An assigned job not accepted (or a canceling job not confirmed) in this time is
     # taken back from its worker.
     assign_timeout_seconds: int = 30
-    brokers: BrokerSettings = field(default_factory=BrokerSettings)
-    source: str | None = None
+    brokers: BrokerSettings = field(
+        default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
+    )
+    source: str | None = field(default=None, metadata=yaml_keys())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoordinatorConfig:
-        source = data.get("_path")
+        check_config(cls, data)
+        source = data.get(PATH_KEY)
         url = str(data.get("database_url") or default_database_url(source))
         lease = int(data.get("worker_lease_seconds", 15))
         idle_lease = int(data.get("worker_idle_lease_seconds", 4 * lease))
@@ -328,12 +383,17 @@ def default_database_url(source: str | None) -> str:
 
 
 def load_client(explicit: str | None = None, component: str = "client") -> ClientConfig:
-    return ClientConfig.from_dict(load_raw(component, explicit))
+    config: ClientConfig = _parse(ClientConfig, load_raw(component, explicit))
+    return config
 
 
 def load_worker(explicit: str | None = None) -> WorkerConfig:
-    return WorkerConfig.from_dict(load_raw("worker", explicit))
+    config: WorkerConfig = _parse(WorkerConfig, load_raw("worker", explicit))
+    return config
 
 
 def load_coordinator(explicit: str | None = None) -> CoordinatorConfig:
-    return CoordinatorConfig.from_dict(load_raw("coordinator", explicit, required=False))
+    """The coordinator's settings. A config file is required: without one a command
+    would quietly create a database in whatever directory it was started from."""
+    config: CoordinatorConfig = _parse(CoordinatorConfig, load_raw("coordinator", explicit))
+    return config
