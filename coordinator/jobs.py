@@ -114,7 +114,7 @@ def cancel(job: Job, by: str) -> dict[str, Any]:
     ):
         db.session.refresh(job)
         if job.state != JobState.CANCELING.value:
-            raise WrongState(f"job {job.id[:SHOWN]} is already {job.state}", state=job.state)
+            raise WrongState(f"job is already {job.state}", state=job.state)
     if worker_id:
         current_app.extensions["dffmpeg.notifier"].notify(f"worker:{worker_id}")
     db.session.refresh(job)

@@ -323,7 +323,7 @@ def write_input(job_id: str) -> ResponseReturnValue:
     job = visible_ref(job_id)
     job_id = job.id
     if JobState(job.state).terminal:
-        raise WrongState(f"job {job_id[:12]} is already {job.state}", state=job.state)
+        raise WrongState(f"job is already {job.state}", state=job.state)
     added = streams.append_input(job_id, frames_body())
     notifier().notify(f"input:{job_id}")
     return jsonify({"added": added})
