@@ -41,6 +41,10 @@ class CoordinatorServer(BaseApplication):
             "post_worker_init": _post_worker_init,
             "accesslog": None,
         }
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn's runtime control socket (newer versions) is not used; it would
+            # otherwise be made in the service user's home, which may not be writable.
+            options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
 
