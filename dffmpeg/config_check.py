@@ -18,9 +18,7 @@ types (mappings, dataclasses) are parsed by ``from_dict`` itself, which raises
 from __future__ import annotations
 
 import math
-import types
-import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -69,11 +67,10 @@ def check_keys(known: Iterable[str], data: Mapping[str, Any], block: str = "") -
 def check_config(cls: type, data: Mapping[str, Any]) -> None:
     """Known keys only, and plain values of the type their field declares."""
     check_keys(known_keys(cls), data)
-    hints = typing.get_type_hints(cls)
     for item in fields(cls):
         for key in item.metadata.get(KEYS, (item.name,)):
             if key in data:
-                check_value(key, data[key], hints[item.name])
+                check_value(key, data[key], item.type)
 
 
 def check_block(name: str, cls: type, data: Mapping[str, Any], strip: str = "") -> dict[str, Any]:
@@ -81,11 +78,10 @@ def check_block(name: str, cls: type, data: Mapping[str, Any], strip: str = "") 
     of ``cls`` (with the prefix ``strip`` taken off their names). Returns it as a dict."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{name}: expected a mapping, got {shown(data)}")
-    hints = typing.get_type_hints(cls)
-    own = {f.name[len(strip) :]: f.name for f in fields(cls) if f.name.startswith(strip)}
+    own = {f.name[len(strip) :]: f for f in fields(cls) if f.name.startswith(strip)}
     check_keys(own, data, block=f"{name}.")
     for key, value in data.items():
-        check_value(f"{name}.{key}", value, hints[own[key]])
+        check_value(f"{name}.{key}", value, own[key].type)
     return dict(data)
 
 
@@ -97,9 +93,9 @@ def shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_value(key: str, value: Any, hint: Any) -> None:
-    """Raise ConfigError unless ``value`` fits ``hint`` (only plain types are checked)."""
-    expected = _expected(hint)
+def check_value(key: str, value: Any, annotation: Any) -> None:
+    """Raise ConfigError unless ``value`` fits ``annotation`` (plain types only)."""
+    expected = _expected(annotation)
     if expected is None:
         return  # not a plain type: the field's own parser checks it
     description, accepts = expected
@@ -107,39 +103,50 @@ def check_value(key: str, value: Any, hint: Any) -> None:
         raise ConfigError(f"{key}: expected {description}, got {shown(value)}")
 
 
-def _expected(hint: Any) -> tuple[str, Any] | None:
-    """(description, predicate) for a plain type, None for anything else."""
-    if hint is bool:
-        return "true or false", lambda v: isinstance(v, bool)
-    if hint is int:
-        return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if hint is float:
-        return "a number", _is_number
-    if hint is str:
-        return "a string", lambda v: isinstance(v, str)
-    if typing.get_origin(hint) is list and typing.get_args(hint) == (str,):
-        # A single string stands for a list of one.
-        return (
-            "a list of strings",
-            lambda v: (
-                isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
-            ),
-        )
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        members = [m for m in typing.get_args(hint) if m is not type(None)]
-        optional = len(members) < len(typing.get_args(hint))
-        parts = [_expected(m) for m in members]
-        plain = [p for p in parts if p is not None]
-        if len(plain) < len(parts):
-            return None
-        descriptions = [d for d, _ in plain] + (["nothing"] if optional else [])
-
-        def accepts(value: Any) -> bool:
-            return (optional and value is None) or any(test(value) for _, test in plain)
-
-        return " or ".join(descriptions), accepts
-    return None
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str_list(value: Any) -> bool:
+    # A single string stands for a list of one.
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(x, str) for x in value)
+    )
+
+
+# The plain types, by how an annotation spells them.
+_PLAIN: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "int": ("an integer", _is_int),
+    "float": ("a number", _is_number),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "list[str]": ("a list of strings", _is_str_list),
+}
+
+
+def _expected(annotation: Any) -> tuple[str, Callable[[Any], bool]] | None:
+    """(description, predicate) for a plain type or a union of them, else None.
+
+    Read from the annotation's text (``int``, ``float | None``): the dataclasses use
+    postponed annotations, and reading the text costs nothing at start-up, where
+    resolving the annotations would (the drop-in loads its config at every start).
+    """
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    members = [m.strip() for m in text.split("|")]
+    optional = "None" in members
+    parts = [_PLAIN.get(m) for m in members if m != "None"]
+    plain = [p for p in parts if p is not None]
+    if not plain or len(plain) < len(parts):
+        return None
+    if len(plain) == 1 and not optional:
+        return plain[0]
+    descriptions = [d for d, _ in plain] + (["nothing"] if optional else [])
+
+    def accepts(value: Any) -> bool:
+        return (optional and value is None) or any(test(value) for _, test in plain)
+
+    return " or ".join(descriptions), accepts
