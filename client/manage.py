@@ -13,6 +13,7 @@ from typing import Any
 
 from client import status
 from client.api import Api
+from client.job import report
 from dffmpeg.text import cell, printable
 
 
@@ -33,9 +34,17 @@ def cmd_worker_list(args: argparse.Namespace, api: Api) -> int:
     return 0
 
 
+def worker_text(worker: dict[str, Any]) -> str:
+    """A worker as ``key: value`` lines, its binaries as versions (``--json`` has the
+    raw probe outputs too)."""
+    shown = {k: v for k, v in worker.items() if k not in ("binaries", "binary_versions")}
+    shown["binaries"] = status.capabilities(worker)
+    return fields_text(shown)
+
+
 def cmd_worker_show(args: argparse.Namespace, api: Api) -> int:
     worker = api.call("GET", f"/workers/{args.worker_id}")["worker"]
-    _emit(args, worker, fields_text(worker))
+    _emit(args, worker, worker_text(worker))
     return 0
 
 
@@ -65,7 +74,8 @@ def networks_text(user: dict[str, Any]) -> str:
 def cmd_user_networks(args: argparse.Namespace, api: Api) -> int:
     """Show (no CIDRs), replace (CIDRs) or clear (``--any``) the allowed networks."""
     if args.any and args.networks:
-        raise SystemExit("dffmpeg-client: give networks or --any, not both")
+        report("give networks or --any, not both")
+        return 2
     if args.any or args.networks:
         body = {"allowed_networks": list(args.networks)}
         user = api.call("PUT", f"/users/{args.client_id}/networks", json_body=body)["user"]

@@ -179,9 +179,21 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_text(view: dict[str, Any]) -> str:
+    """A worker as ``key: value`` lines; each binary as its version line, not the raw
+    probe outputs (hundreds of KB) that ``--json`` carries."""
+    shown = {k: v for k, v in view.items() if k not in ("binaries", "binary_versions")}
+    versions = view.get("binary_versions") or {}
+    for name in sorted(versions):
+        info = versions[name]
+        version = info.get("version") if isinstance(info, dict) else info
+        shown[f"binary {name}"] = str(version or "").split("\n", 1)[0] or "-"
+    return _fields(shown)
+
+
 def cmd_worker_show(args: argparse.Namespace) -> int:
     _ensure_schema()
-    _print(args, _worker_view(workers.find(args.worker_id)), _fields)
+    _print(args, _worker_view(workers.find(args.worker_id)), worker_text)
     return 0
 
 

@@ -116,6 +116,7 @@ def insert_jobs(coord: Coordinator, requester: str, ids: list[str]) -> None:
         db.engine.dispose()
 
 
+@pytest.mark.timeout(120)  # a dozen CLI starts; slow on a loaded machine
 def test_job_ids_by_prefix_and_distinct_refusals(coord: Coordinator) -> None:
     _api, config = coord.client("prefixer")
     first = ("0ee55e8392bc" + uuid.uuid4().hex)[:32]
@@ -161,6 +162,7 @@ def wait_state(coord: Coordinator, job_id: str, states: set[str]) -> dict[str, A
     return coord.wait_job(job_id, states, timeout=30)
 
 
+@pytest.mark.timeout(120)  # a dozen CLI starts; slow on a loaded machine
 def test_dffmpeg_admin_drains_resumes_cancels_and_removes(coord: Coordinator) -> None:
     api, _config = coord.client("adm-client")
     with coord.worker("w-adm", ["adm"]):
@@ -195,6 +197,7 @@ def test_dffmpeg_admin_drains_resumes_cancels_and_removes(coord: Coordinator) ->
     assert refused(admin(coord, "worker", "drain", "w-adm"), 1) == "dffmpeg-admin: no worker w-adm"
 
 
+@pytest.mark.timeout(120)  # a dozen CLI starts; slow on a loaded machine
 def test_dffmpeg_admin_sets_allowed_networks(coord: Coordinator) -> None:
     coord.user("net-user", "client")
     set_ = one_object(
@@ -213,6 +216,7 @@ def test_dffmpeg_admin_sets_allowed_networks(coord: Coordinator) -> None:
     assert user["allowed_networks"] == []
 
 
+@pytest.mark.timeout(120)  # a dozen CLI starts; slow on a loaded machine
 def test_dffmpeg_client_with_an_admin_identity_does_the_same(coord: Coordinator, ops: Path) -> None:
     api, config = coord.client("ops-client")
     with coord.worker("w-ops", ["ops"]):

@@ -102,6 +102,7 @@ def assert_shown_not_obeyed(out: bytes, *texts: str) -> None:
         assert printable(text) in shown, (printable(text), shown)
 
 
+@pytest.mark.timeout(120)  # CLI starts, and the module's coordinator
 def test_status_all_shows_labels_versions_literally(evil: tuple[Coordinator, Path, str]) -> None:
     _coord, ops, _job_id = evil
     out = client(ops, "status", "--all").stdout
@@ -109,6 +110,7 @@ def test_status_all_shows_labels_versions_literally(evil: tuple[Coordinator, Pat
     assert "gpu\\x1b]0;owned\\x07" in out.decode()  # what the operator reads
 
 
+@pytest.mark.timeout(120)  # CLI starts, and the module's coordinator
 def test_job_show_and_list_show_args_cwd_and_error_literally(
     evil: tuple[Coordinator, Path, str],
 ) -> None:
@@ -119,6 +121,7 @@ def test_job_show_and_list_show_args_cwd_and_error_literally(
     assert_shown_not_obeyed(client(ops, "status").stdout)
 
 
+@pytest.mark.timeout(120)  # CLI starts, and the module's coordinator
 def test_dffmpeg_admin_text_output_is_safe(evil: tuple[Coordinator, Path, str]) -> None:
     coord, _ops, job_id = evil
     assert_shown_not_obeyed(admin(coord, "job", "show", job_id[:12]).stdout, ARG, CWD, ERROR)
@@ -127,6 +130,7 @@ def test_dffmpeg_admin_text_output_is_safe(evil: tuple[Coordinator, Path, str]) 
     assert_shown_not_obeyed(admin(coord, "worker", "show", "evil-worker").stdout, HOSTNAME)
 
 
+@pytest.mark.timeout(120)  # CLI starts, and the module's coordinator
 def test_the_failure_line_of_attach_is_safe(evil: tuple[Coordinator, Path, str]) -> None:
     _coord, ops, job_id = evil
     result = subprocess.run(
@@ -140,6 +144,7 @@ def test_the_failure_line_of_attach_is_safe(evil: tuple[Coordinator, Path, str])
     assert result.stderr.startswith(b"dffmpeg: job failed: ")
 
 
+@pytest.mark.timeout(120)  # CLI starts, and the module's coordinator
 def test_json_output_carries_the_text_exactly(evil: tuple[Coordinator, Path, str]) -> None:
     coord, ops, job_id = evil
     data: dict[str, Any] = json.loads(client(ops, "status", "--all", "--json").stdout)
