@@ -15,7 +15,9 @@ or stood in for, and why:
   stand-in that checks its arguments;
 * ``systemctl``: there is no systemd here; the stand-in starts ``ExecStartPre`` and
   ``ExecStart`` of the installed unit with the unit's user and group, a clean
-  environment and a session of their own, and records the process ids.
+  environment and a session of their own, and records the process ids. The units'
+  other settings (restart policy, the coordinator's sandboxing options) are not
+  emulated.
 """
 
 from __future__ import annotations
