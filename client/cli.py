@@ -1,4 +1,10 @@
-"""``dffmpeg-client``: submit jobs and look at them from the command line."""
+"""``dffmpeg-client``: submit jobs and look at them from the command line.
+
+Job ids may be given as any unique prefix of 6 or more characters. Text output shows
+what other parties wrote (labels, versions, arguments, error texts) with control
+characters made visible; ``--json`` output is exact JSON; ``job logs`` relays the job's
+own bytes unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,12 @@ import json
 import sys
 from typing import Any
 
-from client import status
-from client.api import Api
+from client import manage, status
+from client.api import Api, ApiError, AuthError
 from client.job import (
     OUTPUT_WAIT_SECONDS,
     RECONNECT_SECONDS,
+    ClusterFailure,
     JobSession,
     explain,
     report,
@@ -20,8 +27,11 @@ from client.job import (
 from client.submit import build_request, run, submit
 from dffmpeg.config import ConfigError, load_client
 from dffmpeg.exitcodes import ExitCode
-from dffmpeg.text import cell, table
+from dffmpeg.text import cell, printable, table
 from dffmpeg.wire import FrameKind, decode_frames
+
+# The exit status of a command interrupted by SIGINT (128 + 2), as shells report it.
+INTERRUPTED = 130
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -57,13 +67,18 @@ def cmd_job_list(args: argparse.Namespace, api: Api) -> int:
     return 0
 
 
+def job_text(job: dict[str, Any]) -> str:
+    """A job as ``key: value`` lines, then its history; every value made printable."""
+    lines = [f"{k}: {printable(cell(v))}" for k, v in job.items() if k != "events"]
+    for event in job.get("events", []):
+        reason = printable(event.get("reason") or "")
+        lines.append(f"  {event['at']}  {event['from'] or '-'} -> {event['to']}  {reason}")
+    return "\n".join(lines)
+
+
 def cmd_job_show(args: argparse.Namespace, api: Api) -> int:
     job = api.call("GET", f"/jobs/{args.job_id}")["job"]
-    lines = [f"{k}: {cell(v)}" for k, v in job.items() if k != "events"]
-    lines += [
-        f"  {e['at']}  {e['from'] or '-'} -> {e['to']}  {e['reason'] or ''}" for e in job["events"]
-    ]
-    _emit(args, job, "\n".join(lines))
+    _emit(args, job, job_text(job))
     return 0
 
 
@@ -73,8 +88,14 @@ def cmd_job_cancel(args: argparse.Namespace, api: Api) -> int:
     return 0
 
 
+def full_id(api: Api, job_id: str) -> str:
+    """The job's full id: a prefix is resolved once, not on every read of its output."""
+    found: str = api.call("GET", f"/jobs/{job_id}")["job"]["job_id"]
+    return found
+
+
 def cmd_job_attach(args: argparse.Namespace, api: Api) -> int:
-    session = JobSession(api, args.job_id)
+    session = JobSession(api, full_id(api, args.job_id))
     outcome = session.follow()
     if outcome.message:
         report(outcome.message)
@@ -83,11 +104,12 @@ def cmd_job_attach(args: argparse.Namespace, api: Api) -> int:
 
 def cmd_job_logs(args: argparse.Namespace, api: Api) -> int:
     """The job's output so far (stdout to stdout, stderr to stderr); ``-f`` follows it."""
+    job_id = full_id(api, args.job_id)
     after = 0
     while True:
         response = api.request(
             "GET",
-            f"/jobs/{args.job_id}/output",
+            f"/jobs/{job_id}/output",
             params={"after": after, "wait": OUTPUT_WAIT_SECONDS if args.follow else 0},
             timeout=OUTPUT_WAIT_SECONDS + 30,
             retry_for=RECONNECT_SECONDS if args.follow else 0,
@@ -184,7 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--all", action="store_true", help="the whole cluster (admin role)")
     st.add_argument("--limit", type=int, default=50, help="how many of the newest jobs")
     st.set_defaults(func=cmd_status)
+    manage.add_parsers(sub, common)
     return parser
+
+
+def failure_of(args: argparse.Namespace, exc: Exception) -> ClusterFailure:
+    """What the caller is told. A job that was submitted and refused is "job rejected";
+    a lookup or an action the coordinator refused says why in its own words (no such
+    job, an ambiguous or too short id, the job's state)."""
+    if isinstance(exc, ApiError) and not isinstance(exc, AuthError) and args.func is not cmd_submit:
+        return ClusterFailure(ExitCode.JOB_REJECTED, exc.message)
+    return explain(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args, api)
         return result
+    except KeyboardInterrupt:
+        # Ctrl-C while watching (attach, logs -f): stop watching, as a shell expects of
+        # an interrupted command. The job itself is left alone.
+        return INTERRUPTED
     except Exception as exc:
-        failure = explain(exc)
+        failure = failure_of(args, exc)
         report(failure.message)
         return int(failure.code)
 

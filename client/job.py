@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from client.api import Api, ApiError, AuthError, Unreachable
 from dffmpeg.exitcodes import ExitCode
+from dffmpeg.text import printable
 
 if TYPE_CHECKING:  # the transport machinery loads only when a transport is configured
     from dffmpeg.transport.session import Downlink
@@ -311,9 +312,13 @@ def die_of(signum: int) -> None:
 
 
 def report(message: str) -> None:
-    """The one ``dffmpeg: ...`` line the caller sees when the cluster itself failed."""
+    """The one ``dffmpeg: ...`` line the caller sees when the cluster itself failed.
+
+    The message may carry another party's text (a worker's error, a job's reason):
+    its control characters are shown, never obeyed.
+    """
     try:
-        sys.stderr.buffer.write(f"dffmpeg: {message}\n".encode(errors="replace"))
+        sys.stderr.buffer.write(f"dffmpeg: {printable(message)}\n".encode(errors="replace"))
         sys.stderr.flush()
     except OSError:
         pass

@@ -29,9 +29,12 @@ def binary_name(argv0: str, args: list[str]) -> tuple[str, list[str]]:
 
 
 def report(message: str) -> None:
-    """The one ``dffmpeg: ...`` line the caller sees when the cluster itself failed."""
+    """The one ``dffmpeg: ...`` line the caller sees when the cluster itself failed
+    (control characters in it shown, never obeyed)."""
+    from dffmpeg.text import printable  # only on this failure path: start-up stays fast
+
     with contextlib.suppress(OSError):
-        os.write(2, f"dffmpeg: {message}\n".encode(errors="replace"))
+        os.write(2, f"dffmpeg: {printable(message)}\n".encode(errors="replace"))
 
 
 def fallback_binary(config: ClientConfig, binary: str) -> str | None:

@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from dffmpeg.text import cell
+from dffmpeg.text import cell, printable
 
 WORKER_COLUMNS = ["worker", "state", "slots", "labels", "version", "binaries", "paths", "seen"]
 JOB_COLUMNS = ["job", "state", "binary", "requester", "worker", "progress", "age", "exit"]
@@ -150,9 +150,14 @@ def _listed(total: int, offset: int, shown: int | None) -> str:
 
 
 def text_table(columns: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell, headers in capitals."""
+    """Columns padded to their widest cell, headers in capitals.
+
+    Cells hold other parties' text (labels, versions, requesters): control characters
+    in them are made visible, so a label cannot retitle the terminal or clear it.
+    """
     if not rows:
         return "(none)"
+    rows = [[printable(v) for v in r] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
@@ -167,7 +172,7 @@ def render(
     shown = f"JOBS (newest {len(jobs)} of {total})" if len(jobs) < total else "JOBS"
     return "\n\n".join(
         [
-            summary_text(summary, total, 0, len(jobs)),
+            printable(summary_text(summary, total, 0, len(jobs))),
             "WORKERS\n" + text_table(WORKER_COLUMNS, [worker_row(w, now) for w in workers]),
             shown + "\n" + text_table(JOB_COLUMNS, [job_row(j, now) for j in jobs]),
         ]

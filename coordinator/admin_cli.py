@@ -1,7 +1,10 @@
 """``dffmpeg-admin``: manage users, jobs, workers and the schema on the database directly.
 
-It needs no running coordinator, so the first identities can be made before one starts.
-Every list/show command takes ``--json`` for scripts.
+It needs no running coordinator, so the first identities can be made before one starts;
+a running coordinator sees its changes through the database wake-ups. Every command
+takes ``--json`` for scripts; job ids may be given as a unique prefix (6+ characters).
+Remote text (labels, versions, arguments, error texts) is shown with control
+characters made visible.
 """
 
 from __future__ import annotations
@@ -13,20 +16,24 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import schema, users
+from coordinator import jobs, scheduler, schema, users, workers
+from coordinator.api.workers import admin_view
 from coordinator.db import db
-from coordinator.errors import ApiError
+from coordinator.errors import ApiError, BadRequest
 from coordinator.models import Job, JobEvent, Worker
 from dffmpeg.config import ConfigError, load_coordinator
-from dffmpeg.text import table
+from dffmpeg.text import cell, printable, table
 
 
 def _app(config_file: str | None) -> Flask:
     from coordinator import create_app
 
+    settings = load_coordinator(config_file)
+    schema.check_location(settings.database_url)
     return create_app(
-        load_coordinator(config_file),
+        settings,
         start_janitor=False,
         check_schema=False,
         start_transports=False,
@@ -41,7 +48,8 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> N
 
 
 def _fields(data: dict[str, Any]) -> str:
-    return "\n".join(f"{key}: {value}" for key, value in data.items())
+    """``key: value`` lines; values from other parties cannot drive the terminal."""
+    return "\n".join(f"{key}: {printable(cell(value))}" for key, value in data.items())
 
 
 def _ensure_schema() -> None:
@@ -57,17 +65,23 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_or_fields(args: argparse.Namespace, user: dict[str, Any]) -> None:
+    if args.key_only:
+        print(user["hmac_key"])  # for ``> file``: the key and nothing else
+    else:
+        _print(args, user, _fields)
+
+
 def cmd_user_add(args: argparse.Namespace) -> int:
     _ensure_schema()
-    created = users.add_user(args.client_id, args.role)
-    _print(args, created, _fields)
+    _key_or_fields(args, users.add_user(args.client_id, args.role))
     return 0
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     _ensure_schema()
     rows = [u.to_dict() for u in users.list_users()]
-    _print(args, rows, lambda r: table(r, ["client_id", "role", "created_at"]))
+    _print(args, rows, lambda r: table(r, ["client_id", "role", "allowed_networks", "created_at"]))
     return 0
 
 
@@ -86,7 +100,25 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
 
 def cmd_user_rotate(args: argparse.Namespace) -> int:
     _ensure_schema()
-    _print(args, users.rotate_key(args.client_id), _fields)
+    _key_or_fields(args, users.rotate_key(args.client_id))
+    return 0
+
+
+def networks_text(user: dict[str, Any]) -> str:
+    allowed = ", ".join(user["allowed_networks"]) or "any network"
+    return f"{user['client_id']} may connect from {allowed}"
+
+
+def cmd_user_networks(args: argparse.Namespace) -> int:
+    """Show (no CIDRs), replace (CIDRs) or clear (``--any``) the allowed networks."""
+    _ensure_schema()
+    if args.any and args.networks:
+        raise BadRequest("give networks or --any, not both")
+    if args.any or args.networks:
+        user = users.set_networks(args.client_id, args.networks)
+    else:
+        user = users.get_user(args.client_id).to_dict()
+    _print(args, user, networks_text)
     return 0
 
 
@@ -106,30 +138,91 @@ def cmd_job_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def job_text(job: dict[str, Any]) -> str:
+    """A job as ``key: value`` lines, then its history, one line per event."""
+    lines = [f"{k}: {printable(cell(v))}" for k, v in job.items() if k != "events"]
+    for event in job.get("events", []):
+        reason = printable(event.get("reason") or "")
+        lines.append(f"  {event['at']}  {event['from'] or '-'} -> {event['to']}  {reason}")
+    return "\n".join(lines)
+
+
 def cmd_job_show(args: argparse.Namespace) -> int:
     _ensure_schema()
-    job = db.session.get(Job, args.job_id)
-    if job is None:
-        raise ApiError(f"no job {args.job_id}")
+    job = jobs.find(args.job_id)
     events = db.session.execute(
         db.select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
     ).scalars()
     data = {**job.to_dict(), "events": [e.to_dict() for e in events]}
-    _print(args, data, _fields)
+    _print(args, data, job_text)
     return 0
+
+
+def cmd_job_cancel(args: argparse.Namespace) -> int:
+    _ensure_schema()
+    job = jobs.cancel(jobs.find(args.job_id), "dffmpeg-admin")
+    _print(args, job, lambda j: f"job {j['job_id'][: jobs.SHOWN]} is {j['state']}")
+    return 0
+
+
+WORKER_COLUMNS = ["worker_id", "state", "drained", "slots", "labels", "version", "last_seen_at"]
+
+
+def _worker_view(worker: Worker) -> dict[str, Any]:
+    return admin_view(worker, scheduler.active_count(worker.worker_id))
 
 
 def cmd_worker_list(args: argparse.Namespace) -> int:
     _ensure_schema()
     rows = [w.to_dict() for w in db.session.execute(db.select(Worker)).scalars()]
-    _print(
-        args,
-        rows,
-        lambda r: table(
-            r, ["worker_id", "state", "slots", "labels", "path_variables", "last_seen_at"]
-        ),
-    )
+    _print(args, rows, lambda r: table(r, [*WORKER_COLUMNS, "path_variables"]))
     return 0
+
+
+def worker_text(view: dict[str, Any]) -> str:
+    """A worker as ``key: value`` lines; each binary as its version line, not the raw
+    probe outputs (hundreds of KB) that ``--json`` carries."""
+    shown = {k: v for k, v in view.items() if k not in ("binaries", "binary_versions")}
+    versions = view.get("binary_versions") or {}
+    for name in sorted(versions):
+        info = versions[name]
+        version = info.get("version") if isinstance(info, dict) else info
+        shown[f"binary {name}"] = str(version or "").split("\n", 1)[0] or "-"
+    return _fields(shown)
+
+
+def cmd_worker_show(args: argparse.Namespace) -> int:
+    _ensure_schema()
+    _print(args, _worker_view(workers.find(args.worker_id)), worker_text)
+    return 0
+
+
+def cmd_worker_drain(args: argparse.Namespace) -> int:
+    _ensure_schema()
+    view = _worker_view(workers.drain(args.worker_id))
+    _print(args, view, lambda w: f"worker {printable(w['worker_id'])} drained: no new jobs")
+    return 0
+
+
+def cmd_worker_resume(args: argparse.Namespace) -> int:
+    _ensure_schema()
+    view = _worker_view(workers.resume(args.worker_id))
+    _print(args, view, lambda w: f"worker {printable(w['worker_id'])} resumed")
+    return 0
+
+
+def cmd_worker_remove(args: argparse.Namespace) -> int:
+    _ensure_schema()
+    workers.remove(args.worker_id)
+    _print(args, {"removed": args.worker_id}, lambda d: f"worker {d['removed']} removed")
+    return 0
+
+
+def _with_id(parent: Any, name: str, func: Any, id_name: str, **kw: Any) -> Any:
+    sub = parent.add_parser(name, **kw)
+    sub.add_argument(id_name)
+    sub.set_defaults(func=func)
+    return sub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,32 +240,61 @@ def build_parser() -> argparse.ArgumentParser:
     user = groups.add_parser("user", help="users and keys").add_subparsers(
         dest="cmd", required=True
     )
-    add = user.add_parser("add", parents=[common], help="create a user and print its key")
-    add.add_argument("client_id")
+    key_only = argparse.ArgumentParser(add_help=False)
+    key_only.add_argument(
+        "--key-only", action="store_true", help="print only the key (to redirect into a key file)"
+    )
+    add = _with_id(
+        user, "add", cmd_user_add, "client_id", parents=[common, key_only], help="create a user"
+    )
     add.add_argument("--role", required=True, choices=["client", "worker", "admin"])
-    add.set_defaults(func=cmd_user_add)
     user.add_parser("list", parents=[common]).set_defaults(func=cmd_user_list)
-    for name, func in (
-        ("show", cmd_user_show),
-        ("delete", cmd_user_delete),
-        ("rotate-key", cmd_user_rotate),
-    ):
-        sub = user.add_parser(name, parents=[common])
-        sub.add_argument("client_id")
-        sub.set_defaults(func=func)
+    _with_id(user, "show", cmd_user_show, "client_id", parents=[common])
+    _with_id(user, "delete", cmd_user_delete, "client_id", parents=[common])
+    _with_id(
+        user,
+        "rotate-key",
+        cmd_user_rotate,
+        "client_id",
+        parents=[common, key_only],
+        help="a new key; the old one stops working at once",
+    )
+    networks = _with_id(
+        user,
+        "networks",
+        cmd_user_networks,
+        "client_id",
+        parents=[common],
+        help="show or set the networks (CIDRs) the identity may connect from",
+    )
+    networks.add_argument("networks", nargs="*", metavar="CIDR", help="replaces the list")
+    networks.add_argument("--any", action="store_true", help="allow every network again")
 
     job = groups.add_parser("job", help="jobs").add_subparsers(dest="cmd", required=True)
     jl = job.add_parser("list", parents=[common])
     jl.add_argument("--state")
     jl.add_argument("--limit", type=int, default=100)
     jl.set_defaults(func=cmd_job_list)
-    js = job.add_parser("show", parents=[common])
-    js.add_argument("job_id")
-    js.set_defaults(func=cmd_job_show)
+    _with_id(job, "show", cmd_job_show, "job_id", parents=[common])
+    _with_id(job, "cancel", cmd_job_cancel, "job_id", parents=[common], help="cancel a job")
 
     worker = groups.add_parser("worker", help="workers").add_subparsers(dest="cmd", required=True)
     worker.add_parser("list", parents=[common]).set_defaults(func=cmd_worker_list)
+    for name, func, text in (
+        ("show", cmd_worker_show, "one worker, with its load and binaries"),
+        ("drain", cmd_worker_drain, "give it no new jobs; running ones finish"),
+        ("resume", cmd_worker_resume, "undo a drain"),
+        ("remove", cmd_worker_remove, "forget a worker that is gone (drain it first)"),
+    ):
+        _with_id(worker, name, func, "worker_id", parents=[common], help=text)
     return parser
+
+
+def _database_error(exc: SQLAlchemyError) -> str:
+    """The driver's own sentence (first line), without SQLAlchemy's statement dump."""
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip()
+    return f"database error: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,10 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         app = _app(args.config)
         with app.app_context():
             result: int = args.func(args)
+            # Wake the parties waiting on what changed, through a running coordinator.
+            app.extensions["dffmpeg.wakeups"].flush()
             return result
     except (ConfigError, ApiError, schema.SchemaError) as exc:
         message = exc.message if isinstance(exc, ApiError) else str(exc)
-        print(f"dffmpeg-admin: {message}", file=sys.stderr)
+        print(f"dffmpeg-admin: {printable(message)}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"dffmpeg-admin: {printable(_database_error(exc))}", file=sys.stderr)
         return 1
 
 

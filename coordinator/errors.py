@@ -49,6 +49,26 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class WrongState(Conflict):
+    """The job exists but its state does not allow this (details carry ``state``)."""
+
+    code = "wrong_state"
+
+
+class AmbiguousId(ApiError):
+    """A job id prefix matches several jobs (details carry ``matches``)."""
+
+    status = 400
+    code = "ambiguous_id"
+
+
+class IdTooShort(ApiError):
+    """A job id prefix too short to look up."""
+
+    status = 400
+    code = "id_too_short"
+
+
 def _body(status: int, code: str, message: str, **details: Any) -> ResponseReturnValue:
     return jsonify({"error": code, "message": message, **details}), status
 

@@ -6,6 +6,7 @@ on an empty database and refuses to start on an out-of-date one.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,34 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 class SchemaError(RuntimeError):
     pass
+
+
+def check_location(url: str) -> None:
+    """Refuse, in one line, a SQLite file that cannot be created or written.
+
+    The driver would otherwise fail deep inside the first query with a traceback that
+    never names the directory; a fresh machine without ``/var/lib/dffmpeg`` is the
+    common case. (Server databases report their own errors, which the commands show
+    as one line.)
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    name = parsed.database or ""
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    path = Path(name).expanduser().absolute()
+    directory = path.parent
+    if not directory.is_dir():
+        raise SchemaError(
+            f"the database directory {directory} does not exist: create it, writable by "
+            "the user the coordinator runs as (docs/setup.md), or change database_url"
+        )
+    # SQLite writes its -wal and -shm files beside the database, also to read it.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SchemaError(f"the database directory {directory} is not writable by this user")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise SchemaError(f"the database file {path} is not writable by this user")
 
 
 def engine_options(url: str) -> dict[str, Any]:

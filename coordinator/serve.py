@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from sqlalchemy import create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from coordinator import schema
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
@@ -40,6 +41,10 @@ class CoordinatorServer(BaseApplication):
             "post_worker_init": _post_worker_init,
             "accesslog": None,
         }
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn's runtime control socket (newer versions) is not used; it would
+            # otherwise be made in the service user's home, which may not be writable.
+            options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
 
@@ -69,6 +74,7 @@ def _post_worker_init(worker: Any) -> None:
 
 def prepare_database(settings: CoordinatorConfig) -> None:
     """Create or check the schema once, before any worker process starts."""
+    schema.check_location(settings.database_url)
     engine = create_engine(settings.database_url, **schema.engine_options(settings.database_url))
     try:
         schema.ensure_current(engine)
@@ -110,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         prepare_database(settings)
     except schema.SchemaError as exc:
         print(f"dffmpeg-coordinator: {exc}", file=sys.stderr)
+        return 3
+    except SQLAlchemyError as exc:
+        # One line (the driver's own), not SQLAlchemy's statement dump.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+        print(f"dffmpeg-coordinator: database error: {''.join(reason)}", file=sys.stderr)
         return 3
     CoordinatorServer(settings, args.config).run()
     return 0

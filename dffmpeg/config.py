@@ -13,11 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dffmpeg.config_check import (
+    PATH_KEY,
+    ConfigError,
+    check_block,
+    check_config,
+    known_keys,
+    yaml_keys,
+)
 from dffmpeg.paths import PathMappingError, validate_paths
 
-
-class ConfigError(Exception):
-    """The configuration is missing or wrong; the message says what to fix."""
+# Every key of a config file is a field of one of the dataclasses below (see
+# dffmpeg/config_check.py): an unknown key is an error naming the closest known one,
+# and a plain value of the wrong type is an error naming key, value and type. To add a
+# setting, add a field (with ``metadata=yaml_keys(...)`` if its YAML key is not its
+# name) and read it in ``from_dict``.
 
 
 def candidates(component: str) -> list[Path]:
@@ -70,8 +80,20 @@ def load_raw(component: str, explicit: str | None = None, required: bool = True)
             )
         return {}
     data = read_yaml(path)
-    data.setdefault("_path", str(path))
+    data.setdefault(PATH_KEY, str(path))
     return data
+
+
+def _parse(cls: Any, data: dict[str, Any]) -> Any:
+    """``cls.from_dict(data)``, every failure one line that starts with the file's name."""
+    where = f"{data[PATH_KEY]}: " if data.get(PATH_KEY) else ""
+    try:
+        return cls.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    except (TypeError, ValueError) as exc:
+        # A parser that converted a value it should have checked: still one line.
+        raise ConfigError(f"{where}invalid value: {exc}") from None
 
 
 def _str_list(data: Mapping[str, Any], key: str, default: list[str]) -> list[str]:
@@ -101,6 +123,17 @@ def _hmac_key(data: Mapping[str, Any], base: Path | None) -> str:
     return key
 
 
+@dataclass
+class PathRoot:
+    """The long form of a ``paths`` value: ``Variable: {path: /root, writable: false}``.
+
+    Its fields are the keys such a mapping may have.
+    """
+
+    path: str
+    writable: bool = True
+
+
 def _path_entries(data: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
     """``paths`` as ``{Variable: (root, writable)}``.
 
@@ -110,23 +143,22 @@ def _path_entries(data: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
     raw = data.get("paths") or {}
     if not isinstance(raw, dict):
         raise ConfigError("paths must be a mapping of Variable: /local/root")
-    entries: dict[str, tuple[Any, bool]] = {}
+    roots: dict[str, Any] = {}
+    writable: dict[str, bool] = {}
     for name, value in raw.items():
+        writable[name] = True
         if isinstance(value, dict):
-            unknown = set(value) - {"path", "writable"}
-            if unknown:
-                raise ConfigError(f"paths.{name}: unknown key {sorted(unknown)[0]!r}")
-            writable = value.get("writable", True)
-            if not isinstance(writable, bool):
-                raise ConfigError(f"paths.{name}.writable must be true or false")
-            entries[str(name)] = (value.get("path"), writable)
-        else:
-            entries[str(name)] = (value, True)
+            entry = check_block(f"paths.{name}", PathRoot, value)
+            if "path" not in entry:
+                raise ConfigError(f"paths.{name}: path is required")
+            writable[name] = entry.get("writable", True)
+            value = entry["path"]
+        roots[name] = value
     try:
-        roots = validate_paths({name: root for name, (root, _) in entries.items()})
+        valid = validate_paths(roots)
     except PathMappingError as exc:
-        raise ConfigError(str(exc)) from exc
-    return {name: (roots[name], entries[name][1]) for name in roots}
+        raise ConfigError(f"paths: {exc}") from exc
+    return {name: (root, writable[name]) for name, root in valid.items()}
 
 
 def _paths(data: Mapping[str, Any]) -> dict[str, str]:
@@ -162,10 +194,10 @@ class BrokerSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BrokerSettings:
-        mqtt = data.get("mqtt") or {}
-        rabbit = data.get("rabbitmq") or {}
-        if not isinstance(mqtt, dict) or not isinstance(rabbit, dict):
-            raise ConfigError("mqtt and rabbitmq must be mappings (with at least url)")
+        # The ``mqtt:`` block's keys are the fields named ``mqtt_*``, the ``rabbitmq:``
+        # block's those named ``rabbitmq_*``.
+        mqtt = check_block("mqtt", cls, data.get("mqtt") or {}, strip="mqtt_")
+        rabbit = check_block("rabbitmq", cls, data.get("rabbitmq") or {}, strip="rabbitmq_")
         return cls(
             mqtt_url=mqtt.get("url"),
             rabbitmq_url=rabbit.get("url"),
@@ -213,13 +245,16 @@ class ClientConfig:
     """What the client, the drop-in and the console read (``client`` keys)."""
 
     client_id: str
-    hmac_key: str
+    hmac_key: str = field(metadata=yaml_keys("hmac_key", "hmac_key_file"))
     coordinator_url: str
     paths: dict[str, str] = field(default_factory=dict)
     transports: list[str] = field(default_factory=lambda: ["http"])
-    brokers: BrokerSettings = field(default_factory=BrokerSettings)
-    source: str | None = None
-    hmac_key_file: str | None = None
+    brokers: BrokerSettings = field(
+        default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
+    )
+    source: str | None = field(default=None, metadata=yaml_keys())
+    # Where ``hmac_key_file`` lies (the worker hides it from its jobs); not a key itself.
+    key_file: str | None = field(default=None, metadata=yaml_keys())
     # Defaults for every job this client submits (see docs/lifecycle.md).
     require_labels: list[str] = field(default_factory=list)
     prefer_labels: list[str] = field(default_factory=list)
@@ -231,7 +266,8 @@ class ClientConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
-        source = data.get("_path")
+        check_config(cls, data)
+        source = data.get(PATH_KEY)
         base = Path(source).parent if source else None
         for key in ("client_id", "coordinator_url"):
             if not data.get(key):
@@ -244,7 +280,7 @@ class ClientConfig:
             transports=_str_list(data, "transports", ["http"]),
             brokers=BrokerSettings.from_dict(data),
             source=source,
-            hmac_key_file=_key_file(data, base),
+            key_file=_key_file(data, base),
             require_labels=_str_list(data, "require_labels", []),
             prefer_labels=_str_list(data, "prefer_labels", []),
             priority=int(data.get("priority", 0)),
@@ -276,25 +312,29 @@ class WorkerConfig(ClientConfig):
     # Paths outside every mapped root are refused unless this is set (see docs/dropin.md).
     allow_unmapped_paths: bool = False
     # Path variables whose roots jobs may read but not change (``writable: false``).
-    read_only_paths: list[str] = field(default_factory=list)
+    read_only_paths: list[str] = field(default_factory=list, metadata=yaml_keys())
     # Confinement of every job (docs/security-model.md): on unless ``sandbox: off``.
-    sandbox: bool = True
+    sandbox: bool | str = True  # on/off; parsed to a bool by from_dict
     allow_network: bool = False
     allow_filters: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
-    job_user: str | None = None
+    job_user: str | int | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
-        base = ClientConfig.from_dict(data)
+        check_config(cls, data)
+        client_keys = {*known_keys(ClientConfig), PATH_KEY}
+        base = ClientConfig.from_dict({k: v for k, v in data.items() if k in client_keys})
         binaries = data.get("binaries") or {"ffmpeg": "ffmpeg", "ffprobe": "ffprobe"}
         if not isinstance(binaries, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in binaries.items()
         ):
             raise ConfigError("binaries must be a mapping of name: /path/to/binary")
-        slots = data.get("slots") or os.cpu_count() or 1
-        if not isinstance(slots, int) or slots < 1:
-            raise ConfigError("slots must be a positive integer")
+        slots = data.get("slots")
+        if slots is None:
+            slots = os.cpu_count() or 1
+        if slots < 1:
+            raise ConfigError(f"slots: expected a positive integer, got {slots}")
         return cls(
             **vars(base),
             binaries=dict(binaries),
@@ -313,13 +353,15 @@ class WorkerConfig(ClientConfig):
 
 
 def _on_off(data: Mapping[str, Any], key: str, default: bool) -> bool:
-    """A switch: YAML's true/false (``on``/``off`` load as booleans too) or the words."""
+    """A switch: YAML's ``on``/``off`` (and ``true``/``false``) load as booleans; the words
+    are accepted quoted too."""
     value = data.get(key, default)
-    if isinstance(value, str) and value.lower() in ("on", "off", "true", "false"):
-        return value.lower() in ("on", "true")
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be on or off, got {value!r}")
-    return value
+    if isinstance(value, str):
+        words = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
+        if value.lower() not in words:
+            raise ConfigError(f"{key}: expected on or off, got {value!r}")
+        return words[value.lower()]
+    return bool(value)
 
 
 def _absolute_list(data: Mapping[str, Any], key: str) -> list[str]:
@@ -364,12 +406,15 @@ class CoordinatorConfig:
     # An assigned job not accepted (or a canceling job not confirmed) in this time is
     # taken back from its worker.
     assign_timeout_seconds: int = 30
-    brokers: BrokerSettings = field(default_factory=BrokerSettings)
-    source: str | None = None
+    brokers: BrokerSettings = field(
+        default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
+    )
+    source: str | None = field(default=None, metadata=yaml_keys())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoordinatorConfig:
-        source = data.get("_path")
+        check_config(cls, data)
+        source = data.get(PATH_KEY)
         url = str(data.get("database_url") or default_database_url(source))
         lease = int(data.get("worker_lease_seconds", 15))
         idle_lease = int(data.get("worker_idle_lease_seconds", 4 * lease))
@@ -404,12 +449,17 @@ def default_database_url(source: str | None) -> str:
 
 
 def load_client(explicit: str | None = None, component: str = "client") -> ClientConfig:
-    return ClientConfig.from_dict(load_raw(component, explicit))
+    config: ClientConfig = _parse(ClientConfig, load_raw(component, explicit))
+    return config
 
 
 def load_worker(explicit: str | None = None) -> WorkerConfig:
-    return WorkerConfig.from_dict(load_raw("worker", explicit))
+    config: WorkerConfig = _parse(WorkerConfig, load_raw("worker", explicit))
+    return config
 
 
 def load_coordinator(explicit: str | None = None) -> CoordinatorConfig:
-    return CoordinatorConfig.from_dict(load_raw("coordinator", explicit, required=False))
+    """The coordinator's settings. A config file is required: without one a command
+    would quietly create a database in whatever directory it was started from."""
+    config: CoordinatorConfig = _parse(CoordinatorConfig, load_raw("coordinator", explicit))
+    return config

@@ -22,11 +22,10 @@ host: 127.0.0.1
 port: $PORT
 database_url: sqlite:///$DEMO/dffmpeg.db
 YAML
-key() { python3 -c 'import json,sys; print(json.load(sys.stdin)["hmac_key"])'; }
 dffmpeg-admin --config "$DEMO/coordinator.yaml" db upgrade
-WORKER_KEY=$(dffmpeg-admin --config "$DEMO/coordinator.yaml" user add worker1 --role worker --json | key)
-CLIENT_KEY=$(dffmpeg-admin --config "$DEMO/coordinator.yaml" user add jellyfin --role client --json | key)
-ADMIN_KEY=$(dffmpeg-admin --config "$DEMO/coordinator.yaml" user add operator --role admin --json | key)
+WORKER_KEY=$(dffmpeg-admin --config "$DEMO/coordinator.yaml" user add worker1 --role worker --key-only)
+CLIENT_KEY=$(dffmpeg-admin --config "$DEMO/coordinator.yaml" user add jellyfin --role client --key-only)
+ADMIN_KEY=$(dffmpeg-admin --config "$DEMO/coordinator.yaml" user add operator --role admin --key-only)
 cat > "$DEMO/worker.yaml" <<YAML
 client_id: worker1
 hmac_key: $WORKER_KEY

@@ -37,6 +37,13 @@ if [ "${1:-}" = "--test" ] && ! command -v openssl >/dev/null; then
 fi
 
 PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+  # Debian's python3 makes virtual environments only with python3-venv installed.
+  echo "== installing Debian's python3-venv"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$PYTHON" -m venv .venv

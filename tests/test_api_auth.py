@@ -183,7 +183,8 @@ def test_wrong_state_is_a_conflict(api: Identities) -> None:
     assert api.client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
     again = api.client.post(f"/api/v1/jobs/{job_id}/cancel")
     assert again.status_code == 409
-    assert again.get_json()["error"] == "conflict"
+    assert again.get_json()["error"] == "wrong_state"
+    assert again.get_json()["state"] == "canceled"
     job = api.client.get(f"/api/v1/jobs/{job_id}").get_json()["job"]
     assert job["state"] == "canceled"
     assert [e["to"] for e in job["events"]] == ["pending", "canceled"]

@@ -100,14 +100,14 @@ class WorkerAgent:
         if not config.sandbox:
             log.warning("sandbox: off -- jobs run unconfined, with this worker's rights")
             return Unconfined()
-        hidden = [p for p in (config.source, config.hmac_key_file) if p]
+        hidden = [p for p in (config.source, config.key_file) if p]
         sandbox = Sandbox(
             Policy(
                 roots=dict(config.paths),
                 read_only=frozenset(config.read_only_paths),
                 allow_network=config.allow_network,
                 devices=tuple(config.devices),
-                job_user=config.job_user,
+                job_user=str(config.job_user) if config.job_user is not None else None,
                 hidden=tuple(os.path.abspath(p) for p in hidden),
                 binaries=tuple(binaries.values()),
             )

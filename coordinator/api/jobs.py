@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, bindparam, func, select, update
 
-from coordinator import capabilities, lifecycle, progress, scheduler, streams
+from coordinator import capabilities, jobs, lifecycle, progress, scheduler, streams
 from coordinator.api.parse import (
     field,
     frames_body,
@@ -22,7 +22,7 @@ from coordinator.api.parse import (
 )
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
-from coordinator.errors import BadRequest, Conflict, NotFound
+from coordinator.errors import BadRequest, NotFound, WrongState
 from coordinator.models import Job, JobEvent, OutputChunk
 from dffmpeg.paths import variables_used
 from dffmpeg.wire import (
@@ -51,16 +51,9 @@ def _client_lease() -> timedelta:
 
 
 def visible_job(job_id: str) -> Job:
-    """The job if the caller may see it; 404 otherwise (never revealing that it exists)."""
-    job = db.session.get(Job, job_id)
-    user = g.user
-    if job is None:
-        raise NotFound(f"no job {job_id}")
-    if user.role == Role.ADMIN or job.requester == user.client_id:
-        return job
-    if user.role == Role.WORKER and job.worker_id == user.client_id:
-        return job
-    raise NotFound(f"no job {job_id}")
+    """The job (named by its id or a unique prefix) if the caller may see it; 404
+    otherwise, never revealing that it exists."""
+    return jobs.find(job_id, g.user)
 
 
 # The output, input, accept and finish routes run several times for every job: they
@@ -85,14 +78,11 @@ _RENEW_CLIENT = (
 
 
 def visible_ref(job_id: str) -> Row[Any]:
-    """``visible_job`` as a plain row of the columns in ``_JOB_REF``."""
-    job = db.session.execute(_JOB_REF, {"job_id": job_id}).first()
-    user = g.user
-    if job is not None and (
-        user.role == Role.ADMIN
-        or job.requester == user.client_id
-        or (user.role == Role.WORKER and job.worker_id == user.client_id)
-    ):
+    """``visible_job`` as a plain row of the columns in ``_JOB_REF`` (``id`` is the
+    full id, also when ``job_id`` was a prefix)."""
+    full = jobs.resolve_id(job_id, g.user)
+    job = db.session.execute(_JOB_REF, {"job_id": full}).first()
+    if job is not None and jobs.may_see(g.user, job.requester, job.worker_id):
         return job
     raise NotFound(f"no job {job_id}")
 
@@ -100,11 +90,12 @@ def visible_ref(job_id: str) -> Row[Any]:
 def held_job(job_id: str) -> Row[Any]:
     """The job (the columns in ``_JOB_REF``) if the calling worker holds it; 409 if it
     holds it no longer."""
-    job = db.session.execute(_JOB_REF, {"job_id": job_id}).first()
+    full = jobs.resolve_id(job_id, g.user)
+    job = db.session.execute(_JOB_REF, {"job_id": full}).first()
     if job is None:
         raise NotFound(f"no job {job_id}")
     if job.worker_id != g.user.client_id:
-        raise Conflict("this worker does not hold the job", state=job.state)
+        raise WrongState("this worker does not hold the job", state=job.state)
     return job
 
 
@@ -240,7 +231,7 @@ def stderr_tail(job_id: str) -> ResponseReturnValue:
     Read newest chunk first and stopped once enough is read, so the cost does not grow
     with the length of the job's output.
     """
-    visible_job(job_id)
+    job_id = visible_ref(job_id).id
     budget = min(max(int_arg("kb", 16), 1), 1024) * 1024
     stmt = (
         db.select(OutputChunk.data)
@@ -274,7 +265,7 @@ def stderr_tail(job_id: str) -> ResponseReturnValue:
 def show(job_id: str) -> ResponseReturnValue:
     job = visible_job(job_id)
     events = db.session.execute(
-        db.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        db.select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
     ).scalars()
     return jsonify({"job": {**job.to_dict(), "events": [e.to_dict() for e in events]}})
 
@@ -282,26 +273,7 @@ def show(job_id: str) -> ResponseReturnValue:
 @bp.post("/<job_id>/cancel")
 @requires(Role.CLIENT, Role.ADMIN)
 def cancel(job_id: str) -> ResponseReturnValue:
-    job = visible_job(job_id)
-    reason = f"canceled by {g.user.client_id}"
-    worker_id = job.worker_id
-    if not (
-        lifecycle.transition(
-            job_id,
-            [JobState.PENDING, JobState.ASSIGNED],
-            JobState.CANCELED,
-            reason,
-            failure="canceled",
-        )
-        or lifecycle.transition(job_id, [JobState.RUNNING], JobState.CANCELING, reason)
-    ):
-        db.session.refresh(job)
-        if job.state != JobState.CANCELING.value:
-            raise Conflict(f"job is already {job.state}", state=job.state)
-    if worker_id:
-        notifier().notify(f"worker:{worker_id}")
-    db.session.refresh(job)
-    return jsonify({"job": job.to_dict()})
+    return jsonify({"job": jobs.cancel(visible_job(job_id), g.user.client_id)})
 
 
 def _frames_response(frames: list[Any]) -> Response:
@@ -313,6 +285,7 @@ def _frames_response(frames: list[Any]) -> Response:
 def read_output(job_id: str) -> ResponseReturnValue:
     """Frames after ``after``; once the job is over and all was read, its final status."""
     job = visible_ref(job_id)
+    job_id = job.id
     after = int_arg("after", 0)
     is_requester = job.requester == g.user.client_id
     lease = _client_lease()
@@ -348,8 +321,9 @@ def read_output(job_id: str) -> ResponseReturnValue:
 @requires(Role.CLIENT, Role.ADMIN)
 def write_input(job_id: str) -> ResponseReturnValue:
     job = visible_ref(job_id)
+    job_id = job.id
     if JobState(job.state).terminal:
-        raise Conflict(f"job is already {job.state}", state=job.state)
+        raise WrongState(f"job is already {job.state}", state=job.state)
     added = streams.append_input(job_id, frames_body())
     notifier().notify(f"input:{job_id}")
     return jsonify({"added": added})
@@ -358,7 +332,7 @@ def write_input(job_id: str) -> ResponseReturnValue:
 @bp.post("/<job_id>/accept")
 @requires(Role.WORKER)
 def accept(job_id: str) -> ResponseReturnValue:
-    held_job(job_id)
+    job_id = held_job(job_id).id
     if not lifecycle.transition(
         job_id,
         [JobState.ASSIGNED],
@@ -368,7 +342,7 @@ def accept(job_id: str) -> ResponseReturnValue:
         started_at=now_utc(),
     ):
         job = db.session.get(Job, job_id)
-        raise Conflict("job cannot be accepted", state=job.state if job else None)
+        raise WrongState("job cannot be accepted", state=job.state if job else None)
     return jsonify({"state": JobState.RUNNING.value})
 
 
@@ -376,8 +350,9 @@ def accept(job_id: str) -> ResponseReturnValue:
 @requires(Role.WORKER)
 def write_output(job_id: str) -> ResponseReturnValue:
     job = held_job(job_id)
+    job_id = job.id
     if job.state not in (JobState.RUNNING.value, JobState.CANCELING.value):
-        raise Conflict(f"job is {job.state}", state=job.state)
+        raise WrongState(f"job is {job.state}", state=job.state)
     frames = frames_body()
     previous = job.progress
     added = streams.append_output(job_id, frames)
@@ -409,7 +384,7 @@ def _record_progress(job_id: str, previous: dict[str, Any] | None, frames: list[
 @bp.get("/<job_id>/input")
 @requires(Role.WORKER)
 def read_input(job_id: str) -> ResponseReturnValue:
-    held_job(job_id)
+    job_id = held_job(job_id).id
     after = int_arg("after", 0)
 
     def check() -> list[Any] | None:
@@ -434,7 +409,7 @@ def finish(job_id: str) -> ResponseReturnValue:
     ``aborted`` (with ``exit_code``) says the worker itself stopped the job, e.g. a
     shutdown that could not wait for it: the job fails as lost, not as completed.
     """
-    held_job(job_id)
+    job_id = held_job(job_id).id
     data = json_body()
     error = field(data, "error", (str, type(None)), None)
     exit_code = field(data, "exit_code", (int, type(None)), None)
@@ -481,7 +456,7 @@ def finish(job_id: str) -> ResponseReturnValue:
         )
     if not done:
         job = db.session.get(Job, job_id)
-        raise Conflict("job cannot be finished", state=job.state if job else None)
+        raise WrongState("job cannot be finished", state=job.state if job else None)
     # Only this worker gained a free slot: waking every worker's poll would make each
     # of them run a claim that cannot change anything.
     notifier().notify(f"output:{job_id}", f"worker:{worker_id}")

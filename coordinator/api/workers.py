@@ -9,12 +9,12 @@ from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, bindparam, case, select, update
 
-from coordinator import lifecycle, scheduler
+from coordinator import lifecycle, scheduler, workers
 from coordinator.api.parse import field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
-from coordinator.errors import BadRequest, Conflict, NotFound
+from coordinator.errors import BadRequest, Conflict
 from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState, Role
 
@@ -307,17 +307,10 @@ def admin_view(worker: Worker, slots_used: int) -> dict[str, Any]:
     return {**worker.to_dict(), "slots_used": slots_used, "binary_versions": worker.binaries}
 
 
-def _admin_worker(worker_id: str) -> Worker:
-    worker = db.session.get(Worker, worker_id)
-    if worker is None:
-        raise NotFound(f"no worker {worker_id}")
-    return worker
-
-
 @bp.get("/<worker_id>")
 @requires(Role.ADMIN)
 def show_worker(worker_id: str) -> ResponseReturnValue:
-    worker = _admin_worker(worker_id)
+    worker = workers.find(worker_id)
     view = admin_view(worker, scheduler.active_count(worker_id))
     return jsonify({"worker": {**view, "binaries": worker.binaries}})
 
@@ -326,31 +319,20 @@ def show_worker(worker_id: str) -> ResponseReturnValue:
 @requires(Role.ADMIN)
 def drain(worker_id: str) -> ResponseReturnValue:
     """Give the worker no new jobs; the ones it runs finish normally."""
-    worker = _admin_worker(worker_id)
-    worker.drained = True
-    db.session.commit()
+    worker = workers.drain(worker_id)
     return jsonify({"worker": admin_view(worker, scheduler.active_count(worker_id))})
 
 
 @bp.post("/<worker_id>/resume")
 @requires(Role.ADMIN)
 def resume(worker_id: str) -> ResponseReturnValue:
-    worker = _admin_worker(worker_id)
-    worker.drained = False
-    db.session.commit()
-    notifier().notify(f"worker:{worker_id}")
+    worker = workers.resume(worker_id)
     return jsonify({"worker": admin_view(worker, scheduler.active_count(worker_id))})
 
 
 @bp.delete("/<worker_id>")
 @requires(Role.ADMIN)
 def remove(worker_id: str) -> ResponseReturnValue:
-    """Forget a worker that is gone for good. A live one registers again on its own;
-    to keep it out, drain it or delete its user."""
-    worker = _admin_worker(worker_id)
-    busy = scheduler.active_count(worker_id)
-    if busy:
-        raise Conflict(f"worker {worker_id} still holds {busy} job(s); drain it first")
-    db.session.delete(worker)
-    db.session.commit()
+    """Forget a worker that is gone for good (409 while it holds jobs)."""
+    workers.remove(worker_id)
     return jsonify({"removed": worker_id})
