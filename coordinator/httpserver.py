@@ -31,6 +31,7 @@ the pool thread; a client that does not read its answer is cut off after
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -155,7 +156,7 @@ def _answer(status: int, error: str, message: str, **extra: Any) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-class BufferingWorker(base.Worker):  # type: ignore[misc]
+class BufferingWorker(base.Worker):
     """gunicorn worker: an event loop that buffers whole requests, a thread pool that
     runs them (see the module docstring)."""
 
@@ -234,10 +235,8 @@ class BufferingWorker(base.Worker):  # type: ignore[misc]
             pass
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # the pipe is full: the loop is awake anyway
             os.write(self.PIPE[1], b".")
-        except OSError:
-            pass  # the pipe is full: the loop is awake anyway
 
     def _set_accepting(self, enabled: bool) -> None:
         if enabled == self.accepting:
@@ -450,28 +449,22 @@ class BufferingWorker(base.Worker):  # type: ignore[misc]
     # -- connections -----------------------------------------------------------------------
 
     def _register(self, conn: Conn) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError, OSError):  # registered, or closed
             self.selector.register(
                 conn.sock, selectors.EVENT_READ, lambda _s, c=conn: self._readable(c)
             )
-        except (KeyError, ValueError, OSError):
-            pass  # already registered, or closed
 
     def _unregister(self, conn: Conn) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError, OSError):
             self.selector.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
 
     def _release(self, conn: Conn) -> None:
         self.body_budget += conn.reserved
         conn.reserved = 0
 
     def _send_quietly(self, conn: Conn, data: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):
             conn.sock.send(data)  # small: fits the socket buffer of a fresh connection
-        except OSError:
-            pass
 
     def _refuse(self, conn: Conn, status: int, error: str, message: str) -> None:
         """Answer from the loop itself and close (the rest of the request is unread)."""
@@ -482,10 +475,8 @@ class BufferingWorker(base.Worker):  # type: ignore[misc]
         self._unregister(conn)
         self._release(conn)
         self.conns.discard(conn)
-        try:
+        with contextlib.suppress(OSError):
             conn.sock.close()
-        except OSError:
-            pass
 
     def _shutdown(self) -> None:
         """Stop accepting; let requests being served finish within the graceful timeout."""

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from coordinator import held
 from coordinator.api.parse import json_body, str_list
 from coordinator.db import db
 from coordinator.errors import ApiError, BadRequest, NotFound
@@ -103,14 +104,19 @@ def stream() -> ResponseReturnValue:
     keys = [k for k in request.args.get("keys", "").split(",") if k]
     if not keys or len(keys) > MAX_STREAM_KEYS:
         raise BadRequest(f"give 1 to {MAX_STREAM_KEYS} comma-separated keys")
-    sub = hub.subscribe(_addresses(keys))
+    addresses = _addresses(keys)
+    release = held.hold_stream()  # 429 past the caller's or the process's bound
+    sub = hub.subscribe(addresses)
     draining = current_app.extensions["dffmpeg.draining"]
+    # Streams end after a while (the party reconnects at once): a connection nobody
+    # closes cannot keep a thread forever, and the bounds are re-applied on reconnect.
+    ends = time.monotonic() + current_app.config["DFFMPEG"].stream_max_seconds
 
     def lines() -> Iterator[bytes]:
         try:
             yield _line({"hello": True})
             last = time.monotonic()
-            while not draining.is_set():
+            while not draining.is_set() and time.monotonic() < ends:
                 try:
                     address, payload = sub.inbox.get(timeout=1.0)
                 except queue.Empty:  # a chance to notice draining
@@ -122,12 +128,17 @@ def stream() -> ResponseReturnValue:
                 yield _line({"address": list(address), "data": json.loads(payload)})
         finally:
             hub.unsubscribe(sub)
+            release()
 
     headers = {
         "Cache-Control": "no-cache, no-store",
         "X-Accel-Buffering": "no",  # nginx: pass each line on at once
     }
-    return Response(lines(), mimetype="application/x-ndjson", headers=headers)
+    response = Response(lines(), mimetype="application/x-ndjson", headers=headers)
+    # Also when the generator never started (the client left before the first line).
+    response.call_on_close(release)
+    response.call_on_close(lambda: hub.unsubscribe(sub))
+    return response
 
 
 def _line(data: dict[str, Any]) -> bytes:
