@@ -56,7 +56,7 @@ def _binaries(value: Any) -> dict[str, dict[str, Any]]:
         if not name or len(name) > 32:
             raise BadRequest("binary names are 1 to 32 characters")
         if not isinstance(info, dict):
-            raise BadRequest(f"binaries.{name} must be an object")
+            continue  # a bare path (an older worker): offered, not probed
         caps = info.get("capabilities")
         if caps is not None and not (
             isinstance(caps, dict)
