@@ -8,8 +8,8 @@ Order: requesters take turns (the requester with the fewest jobs already active 
 first, each of its jobs counting one turn more), so one client that submits a hundred
 jobs cannot starve another that submits one, whatever priorities it asks for. A
 requester's own jobs go in priority order (higher first), then oldest first. Between
-requesters at the same turn, the job of higher priority goes first, then the requester
-served longest ago. (Each identity's ``max_priority`` bounds what it may ask for.) A job goes only to a worker that has its
+requesters at the same turn, the one served longest ago goes first, then the job of
+higher priority. (Each identity's ``max_priority`` bounds what it may ask for.) A job goes only to a worker that has its
 binary, the path variables it uses, its required labels and the capabilities its
 arguments need. A job that *prefers* labels skips a worker without them while another
 online worker that has them could take it now.
@@ -217,13 +217,13 @@ def fair_order(free: int) -> list[Any]:
             _CANDIDATES, {"requester": requester, "limit": free + LOOKAHEAD}
         ).all()
     turn: dict[str, int] = defaultdict(int)
-    keyed: list[tuple[int, int, datetime, datetime, Any]] = []
+    keyed: list[tuple[int, datetime, int, datetime, Any]] = []
     for job in candidates:  # each requester's jobs arrive in its own order
         keyed.append(
             (
                 int(active.get(job.requester, 0)) + turn[job.requester],
-                -job.priority,
                 last_served.get(job.requester) or NEVER,
+                -job.priority,
                 job.created_at,
                 job,
             )
