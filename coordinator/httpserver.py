@@ -38,6 +38,7 @@ import os
 import queue
 import selectors
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -377,8 +378,13 @@ class BufferingWorker(base.Worker):
         keep = False
         try:
             conn.sock.setblocking(True)
-            # Bounds writing the answer to a client that does not read it.
-            conn.sock.settimeout(self.request_timeout)
+            # Bounds writing the answer to a client that does not read it. A kernel send
+            # timeout, not ``settimeout``: with a Python timeout a non-blocking peek at
+            # the socket (coordinator/api/peer.py) would wait for the timeout first.
+            seconds = int(self.request_timeout)
+            conn.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0)
+            )
             keep = self._handle(conn, request)
         except Exception:
             keep = False
