@@ -11,8 +11,8 @@ requester's own jobs go in priority order (higher first), then oldest first. Bet
 requesters at the same turn, the one served longest ago goes first, then the job of
 higher priority. (Each identity's ``max_priority`` bounds what it may ask for.)
 
-A job goes only to a worker that has its binary, the path variables it uses, its required labels and the capabilities its
-arguments need. A job that *prefers* labels skips a worker without them while another
+A job goes only to a worker that has its binary, the path variables it uses, its
+required labels and the capabilities its arguments need. A job that *prefers* labels skips a worker without them while another
 online worker that has them could take it now.
 """
 

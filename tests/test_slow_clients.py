@@ -38,12 +38,15 @@ LABEL = "slow"
 @pytest.fixture(scope="module")
 def coord(tmp_path_factory: pytest.TempPathFactory, ffmpeg: str) -> Iterator[Coordinator]:
     root = tmp_path_factory.mktemp("slow")
-    with coordinator(
-        root,
-        worker_lease_seconds=3,
-        worker_idle_lease_seconds=6,
-        transports=["http", "stream"],
-    ) as running, running.worker("slow-worker", [LABEL]):
+    with (
+        coordinator(
+            root,
+            worker_lease_seconds=3,
+            worker_idle_lease_seconds=6,
+            transports=["http", "stream"],
+        ) as running,
+        running.worker("slow-worker", [LABEL]),
+    ):
         yield running
 
 
