@@ -12,8 +12,9 @@ requesters at the same turn, the one served longest ago goes first, then the job
 higher priority. (Each identity's ``max_priority`` bounds what it may ask for.)
 
 A job goes only to a worker that has its binary, the path variables it uses, its
-required labels and the capabilities its arguments need. A job that *prefers* labels skips a worker without them while another
-online worker that has them could take it now.
+required labels and the capabilities its arguments need. A job that *prefers* labels
+skips a worker without them while another online worker that has them could take it
+now.
 """
 
 from __future__ import annotations
