@@ -66,9 +66,12 @@ def ping() -> ResponseReturnValue:
     if not isinstance(name, str) or not isinstance(token, str) or len(token) > 64:
         raise BadRequest("fields 'transport' and 'token' (at most 64 chars) are required")
     fanout = _fanout()
+    if fanout is None or name not in fanout.publishers:
+        # Not a transport this coordinator pushes over: a question it cannot answer.
+        raise BadRequest(f"transport {name!r} is not one this coordinator can ping over")
     address = to(g.user.client_id, "ping")
-    if fanout is None or not fanout.send(name, address, message(key="ping", token=token)):
-        raise Unavailable(f"transport {name} is not available on this coordinator")
+    if not fanout.send(name, address, message(key="ping", token=token)):
+        raise Unavailable(f"transport {name} is not available on this coordinator now")
     return jsonify({"sent": True})
 
 
@@ -100,7 +103,7 @@ def stream() -> ResponseReturnValue:
     fanout = _fanout()
     hub = fanout.publishers.get("stream") if fanout is not None else None
     if not isinstance(hub, LocalHub):
-        raise Unavailable("the stream transport is not enabled on this coordinator")
+        raise NotFound("the stream transport is not enabled on this coordinator")
     keys = [k for k in request.args.get("keys", "").split(",") if k]
     if not keys or len(keys) > MAX_STREAM_KEYS:
         raise BadRequest(f"give 1 to {MAX_STREAM_KEYS} comma-separated keys")
