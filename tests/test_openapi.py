@@ -151,6 +151,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(
     calls = 0
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 35
+
     def runner(operation: Any) -> Any:
         strategy = operation.as_strategy() | operation.as_strategy(
             generation_mode=schemathesis.GenerationMode.NEGATIVE
