@@ -287,9 +287,22 @@ class JobSession:
                     got = True
                 if downlink is not None and not long_poll and not got:
                     downlink.wait(key, OUTPUT_WAIT_SECONDS)
+                elif not got and "retry-after" in response.headers:
+                    # Answered at once instead of held (the coordinator's share of held
+                    # requests is taken): read again in a moment, not at once.
+                    time.sleep(retry_after(response.headers["retry-after"]))
         finally:
             if downlink is not None:
                 downlink.close()
+
+
+def retry_after(value: str) -> float:
+    """A ``Retry-After`` in seconds, kept between 0.1 and 5."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 1.0
+    return min(max(seconds, 0.1), 5.0) if seconds == seconds else 1.0
 
 
 def die_like_remote(session: JobSession, exit_code: int) -> None:

@@ -5,18 +5,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
 
 from flask import Flask, has_app_context
 
-from coordinator import api, errors, health, publish, schema
+from coordinator import api, auth, errors, health, held, openapi, publish, quotas, schema
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
+from coordinator.serving import ServingMonitor
 from coordinator.wakeups import DatabaseWakeups
-from dffmpeg.config import CoordinatorConfig, load_coordinator
+from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -50,6 +52,11 @@ def create_app(
     else:
         settings = config
 
+    try:
+        quotas.validate(settings.default_quotas)
+    except errors.ApiError as exc:
+        raise ConfigError(f"default_quotas: {exc.message}") from None
+
     app = Flask(__name__)
     app.config.update(
         DFFMPEG=settings,
@@ -67,8 +74,15 @@ def create_app(
     notifier = Notifier(recheck=settings.recheck_seconds or 10.0, before_wait=_end_transaction)
     app.extensions["dffmpeg.notifier"] = notifier
     app.extensions["dffmpeg.draining"] = threading.Event()
+    # Told by the request loop when this instance cannot serve everyone; the janitor
+    # writes it to the database and judges no lease until parties had time to renew.
+    app.extensions["dffmpeg.serving"] = ServingMonitor()
+    # The request loop asks this about a request whose body is still on its way.
+    app.extensions["dffmpeg.precheck"] = functools.partial(auth.precheck, app)
+    app.extensions["dffmpeg.held"] = held.HeldRequests(settings.held_threads)
     errors.register(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     api.register(app)
 
     if check_schema:

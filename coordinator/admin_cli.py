@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import jobs, scheduler, schema, users, workers
+from coordinator import jobs, quotas, scheduler, schema, users, workers
 from coordinator.api.workers import admin_view
 from coordinator.db import db
 from coordinator.errors import ApiError, BadRequest
@@ -120,6 +120,41 @@ def cmd_user_networks(args: argparse.Namespace) -> int:
         user = users.get_user(args.client_id).to_dict()
     _print(args, user, networks_text)
     return 0
+
+
+def cmd_user_quota(args: argparse.Namespace) -> int:
+    _ensure_schema()
+    defaults = load_coordinator(args.config).default_quotas
+    changes = {
+        name: getattr(args, name) for name in quotas.LIMITS if getattr(args, name) is not _UNSET
+    }
+    if changes:
+        result = users.set_quota(args.client_id, changes, defaults)
+    else:
+        result = users.get_quota(args.client_id, defaults)
+
+    def text(data: dict[str, Any]) -> str:
+        rows = [
+            {"limit": name, "value": value, "set": "yes" if name in data["overrides"] else ""}
+            for name, value in data["quota"].items()
+        ]
+        return table(rows, ["limit", "value", "set"])
+
+    _print(args, result, text)
+    return 0
+
+
+_UNSET = object()
+
+
+def _limit_value(text: str) -> int | None:
+    """A limit on the command line: an integer, or ``default`` to clear it."""
+    if text == "default":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("an integer, or 'default'") from None
 
 
 def cmd_job_list(args: argparse.Namespace) -> int:
@@ -269,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     networks.add_argument("networks", nargs="*", metavar="CIDR", help="replaces the list")
     networks.add_argument("--any", action="store_true", help="allow every network again")
+
+    quota = user.add_parser(
+        "quota",
+        parents=[common],
+        help="show an identity's limits; set them with the options (docs/api.md#limits)",
+    )
+    quota.add_argument("client_id")
+    for name, limit in quotas.LIMITS.items():
+        quota.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=_limit_value,
+            default=_UNSET,
+            metavar="N",
+            help=f"{limit.what} (default {limit.default}; 'default' clears it)",
+        )
+    quota.set_defaults(func=cmd_user_quota)
 
     job = groups.add_parser("job", help="jobs").add_subparsers(dest="cmd", required=True)
     jl = job.add_parser("list", parents=[common])

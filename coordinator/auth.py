@@ -1,17 +1,26 @@
-"""Request authentication (HMAC signatures, replay window) and per-route roles."""
+"""Request authentication (HMAC signatures, replay window) and per-route roles.
+
+The headers are checked before the body is read: a request with malformed headers, an
+unknown identity or a stale timestamp is refused without its body being read (and, under
+``dffmpeg-coordinator``, before it is even received: see ``precheck``). Only then is the
+body read and the signature over it verified.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from flask import Response, current_app, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from coordinator import quotas
+from coordinator.addresses import client_address
 from coordinator.db import db, now_utc
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.models import Nonce, User
@@ -19,9 +28,6 @@ from coordinator.users import address_allowed
 from dffmpeg import signing
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Used when the identity is unknown so that a miss costs the same HMAC as a hit.
-_DUMMY_KEY = "dffmpeg-unknown-identity-dummy-key-000000000"
 
 
 @dataclass(frozen=True)
@@ -34,14 +40,101 @@ class Caller:
 
     client_id: str
     role: str
+    # Every limit of the identity (coordinator/quotas.py), read with the identity.
+    limits: Mapping[str, int] = field(default_factory=dict)
 
 
 # Built once: statement construction costs more than running them on every request.
 _USERS = User.__table__.c
-_FIND_USER = select(_USERS.role, _USERS.hmac_key, _USERS.allowed_networks).where(
+_FIND_USER = select(_USERS.role, _USERS.hmac_key, _USERS.allowed_networks, _USERS.quotas).where(
     _USERS.client_id == bindparam("client_id")
 )
 _SEE_NONCE = insert(Nonce.__table__)
+_NONCE_SEEN = select(Nonce.__table__.c.nonce).where(
+    Nonce.__table__.c.client_id == bindparam("client_id"),
+    Nonce.__table__.c.nonce == bindparam("nonce"),
+)
+
+# What well-formed signature headers look like. Anything else (non-ASCII bytes
+# included, which werkzeug hands over decoded as latin-1) is refused with the one 401.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_NONCE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@dataclass(frozen=True)
+class SignatureHeaders:
+    client_id: str
+    timestamp: str
+    nonce: str
+    signature: str
+
+
+def signature_headers(headers: Any) -> SignatureHeaders | None:
+    """The four signature headers if all are present and well-formed, else None.
+
+    ``headers`` is looked up by the canonical names, or by lower-case ones (what the
+    request loop's pre-check has).
+    """
+
+    def get(name: str) -> str:
+        return str(headers.get(name) or headers.get(name.lower()) or "")
+
+    found = SignatureHeaders(
+        get(signing.HEADER_CLIENT),
+        get(signing.HEADER_TIMESTAMP),
+        get(signing.HEADER_NONCE),
+        get(signing.HEADER_SIGNATURE),
+    )
+    if not (
+        _CLIENT_ID.fullmatch(found.client_id)
+        and _TIMESTAMP.fullmatch(found.timestamp)
+        and _NONCE.fullmatch(found.nonce)
+        and _SIGNATURE.fullmatch(found.signature)
+    ):
+        return None
+    return found
+
+
+def caller_address() -> str:
+    """The client's address for this request (through ``trusted_proxies`` only)."""
+    return client_address(request.environ, current_app.config["DFFMPEG"].trusted_proxies)
+
+
+# Paths under /api/v1 that need no signature.
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
+
+
+def precheck(app: Flask, method: str, target: str, headers: Mapping[str, str]) -> Any:
+    """The request loop's question for a request whose body is still arriving: would it
+    be refused anyway? (status, JSON) to refuse it now, None to go on reading.
+
+    The identity must exist, the timestamp be fresh and the nonce unused; the signature
+    itself needs the body and is checked once the whole request is there.
+    """
+    path = target.split("?", 1)[0]
+    if not path.startswith("/api/v1/") or path in PUBLIC_PATHS:
+        return None
+    refused = (401, {"error": Unauthorized.code, "message": Unauthorized().message})
+    found = signature_headers(headers)
+    if found is None:
+        return refused
+    window = app.config["DFFMPEG"].auth_window_seconds
+    if not signing.timestamp_fresh(found.timestamp, window):
+        return refused
+    with app.app_context():
+        try:
+            user = db.session.execute(_FIND_USER, {"client_id": found.client_id}).first()
+            seen = db.session.execute(
+                _NONCE_SEEN, {"client_id": found.client_id, "nonce": found.nonce}
+            ).first()
+            db.session.commit()
+        finally:
+            db.session.remove()
+    if user is None or seen is not None:
+        return refused
+    return None
 
 
 def signed_path() -> str:
@@ -52,30 +145,25 @@ def signed_path() -> str:
 
 def authenticate() -> Caller:
     """Verify the signature headers of the current request; raise Unauthorized otherwise."""
-    headers = request.headers
-    client_id = headers.get(signing.HEADER_CLIENT, "")
-    timestamp = headers.get(signing.HEADER_TIMESTAMP, "")
-    nonce = headers.get(signing.HEADER_NONCE, "")
-    signature = headers.get(signing.HEADER_SIGNATURE, "")
-    if not (client_id and timestamp and nonce and signature) or len(nonce) > 64:
+    found = signature_headers(request.headers)
+    if found is None:
+        raise Unauthorized()
+    window = current_app.config["DFFMPEG"].auth_window_seconds
+    if not signing.timestamp_fresh(found.timestamp, window):
         raise Unauthorized()
     # Core rows, not ORM objects: authentication runs on every request and the identity
     # map, flush and expiry machinery cost more than the query itself.
-    user = (
-        db.session.execute(_FIND_USER, {"client_id": client_id}).first()
-        if len(client_id) <= 64
-        else None
-    )
-    window = current_app.config["DFFMPEG"].auth_window_seconds
-    signed = signing.SignedRequest(client_id, timestamp, nonce, signature)
+    user = db.session.execute(_FIND_USER, {"client_id": found.client_id}).first()
+    if user is None:
+        # Refused before the body is read (docs/security-model.md: the answer is the same
+        # as for a wrong signature, only sooner).
+        raise Unauthorized()
+    signed = signing.SignedRequest(found.client_id, found.timestamp, found.nonce, found.signature)
     body = request.get_data(cache=True)
-    valid = signing.verify(
-        user.hmac_key if user else _DUMMY_KEY, signed, request.method, signed_path(), body
-    )
-    if user is None or not valid or not signing.timestamp_fresh(timestamp, window):
+    if not signing.verify(user.hmac_key, signed, request.method, signed_path(), body):
         raise Unauthorized()
     # Checked only after the signature: a caller without the key learns nothing here.
-    if user.allowed_networks and not address_allowed(request.remote_addr, user.allowed_networks):
+    if user.allowed_networks and not address_allowed(caller_address(), user.allowed_networks):
         raise Forbidden("this identity may not connect from this network")
     # The nonce's primary key makes a replay inside the window fail to insert. The row
     # is inserted now, before the view runs (a concurrent replay's insert fails, or on
@@ -83,8 +171,8 @@ def authenticate() -> Caller:
     # first commit: one transaction fewer per request. ``settle_nonce`` stores it on
     # its own when the view never committed or rolled back.
     seen = {
-        "client_id": client_id,
-        "nonce": nonce,
+        "client_id": found.client_id,
+        "nonce": found.nonce,
         "expires_at": now_utc() + timedelta(seconds=window * 2),
     }
     try:
@@ -93,7 +181,8 @@ def authenticate() -> Caller:
         db.session.rollback()
         raise Unauthorized() from None
     g.nonce_pending = seen
-    return Caller(client_id=client_id, role=user.role)
+    limits = quotas.effective(current_app.config["DFFMPEG"].default_quotas, user.quotas)
+    return Caller(client_id=found.client_id, role=user.role, limits=limits)
 
 
 def _nonce_committed(_session: Any) -> None:

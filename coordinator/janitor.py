@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from flask import Flask
 from sqlalchemy import update
 
-from coordinator import lifecycle, retention
+from coordinator import lifecycle, retention, serving
 from coordinator.db import db, now_utc
 from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState
@@ -25,8 +25,11 @@ class Janitor:
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.interval = app.config["DFFMPEG"].janitor_seconds
+        self.serving: serving.ServingMonitor = app.extensions["dffmpeg.serving"]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The latest impairment of any instance, read at the start of each sweep.
+        self._impaired_at: datetime | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
@@ -46,6 +49,10 @@ class Janitor:
                 log.exception("janitor sweep failed")
 
     def sweep(self) -> None:
+        # First: what this instance noted since the last sweep reaches the database, and
+        # no lease is judged before parties had a whole lease since any impairment.
+        self.serving.flush()
+        self._impaired_at = self.serving.latest()
         self.expire_workers()
         self.release_lost_jobs()
         self.requeue_unaccepted()
@@ -54,9 +61,16 @@ class Janitor:
         self.cancel_abandoned_jobs()
         self.purge()
 
+    def _may_judge(self, lease: timedelta, now: datetime) -> bool:
+        return serving.may_judge(lease, self._impaired_at, now)
+
     def _stale(self, state: JobState) -> tuple[list[str], datetime]:
         """Jobs in ``state`` whose last transition is older than the assign timeout."""
-        limit = now_utc() - timedelta(seconds=self.app.config["DFFMPEG"].assign_timeout_seconds)
+        now = now_utc()
+        timeout = timedelta(seconds=self.app.config["DFFMPEG"].assign_timeout_seconds)
+        limit = now - timeout
+        if not self._may_judge(timeout, now):
+            return [], limit
         stmt = db.select(Job.id).where(Job.state == state.value, Job.updated_at < limit)
         ids = list(db.session.execute(stmt).scalars())
         db.session.commit()
@@ -110,13 +124,27 @@ class Janitor:
             )
 
     def expire_workers(self) -> None:
-        """Workers silent past their lease go offline."""
+        """Workers silent past their lease go offline, once they had a whole lease to
+        renew since the coordinator last could not serve (coordinator.serving)."""
         now = now_utc()
-        db.session.execute(
-            update(Worker)
-            .where(Worker.state != "offline", Worker.lease_expires_at < now)
-            .values(state="offline")
+        stmt = db.select(Worker.worker_id, Worker.last_seen_at, Worker.lease_expires_at).where(
+            Worker.state != "offline", Worker.lease_expires_at < now
         )
+        rows = list(db.session.execute(stmt))
+        for worker_id, seen, until in rows:
+            # The lease it was granted: the short one while it held a job, else the idle one.
+            if not self._may_judge(until - seen, now):
+                continue
+            # Compare-and-set on the lease read: a renewal meanwhile keeps it online.
+            db.session.execute(
+                update(Worker)
+                .where(
+                    Worker.worker_id == worker_id,
+                    Worker.state != "offline",
+                    Worker.lease_expires_at == until,
+                )
+                .values(state="offline")
+            )
         db.session.commit()
 
     def release_lost_jobs(self) -> None:
@@ -168,6 +196,9 @@ class Janitor:
     def cancel_abandoned_jobs(self) -> None:
         """Monitored jobs whose client stopped watching are canceled."""
         now = now_utc()
+        lease = timedelta(seconds=self.app.config["DFFMPEG"].client_lease_seconds)
+        if not self._may_judge(lease, now):
+            return
         stmt = db.select(Job.id, Job.state, Job.worker_id).where(
             Job.mode == "active",
             Job.client_lease_expires_at < now,
@@ -201,3 +232,4 @@ class Janitor:
             timedelta(seconds=settings.job_retention_seconds),
             cursor,
         )
+        serving.forget_old(timedelta(days=1))

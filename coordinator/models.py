@@ -34,6 +34,9 @@ class User(db.Model):  # type: ignore[name-defined]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
     # CIDRs this identity may connect from; empty means anywhere (see coordinator/auth.py).
     allowed_networks: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Limits an admin set for this identity ({name: value}); the others are the
+    # defaults (coordinator/quotas.py). None: none set.
+    quotas: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +147,9 @@ class Job(db.Model):  # type: ignore[name-defined]
     client_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The latest ffmpeg progress seen in the job's stderr (coordinator/progress.py).
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Bytes of stdin stored for the job so far (the ``max_stdin_bytes`` limit); the
+    # requester is the only writer of a job's input, so no update is lost.
+    stdin_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,3 +229,17 @@ class InputChunk(db.Model):  # type: ignore[name-defined]
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     kind: Mapped[int] = mapped_column(SmallInteger)
     data: Mapped[bytes] = mapped_column(CHUNK_TYPE)
+
+
+class ServingState(db.Model):  # type: ignore[name-defined]
+    """When each coordinator instance last could not serve everyone (coordinator/serving.py).
+
+    One row per instance, written only by that instance; the janitors of every instance
+    read the latest ``impaired_at`` before they judge anybody's lease.
+    """
+
+    __tablename__ = "serving_state"
+
+    instance: Mapped[str] = mapped_column(String(64), primary_key=True)
+    impaired_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    reason: Mapped[str] = mapped_column(String(64))

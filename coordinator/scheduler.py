@@ -4,13 +4,17 @@ Workers pull: each long-poll of a worker claims as many pending jobs as it has f
 slots. A claim is a compare-and-set from ``pending`` to ``assigned``, so two coordinator
 processes serving two workers can never hand the same job out twice.
 
-Order: higher priority first; within a priority, requesters take turns (the requester
-with the fewest jobs already active goes first), so one client that submits a hundred
-jobs cannot starve another that submits one; between requesters with as many active
-jobs, the one served longest ago goes first. A job goes only to a worker that has its
-binary, the path variables it uses, its required labels and the capabilities its
-arguments need. A job that *prefers* labels skips a worker without them while another
-online worker that has them could take it now.
+Order: requesters take turns (the requester with the fewest jobs already active goes
+first, each of its jobs counting one turn more), so one client that submits a hundred
+jobs cannot starve another that submits one, whatever priorities it asks for. A
+requester's own jobs go in priority order (higher first), then oldest first. Between
+requesters at the same turn, the one served longest ago goes first, then the job of
+higher priority. (Each identity's ``max_priority`` bounds what it may ask for.)
+
+A job goes only to a worker that has its binary, the path variables it uses, its
+required labels and the capabilities its arguments need. A job that *prefers* labels
+skips a worker without them while another online worker that has them could take it
+now.
 """
 
 from __future__ import annotations
@@ -214,20 +218,19 @@ def fair_order(free: int) -> list[Any]:
         candidates += db.session.execute(
             _CANDIDATES, {"requester": requester, "limit": free + LOOKAHEAD}
         ).all()
-    turn: dict[tuple[str, int], int] = defaultdict(int)
-    keyed: list[tuple[int, int, datetime, datetime, Any]] = []
+    turn: dict[str, int] = defaultdict(int)
+    keyed: list[tuple[int, datetime, int, datetime, Any]] = []
     for job in candidates:  # each requester's jobs arrive in its own order
-        slot = (job.requester, job.priority)
         keyed.append(
             (
-                -job.priority,
-                int(active.get(job.requester, 0)) + turn[slot],
+                int(active.get(job.requester, 0)) + turn[job.requester],
                 last_served.get(job.requester) or NEVER,
+                -job.priority,
                 job.created_at,
                 job,
             )
         )
-        turn[slot] += 1
+        turn[job.requester] += 1
     keyed.sort(key=lambda k: k[:4])
     return [k[4] for k in keyed]
 

@@ -1,8 +1,11 @@
-"""``dffmpeg-coordinator``: serve the app with gunicorn's threaded workers.
+"""``dffmpeg-coordinator``: serve the app with gunicorn and our buffering worker class.
 
-gthread workers keep long-polls from blocking other requests. On SIGTERM gunicorn stops
-accepting connections; our hook marks the app as draining first, so ``/health`` answers
-503 and open long-polls return at once instead of holding the shutdown.
+``coordinator.httpserver.BufferingWorker`` reads each request whole in an event loop
+before a pool thread runs it, so slow or idle clients cannot hold the threads (see
+docs/deployment.md); long-polls are held by pool threads, within the shares that
+``coordinator.held`` allows. On SIGTERM gunicorn stops accepting connections; our hook
+marks the app as draining first, so ``/health`` answers 503 and open long-polls return
+at once instead of holding the shutdown.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ class CoordinatorServer(BaseApplication):
         s = self.settings
         options: dict[str, Any] = {
             "bind": f"{s.host}:{s.port}",
-            "worker_class": "gthread",
+            "worker_class": "coordinator.httpserver.BufferingWorker",
             "workers": s.gunicorn_workers,
             "threads": s.gunicorn_threads,
             "timeout": 60,
             "graceful_timeout": 10,
             "keepalive": 75,
+            # Idle and arriving connections cost the event loop a socket each, no thread.
+            "worker_connections": 1000,
             "post_worker_init": _post_worker_init,
             "accesslog": None,
         }

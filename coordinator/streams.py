@@ -9,14 +9,15 @@ coordinator already has; those are ignored, so retries are safe.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import db
 from coordinator.errors import BadRequest, Conflict
-from coordinator.models import InputChunk, OutputChunk
+from coordinator.models import InputChunk, Job, OutputChunk
 from dffmpeg.wire import Frame, FrameKind
 
 OUTPUT_KINDS = frozenset({FrameKind.STDOUT, FrameKind.STDERR})
@@ -26,6 +27,15 @@ INPUT_KINDS = frozenset({FrameKind.STDIN, FrameKind.STDIN_EOF, FrameKind.SIGNAL}
 READ_BUDGET = 4 * 1024 * 1024
 
 Model = type[OutputChunk] | type[InputChunk]
+Admit = Callable[[list[Frame], int], None]
+
+_JOBS = Job.__table__.c
+_STDIN_BYTES = select(_JOBS.stdin_bytes).where(_JOBS.id == bindparam("job_id"))
+_ADD_STDIN_BYTES = (
+    update(Job.__table__)
+    .where(_JOBS.id == bindparam("job_id"))
+    .values(stdin_bytes=_JOBS.stdin_bytes + bindparam("size"))
+)
 
 
 def _statements(model: Model) -> tuple[Any, Any]:
@@ -43,10 +53,16 @@ def _statements(model: Model) -> tuple[Any, Any]:
 _STATEMENTS = {OutputChunk: _statements(OutputChunk), InputChunk: _statements(InputChunk)}
 
 
-def _append(model: Model, job_id: str, frames: list[Frame], kinds: frozenset[FrameKind]) -> int:
+def _append(
+    model: Model,
+    job_id: str,
+    frames: list[Frame],
+    kinds: frozenset[FrameKind],
+    admit: Admit | None = None,
+) -> int:
     last = db.session.execute(_STATEMENTS[model][0], {"job_id": job_id}).scalar_one()
     last = int(last or 0)
-    added = 0
+    new: list[Frame] = []
     for frame in frames:
         if frame.kind not in kinds:
             raise BadRequest(f"frame kind {frame.kind.name} is not allowed here")
@@ -54,16 +70,27 @@ def _append(model: Model, job_id: str, frames: list[Frame], kinds: frozenset[Fra
             continue  # already stored by an earlier attempt of this request
         if frame.seq != last + 1:
             raise Conflict(f"frame seq {frame.seq} does not follow {last}", expected=last + 1)
-        db.session.add(model(job_id=job_id, seq=frame.seq, kind=int(frame.kind), data=frame.data))
+        new.append(frame)
         last = frame.seq
-        added += 1
+    if admit is not None and new:
+        stored = db.session.execute(_STDIN_BYTES, {"job_id": job_id}).scalar_one_or_none()
+        try:
+            admit(new, int(stored or 0))
+        except Exception:
+            db.session.rollback()
+            raise
+        size = sum(len(f.data) for f in new if f.kind == FrameKind.STDIN)
+        if size:
+            db.session.execute(_ADD_STDIN_BYTES, {"job_id": job_id, "size": size})
+    for frame in new:
+        db.session.add(model(job_id=job_id, seq=frame.seq, kind=int(frame.kind), data=frame.data))
     try:
         db.session.commit()
     except IntegrityError:
         # A retry raced the original request, which stored the same frames first.
         db.session.rollback()
         return 0
-    return added
+    return len(new)
 
 
 def _read(model: Model, job_id: str, after: int) -> list[Frame]:
@@ -95,8 +122,11 @@ def read_output(job_id: str, after: int) -> list[Frame]:
     return _read(OutputChunk, job_id, after)
 
 
-def append_input(job_id: str, frames: list[Frame]) -> int:
-    return _append(InputChunk, job_id, frames, INPUT_KINDS)
+def append_input(job_id: str, frames: list[Frame], admit: Admit | None = None) -> int:
+    """Store a client's input frames. ``admit(new_frames, stdin_bytes_stored)`` may
+    refuse them (raise) before anything is stored; the job's ``stdin_bytes`` grows by
+    what is stored."""
+    return _append(InputChunk, job_id, frames, INPUT_KINDS, admit)
 
 
 def read_input(job_id: str, after: int) -> list[Frame]:

@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from coordinator import quotas
+from coordinator.addresses import in_networks
 from coordinator.db import db
 from coordinator.errors import BadRequest, Conflict, NotFound
 from coordinator.models import User
@@ -47,22 +49,7 @@ def validate_networks(networks: list[str]) -> list[str]:
 
 def address_allowed(address: str | None, networks: list[str]) -> bool:
     """Whether ``address`` lies in one of ``networks`` (an empty list allows any)."""
-    if not networks:
-        return True
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    # An IPv4 client seen through an IPv6 socket arrives as ::ffff:a.b.c.d.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for text in networks:
-        try:
-            if ip in ipaddress.ip_network(text, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return not networks or in_networks(address, networks)
 
 
 def add_user(
@@ -116,3 +103,31 @@ def set_networks(client_id: str, networks: list[str]) -> dict[str, Any]:
     user.allowed_networks = validate_networks(networks)
     db.session.commit()
     return user.to_dict()
+
+
+def get_quota(client_id: str, defaults: dict[str, int]) -> dict[str, Any]:
+    """Every limit of an identity, and which of them an admin set for it."""
+    user = get_user(client_id)
+    own = dict(user.quotas or {})
+    return {
+        "client_id": user.client_id,
+        "quota": quotas.effective(defaults, own),
+        "overrides": {k: v for k, v in own.items() if k in quotas.LIMITS},
+    }
+
+
+def set_quota(
+    client_id: str, changes: dict[str, int | None], defaults: dict[str, int]
+) -> dict[str, Any]:
+    """Set limits of an identity (None: back to the default); the result as ``get_quota``."""
+    checked = quotas.validate(changes, allow_none=True)
+    user = get_user(client_id)
+    own = dict(user.quotas or {})
+    for name, value in checked.items():
+        if value is None:
+            own.pop(name, None)
+        else:
+            own[name] = value
+    user.quotas = own or None
+    db.session.commit()
+    return get_quota(client_id, defaults)

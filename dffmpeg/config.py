@@ -7,6 +7,7 @@ flag, env ``DFFMPEG_<C>_CONFIG``, ``./dffmpeg-<c>.yaml``, ``~/.config/dffmpeg/<c
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -406,10 +407,27 @@ class CoordinatorConfig:
     # An assigned job not accepted (or a canceling job not confirmed) in this time is
     # taken back from its worker.
     assign_timeout_seconds: int = 30
+    # A request must arrive whole (head and body) this long after its first byte.
+    request_timeout_seconds: float = 30.0
+    # Proxies whose X-Forwarded-For is believed (CIDRs; see docs/deployment.md).
+    trusted_proxies: list[str] = field(default_factory=list)
+    # A /transport/stream connection ends after this long; the party reconnects.
+    stream_max_seconds: float = 300.0
+    # Pool threads of one process that held requests (long-polls, streams) may use; the
+    # rest stay free for short requests. None: three quarters of gunicorn_threads.
+    held_request_threads: int | None = None
+    # Limits for identities that have none of their own (see docs/api.md#limits).
+    default_quotas: dict[str, int] = field(default_factory=dict)
     brokers: BrokerSettings = field(
         default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
     )
     source: str | None = field(default=None, metadata=yaml_keys())
+
+    @property
+    def held_threads(self) -> int:
+        if self.held_request_threads is not None:
+            return self.held_request_threads
+        return max(1, self.gunicorn_threads * 3 // 4)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoordinatorConfig:
@@ -437,9 +455,50 @@ class CoordinatorConfig:
             retention_seconds=int(data.get("retention_seconds", 86400)),
             job_retention_seconds=int(data.get("job_retention_seconds", 30 * 86400)),
             assign_timeout_seconds=int(data.get("assign_timeout_seconds", 30)),
+            request_timeout_seconds=_positive(data, "request_timeout_seconds", 30.0),
+            trusted_proxies=_networks(data, "trusted_proxies"),
+            stream_max_seconds=_positive(data, "stream_max_seconds", 300.0),
+            held_request_threads=_held_threads(data),
+            default_quotas=_int_mapping(data, "default_quotas"),
             brokers=BrokerSettings.from_dict(data),
             source=source,
         )
+
+
+def _positive(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ConfigError(f"{key} must be a positive number of seconds")
+    return float(value)
+
+
+def _networks(data: Mapping[str, Any], key: str) -> list[str]:
+    result = []
+    for text in _str_list(data, key, []):
+        try:
+            result.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{key}: {text!r} is not an IP network such as 10.0.0.0/24") from None
+    return result
+
+
+def _held_threads(data: Mapping[str, Any]) -> int | None:
+    value = data.get("held_request_threads")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError("held_request_threads must be a positive integer")
+    return value
+
+
+def _int_mapping(data: Mapping[str, Any], key: str) -> dict[str, int]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        raise ConfigError(f"{key} must be a mapping of limit names to integers")
+    return dict(value)
 
 
 def default_database_url(source: str | None) -> str:

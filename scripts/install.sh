@@ -36,6 +36,24 @@ if [ "${1:-}" = "--test" ] && ! command -v openssl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
 fi
 
+if [ "${1:-}" = "--test" ] && ! command -v nginx >/dev/null; then
+  # The deployment test puts nginx, with a config of its own, in front of a coordinator.
+  # The package must not start Debian's own nginx on port 80: where no policy says so
+  # already, one that forbids starting services is in place for the install.
+  echo "== installing Debian's nginx"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null || status=$?
+  [ -n "$policy" ] && $SUDO rm -f "$policy"
+  [ "${status:-0}" = 0 ] || exit "$status"
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
   # Debian's python3 makes virtual environments only with python3-venv installed.

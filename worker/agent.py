@@ -354,6 +354,10 @@ class WorkerAgent:
             # Jobs we already run stay "assigned" until our accept lands: not news.
             if downlink is not None and not long_poll and not fresh:
                 self._await_news(downlink)
+            elif not fresh and work.get("retry_after"):
+                # The coordinator answered at once instead of holding the poll (its
+                # share of held requests is taken): ask again in a moment, not at once.
+                self._stopped.wait(min(float(work["retry_after"]), 5.0))
 
     def _await_news(self, downlink: Downlink) -> None:
         """Sleep until the transport brings news, it breaks, or it is time to catch up."""

@@ -18,7 +18,14 @@ from typing import Any, Protocol
 from client.api import Api, ApiError, Unreachable
 from dffmpeg.exitcodes import from_returncode
 from dffmpeg.paths import StreamRewriter, output_rewriter, to_variables, unmap_args
-from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, encode_frames
+from dffmpeg.wire import (
+    CONTENT_TYPE_FRAMES,
+    Frame,
+    FrameError,
+    FrameKind,
+    decode_frames,
+    encode_frames,
+)
 from worker.guard import (
     ConcatLists,
     Refused,
@@ -58,6 +65,16 @@ DRIVER_ENV = (
 # Inside the sandbox: the standard places, and a home and temporary directory that are
 # the job's private /tmp.
 CONFINED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp"}
+
+
+def _status_state(data: bytes) -> str | None:
+    """The ``state`` of a status frame; None when it is not a JSON object with one."""
+    try:
+        status = json.loads(data)
+    except ValueError:
+        return None
+    state = status.get("state") if isinstance(status, dict) else None
+    return state if isinstance(state, str) else None
 
 
 class Runner(Protocol):
@@ -314,14 +331,25 @@ class JobExecution:
                 return
             except Unreachable:
                 return
-            for frame in decode_frames(response.body):
+            try:
+                frames = list(decode_frames(response.body))
+            except FrameError as exc:
+                # Never end this thread over one bad answer: later signals must still
+                # arrive. The same read is tried again in a moment.
+                log.warning("job %s: malformed input answer ignored: %s", self.job_id, exc)
+                self._done.wait(1.0)
+                continue
+            for frame in frames:
                 if frame.kind == FrameKind.STATUS:
-                    if json.loads(frame.data).get("state") != "canceling":
+                    state = _status_state(frame.data)
+                    if state is not None and state != "canceling":
                         self._stop_if_orphaned()
                         return
                     continue
                 after = frame.seq
                 stdin = self._apply_input(frame, stdin)
+            if not frames and "retry-after" in response.headers:
+                self._done.wait(1.0)  # answered at once instead of held: not a busy loop
 
     def _apply_input(self, frame: Frame, stdin: Any) -> Any:
         process = self.process
@@ -337,7 +365,11 @@ class JobExecution:
                 stdin.close()
             stdin = None
         elif frame.kind == FrameKind.SIGNAL:
-            self.send_signal(int(frame.data or b"0"))
+            signum = frame.data.strip()
+            if signum.isdigit() and len(signum) <= 3:
+                self.send_signal(int(signum))
+            else:
+                log.warning("job %s: malformed signal frame ignored", self.job_id)
         return stdin
 
     def _hang_up_for(self, kind: FrameKind) -> threading.Event | None:

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, g
+import re
 
+from flask import Blueprint, Flask, Response, g, request
+
+from coordinator import held
 from coordinator.api import cluster, jobs, probes, transport, users, workers
+from coordinator.api.parse import check_text
 from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce
+from coordinator.errors import NotFound
+
+# What ids in a URL are made of (job ids, identities, workers, binaries, options).
+_ID = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+def check_url() -> None:
+    """Ids in the path are well-formed (else 404) and query values storable text (else
+    400): nothing malformed reaches a query, where PostgreSQL refuses NUL, for one."""
+    for value in (request.view_args or {}).values():
+        if isinstance(value, str) and not _ID.fullmatch(value):
+            raise NotFound("no such resource")
+    for key, value in request.args.items(multi=True):
+        check_text(key, "query arguments")
+        check_text(value, "query arguments")
 
 
 def register(app: Flask) -> None:
@@ -15,11 +34,12 @@ def register(app: Flask) -> None:
 
     @api.before_request
     def _authenticate() -> None:
+        check_url()
         g.user = authenticate()
 
     @api.after_request
     def _settle_nonce(response: Response) -> Response:
-        return settle_nonce(response)
+        return held.mark_refused(settle_nonce(response))
 
     api.register_blueprint(workers.bp)
     api.register_blueprint(jobs.bp)

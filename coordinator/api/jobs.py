@@ -10,14 +10,19 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, bindparam, func, select, update
 
-from coordinator import capabilities, jobs, lifecycle, progress, scheduler, streams
+from coordinator import capabilities, held, jobs, lifecycle, progress, quotas, scheduler, streams
 from coordinator.api.parse import (
+    INT_MAX,
+    INT_MIN,
+    MAX_PAGE_OFFSET,
     field,
     frames_body,
     int_arg,
+    int_field,
     json_body,
     notifier,
     str_list,
+    str_map,
     wait_arg,
 )
 from coordinator.auth import requires
@@ -39,7 +44,14 @@ bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
 MAX_ARGS = 4096
 MAX_ARG_BYTES = 64 * 1024
+MAX_CLIENT_PATHS = 64
+MAX_CLIENT_PATHS_BYTES = 64 * 1024
+# Ten years: long enough for "wait for a worker", short enough for every date type.
+MAX_QUEUE_TIMEOUT = 10 * 365 * 86400
 MODES = ("active", "background")
+_PENDING_OF = select(func.count()).where(
+    Job.requester == bindparam("requester"), Job.state == JobState.PENDING.value
+)
 
 
 def _config() -> Any:
@@ -113,6 +125,7 @@ def final_status(job_id: str) -> dict[str, Any]:
 @requires(Role.CLIENT, Role.ADMIN)
 def submit() -> ResponseReturnValue:
     data = json_body()
+    limits = g.user.limits
     binary = field(data, "binary", str)
     allowed = _config().allowed_binaries
     if binary not in allowed:
@@ -120,21 +133,39 @@ def submit() -> ResponseReturnValue:
     args = str_list(data, "args")
     if len(args) > MAX_ARGS or any(len(a.encode()) > MAX_ARG_BYTES for a in args):
         raise BadRequest("too many or too long arguments")
+    quotas.check(limits, "max_args_bytes", quotas.size_of(args))
     cwd = field(data, "cwd", (str, type(None)), None)
-    env = field(data, "env", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise BadRequest("field 'env' must map strings to strings")
+    quotas.check(limits, "max_cwd_bytes", quotas.size_of(cwd))
+    env = str_map(data, "env", "strings to strings")
+    quotas.check(limits, "max_env_bytes", quotas.size_of(env))
     mode = field(data, "mode", str, "active")
     if mode not in MODES:
         raise BadRequest(f"field 'mode' must be one of {', '.join(MODES)}")
-    priority = field(data, "priority", int, 0)
-    client_paths = field(data, "client_paths", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in client_paths.items()):
-        raise BadRequest("field 'client_paths' must map variable names to paths")
+    priority = int_field(data, "priority", 0)
+    # Refused, not lowered: a caller asking for more than it may have must know.
+    quotas.check(limits, "max_priority", priority)
+    client_paths = str_map(data, "client_paths", "variable names to paths")
+    if (
+        len(client_paths) > MAX_CLIENT_PATHS
+        or quotas.size_of(client_paths) > MAX_CLIENT_PATHS_BYTES
+    ):
+        raise BadRequest(f"field 'client_paths' is too large (at most {MAX_CLIENT_PATHS} roots)")
     queue_timeout = field(data, "queue_timeout", (int, float, type(None)), None)
-    if isinstance(queue_timeout, bool) or (queue_timeout is not None and queue_timeout <= 0):
-        raise BadRequest("field 'queue_timeout' must be a positive number of seconds")
+    if isinstance(queue_timeout, bool) or (
+        queue_timeout is not None and not 0 < queue_timeout <= MAX_QUEUE_TIMEOUT
+    ):
+        raise BadRequest(
+            f"field 'queue_timeout' must be a positive number of seconds, "
+            f"at most {MAX_QUEUE_TIMEOUT}"
+        )
     wait_for_worker = field(data, "wait_for_worker", bool, False)
+    required_labels = str_list(data, "required_labels", [])
+    preferred_labels = str_list(data, "preferred_labels", [])
+    quotas.check(limits, "max_label_bytes", quotas.size_of(required_labels + preferred_labels))
+    pending = db.session.execute(_PENDING_OF, {"requester": g.user.client_id}).scalar_one()
+    if pending >= limits["max_pending"]:
+        db.session.commit()
+        raise quotas.LimitExceeded("max_pending", limits["max_pending"], int(pending) + 1)
     now = now_utc()
     job = Job(
         id=uuid.uuid4().hex,
@@ -148,8 +179,8 @@ def submit() -> ResponseReturnValue:
         mode=mode,
         priority=priority,
         needs=capabilities.derive_needs(args),
-        required_labels=str_list(data, "required_labels", []),
-        preferred_labels=str_list(data, "preferred_labels", []),
+        required_labels=required_labels,
+        preferred_labels=preferred_labels,
         queue_deadline=now + timedelta(seconds=queue_timeout) if queue_timeout else None,
         wait_for_worker=wait_for_worker,
         state=JobState.PENDING.value,
@@ -209,8 +240,8 @@ def list_jobs() -> ResponseReturnValue:
         conditions.append(Job.state.in_(states))
     if request.args.get("worker"):
         conditions.append(Job.worker_id == request.args["worker"])
-    limit = min(max(int_arg("limit", 100), 1), MAX_PAGE)
-    offset = max(int_arg("offset", 0), 0)
+    limit = min(max(int_arg("limit", 100, INT_MIN, INT_MAX), 1), MAX_PAGE)
+    offset = int_arg("offset", 0, 0, MAX_PAGE_OFFSET)
     page = (
         db.select(Job)
         .where(*conditions)
@@ -232,7 +263,7 @@ def stderr_tail(job_id: str) -> ResponseReturnValue:
     with the length of the job's output.
     """
     job_id = visible_ref(job_id).id
-    budget = min(max(int_arg("kb", 16), 1), 1024) * 1024
+    budget = min(max(int_arg("kb", 16, INT_MIN, INT_MAX), 1), 1024) * 1024
     stmt = (
         db.select(OutputChunk.data)
         .where(OutputChunk.job_id == job_id, OutputChunk.kind == int(FrameKind.STDERR))
@@ -313,7 +344,8 @@ def read_output(job_id: str) -> ResponseReturnValue:
             return [*frames, final]
         return frames or None
 
-    frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, wait_arg())
+    with held.long_poll(wait_arg()) as wait:
+        frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, wait)
     return _frames_response(frames or [])
 
 
@@ -324,7 +356,15 @@ def write_input(job_id: str) -> ResponseReturnValue:
     job_id = job.id
     if JobState(job.state).terminal:
         raise WrongState(f"job is already {job.state}", state=job.state)
-    added = streams.append_input(job_id, frames_body())
+    frames = frames_body()
+    limits = g.user.limits
+
+    def admit(new: list[Frame], stored: int) -> None:
+        # Checked before anything of the request is stored: all of it or none.
+        size = sum(len(f.data) for f in new if f.kind == FrameKind.STDIN)
+        quotas.check(limits, "max_stdin_bytes", stored + size)
+
+    added = streams.append_input(job_id, frames, admit)
     notifier().notify(f"input:{job_id}")
     return jsonify({"added": added})
 
@@ -397,7 +437,8 @@ def read_input(job_id: str) -> ResponseReturnValue:
         db.session.commit()
         return result
 
-    frames = notifier().wait_for([f"input:{job_id}", f"job:{job_id}"], check, wait_arg())
+    with held.long_poll(wait_arg()) as wait:
+        frames = notifier().wait_for([f"input:{job_id}", f"job:{job_id}"], check, wait)
     return _frames_response(frames or [])
 
 
@@ -413,6 +454,8 @@ def finish(job_id: str) -> ResponseReturnValue:
     data = json_body()
     error = field(data, "error", (str, type(None)), None)
     exit_code = field(data, "exit_code", (int, type(None)), None)
+    if exit_code is not None and not INT_MIN <= exit_code <= INT_MAX:
+        raise BadRequest(f"field 'exit_code' must be an integer from {INT_MIN} to {INT_MAX}")
     aborted = field(data, "aborted", (str, type(None)), None)
     if error is None and exit_code is None:
         raise BadRequest("one of 'exit_code' or 'error' is required")

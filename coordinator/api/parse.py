@@ -1,22 +1,84 @@
-"""Parsing request bodies and arguments into plain values, with 400 on anything else."""
+"""Parsing request bodies and arguments into plain values, with 400 on anything else.
+
+Every value is checked before it can reach the database: strings are valid UTF-8
+without NUL (PostgreSQL refuses NUL in text), numbers fit the column they go to (the
+integer bounds below hold on SQLite, MariaDB and PostgreSQL alike) and floats are
+finite, so no input can make a statement fail with a 500.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from flask import current_app, request
 
 from coordinator.errors import BadRequest
 from coordinator.notify import Notifier
-from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameError, decode_frames
+from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameError, FrameKind, decode_frames
 
 MAX_WAIT_SECONDS = 30.0
+# Column bounds: Integer and BigInteger are signed 32 and 64 bits on every database.
+INT_MAX = 2**31 - 1
+INT_MIN = -(2**31)
+BIGINT_MAX = 2**63 - 1
+MAX_JSON_DEPTH = 32
+# Paging further than this is not a listing any more (and OFFSET has bounds per database).
+MAX_PAGE_OFFSET = INT_MAX
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not a number this API accepts")
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it can be stored as text everywhere: UTF-8, no NUL."""
+    if "\x00" in value:
+        raise BadRequest(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} must be valid Unicode text") from None
+    return value
+
+
+def check_json(data: Any) -> None:
+    """Every string, number and nesting level of a parsed body is storable (see above)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest("request body is nested too deeply")
+        if isinstance(value, str):
+            check_text(value, "strings in the body")
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if not -BIGINT_MAX - 1 <= value <= BIGINT_MAX:
+                raise BadRequest("a number in the body is out of range")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise BadRequest("numbers in the body must be finite")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                check_text(key, "keys in the body")
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True, force=True) if request.get_data(cache=True) else {}
+    raw = request.get_data(cache=True)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body must be a JSON object") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    check_json(data)
     return data
 
 
@@ -33,6 +95,22 @@ def field(
     return value
 
 
+def int_field(
+    data: dict[str, Any],
+    name: str,
+    default: Any = ...,
+    lo: int = INT_MIN,
+    hi: int = INT_MAX,
+) -> Any:
+    """An integer field within [lo, hi] (by default what an Integer column holds)."""
+    value = field(data, name, int, default)
+    if value is None or value is default:
+        return value
+    if isinstance(value, bool) or not lo <= value <= hi:
+        raise BadRequest(f"field {name!r} must be an integer from {lo} to {hi}")
+    return value
+
+
 def str_list(data: dict[str, Any], name: str, default: list[str] | None = None) -> list[str]:
     value = field(data, name, list, default if default is not None else ...)
     if not all(isinstance(v, str) for v in value):
@@ -40,23 +118,41 @@ def str_list(data: dict[str, Any], name: str, default: list[str] | None = None) 
     return list(value)
 
 
+def str_map(data: dict[str, Any], name: str, what: str) -> dict[str, str]:
+    value = field(data, name, dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise BadRequest(f"field {name!r} must map {what}")
+    return dict(value)
+
+
 def frames_body() -> list[Frame]:
+    """The frames of the body; each ``seq`` storable, a signal frame a signal number."""
     if request.mimetype != CONTENT_TYPE_FRAMES:
         raise BadRequest(f"body must be {CONTENT_TYPE_FRAMES}")
     try:
-        return list(decode_frames(request.get_data(cache=True)))
+        frames = list(decode_frames(request.get_data(cache=True)))
     except FrameError as exc:
         raise BadRequest(str(exc)) from None
+    for frame in frames:
+        if not 1 <= frame.seq <= BIGINT_MAX:
+            raise BadRequest(f"frame seq must be from 1 to {BIGINT_MAX}")
+        if frame.kind == FrameKind.SIGNAL and not (frame.data.isdigit() and len(frame.data) <= 3):
+            raise BadRequest("a signal frame carries a signal number in ASCII digits")
+    return frames
 
 
-def int_arg(name: str, default: int) -> int:
+def int_arg(name: str, default: int, lo: int = 0, hi: int = BIGINT_MAX) -> int:
+    """An integer query argument within [lo, hi]."""
     raw = request.args.get(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise BadRequest(f"query argument {name!r} must be an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"query argument {name!r} must be from {lo} to {hi}")
+    return value
 
 
 def wait_arg() -> float:
@@ -65,6 +161,8 @@ def wait_arg() -> float:
         value = float(raw)
     except ValueError:
         raise BadRequest("query argument 'wait' must be a number of seconds") from None
+    if not math.isfinite(value):
+        raise BadRequest("query argument 'wait' must be a finite number of seconds")
     return min(max(value, 0.0), MAX_WAIT_SECONDS)
 
 

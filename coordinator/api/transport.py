@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from coordinator import held
 from coordinator.api.parse import json_body, str_list
 from coordinator.db import db
 from coordinator.errors import ApiError, BadRequest, NotFound
@@ -65,9 +66,12 @@ def ping() -> ResponseReturnValue:
     if not isinstance(name, str) or not isinstance(token, str) or len(token) > 64:
         raise BadRequest("fields 'transport' and 'token' (at most 64 chars) are required")
     fanout = _fanout()
+    if fanout is None or name not in fanout.publishers:
+        # Not a transport this coordinator pushes over: a question it cannot answer.
+        raise BadRequest(f"transport {name!r} is not one this coordinator can ping over")
     address = to(g.user.client_id, "ping")
-    if fanout is None or not fanout.send(name, address, message(key="ping", token=token)):
-        raise Unavailable(f"transport {name} is not available on this coordinator")
+    if not fanout.send(name, address, message(key="ping", token=token)):
+        raise Unavailable(f"transport {name} is not available on this coordinator now")
     return jsonify({"sent": True})
 
 
@@ -99,18 +103,23 @@ def stream() -> ResponseReturnValue:
     fanout = _fanout()
     hub = fanout.publishers.get("stream") if fanout is not None else None
     if not isinstance(hub, LocalHub):
-        raise Unavailable("the stream transport is not enabled on this coordinator")
+        raise NotFound("the stream transport is not enabled on this coordinator")
     keys = [k for k in request.args.get("keys", "").split(",") if k]
     if not keys or len(keys) > MAX_STREAM_KEYS:
         raise BadRequest(f"give 1 to {MAX_STREAM_KEYS} comma-separated keys")
-    sub = hub.subscribe(_addresses(keys))
+    addresses = _addresses(keys)
+    release = held.hold_stream()  # 429 past the caller's or the process's bound
+    sub = hub.subscribe(addresses)
     draining = current_app.extensions["dffmpeg.draining"]
+    # Streams end after a while (the party reconnects at once): a connection nobody
+    # closes cannot keep a thread forever, and the bounds are re-applied on reconnect.
+    ends = time.monotonic() + current_app.config["DFFMPEG"].stream_max_seconds
 
     def lines() -> Iterator[bytes]:
         try:
             yield _line({"hello": True})
             last = time.monotonic()
-            while not draining.is_set():
+            while not draining.is_set() and time.monotonic() < ends:
                 try:
                     address, payload = sub.inbox.get(timeout=1.0)
                 except queue.Empty:  # a chance to notice draining
@@ -122,12 +131,17 @@ def stream() -> ResponseReturnValue:
                 yield _line({"address": list(address), "data": json.loads(payload)})
         finally:
             hub.unsubscribe(sub)
+            release()
 
     headers = {
         "Cache-Control": "no-cache, no-store",
         "X-Accel-Buffering": "no",  # nginx: pass each line on at once
     }
-    return Response(lines(), mimetype="application/x-ndjson", headers=headers)
+    response = Response(lines(), mimetype="application/x-ndjson", headers=headers)
+    # Also when the generator never started (the client left before the first line).
+    response.call_on_close(release)
+    response.call_on_close(lambda: hub.unsubscribe(sub))
+    return response
 
 
 def _line(data: dict[str, Any]) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
 
 from coordinator import users
@@ -60,3 +60,19 @@ def set_networks(client_id: str) -> ResponseReturnValue:
     """Replace the CIDRs the identity may connect from; an empty list allows any."""
     networks = str_list(json_body(), "allowed_networks")
     return jsonify({"user": users.set_networks(client_id, networks)})
+
+
+@bp.get("/<client_id>/quota")
+@requires(Role.ADMIN)
+def show_quota(client_id: str) -> ResponseReturnValue:
+    """Every limit of the identity (``quota``) and those set for it (``overrides``)."""
+    defaults = current_app.config["DFFMPEG"].default_quotas
+    return jsonify(users.get_quota(client_id, defaults))
+
+
+@bp.put("/<client_id>/quota")
+@requires(Role.ADMIN)
+def set_quota(client_id: str) -> ResponseReturnValue:
+    """Set limits: ``{name: value}``; a value of null goes back to the default."""
+    defaults = current_app.config["DFFMPEG"].default_quotas
+    return jsonify(users.set_quota(client_id, json_body(), defaults))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, bindparam, case, select, update
 
-from coordinator import lifecycle, scheduler, workers
-from coordinator.api.parse import field, json_body, notifier, str_list, wait_arg
+from coordinator import held, lifecycle, quotas, scheduler, workers
+from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
@@ -41,6 +41,47 @@ def current_worker() -> Worker:
     return worker
 
 
+MAX_SLOTS = 4096
+MAX_BINARIES = 16
+MAX_PATH_VARIABLES = 256
+MAX_NAME_BYTES = 255
+
+
+def _binaries(value: Any) -> dict[str, dict[str, Any]]:
+    """A registration's ``binaries``, checked to the shape the scheduler and the fast
+    probes read (``worker/capabilities.py`` makes it); 400 on anything else."""
+    if not isinstance(value, dict) or not value or len(value) > MAX_BINARIES:
+        raise BadRequest(f"binaries must name 1 to {MAX_BINARIES} binaries")
+    for name, info in value.items():
+        if not name or len(name) > 32:
+            raise BadRequest("binary names are 1 to 32 characters")
+        if not isinstance(info, dict):
+            continue  # a bare path (an older worker): offered, not probed
+        caps = info.get("capabilities")
+        if caps is not None and not (
+            isinstance(caps, dict)
+            and all(
+                isinstance(names, list) and all(isinstance(n, str) for n in names)
+                for names in caps.values()
+            )
+        ):
+            raise BadRequest(f"binaries.{name}.capabilities must map kinds to lists of names")
+        probes = info.get("probes")
+        if probes is not None and not (
+            isinstance(probes, dict)
+            and all(
+                isinstance(p, dict)
+                and isinstance(p.get("stdout"), str)
+                and isinstance(p.get("stderr"), str)
+                and isinstance(p.get("exit_code"), int)
+                and not isinstance(p.get("exit_code"), bool)
+                for p in probes.values()
+            )
+        ):
+            raise BadRequest(f"binaries.{name}.probes must map options to captured outputs")
+    return value
+
+
 def _capabilities(binaries: dict[str, Any]) -> dict[str, Any]:
     """The names the scheduler matches against, per binary (None: not probed)."""
     result: dict[str, Any] = {}
@@ -48,6 +89,13 @@ def _capabilities(binaries: dict[str, Any]) -> dict[str, Any]:
         caps = info.get("capabilities") if isinstance(info, dict) else None
         result[name] = caps if isinstance(caps, dict) else None
     return result
+
+
+def _path_variables(data: dict[str, Any], default: list[str] | None = None) -> list[str]:
+    names = str_list(data, "path_variables", default)
+    if len(names) > MAX_PATH_VARIABLES or any(len(n) > 64 for n in names):
+        raise BadRequest(f"at most {MAX_PATH_VARIABLES} path variables of 64 characters")
+    return names
 
 
 def touch(worker: Worker) -> None:
@@ -134,13 +182,16 @@ def shorten_lease(worker_id: str) -> None:
 @bp.post("/register")
 @requires(Role.WORKER)
 def register() -> ResponseReturnValue:
+    limits = g.user.limits
+    # The probe outputs ride in the registration and every console refresh may show
+    # them: their size is the identity's to bound.
+    quotas.check(limits, "max_registration_bytes", len(request.get_data(cache=True)))
     data = json_body()
-    slots = field(data, "slots", int)
-    if slots < 1:
-        raise BadRequest("slots must be at least 1")
-    binaries = field(data, "binaries", dict)
-    if not binaries or not all(isinstance(k, str) for k in binaries):
-        raise BadRequest("binaries must name at least one binary")
+    slots = int_field(data, "slots", ..., 1, MAX_SLOTS)
+    binaries = _binaries(field(data, "binaries", dict))
+    labels = str_list(data, "labels", [])
+    quotas.check(limits, "max_label_bytes", quotas.size_of(labels))
+    path_variables = _path_variables(data, [])
     now = now_utc()
     worker_id = g.user.client_id
     worker = db.session.get(Worker, worker_id)
@@ -149,10 +200,10 @@ def register() -> ResponseReturnValue:
         db.session.add(worker)
     worker.state = "online"
     worker.slots = slots
-    worker.labels = str_list(data, "labels", [])
+    worker.labels = labels
     worker.binaries = binaries
     worker.capabilities = _capabilities(binaries)
-    worker.path_variables = str_list(data, "path_variables", [])
+    worker.path_variables = path_variables
     worker.version = str(field(data, "version", str, ""))[:32]
     worker.hostname = str(field(data, "hostname", str, ""))[:255]
     worker.sandboxed = bool(field(data, "sandboxed", bool, False))
@@ -212,7 +263,7 @@ def heartbeat() -> ResponseReturnValue:
 def update_paths() -> ResponseReturnValue:
     """The worker's mounts changed: offer only the path variables present now."""
     worker = current_worker()
-    worker.path_variables = str_list(json_body(), "path_variables")
+    worker.path_variables = _path_variables(json_body())
     touch(worker)
     # Only this worker's offer changed: its own poll looks at the queue again.
     notifier().notify(f"worker:{worker.worker_id}")
@@ -290,8 +341,13 @@ def poll() -> ResponseReturnValue:
         db.session.commit()
         return result
 
-    result = notifier().wait_for(keys, check, wait_arg())
-    return jsonify(result or {"jobs": [], "cancel": []})
+    with held.long_poll(wait_arg()) as wait:
+        result = notifier().wait_for(keys, check, wait)
+    reply = result or {"jobs": [], "cancel": []}
+    if "held_refused" in g:
+        # Answered at once (coordinator/held.py): poll again after this many seconds.
+        reply = {**reply, "retry_after": held.RETRY_AFTER_SECONDS}
+    return jsonify(reply)
 
 
 @bp.get("")
