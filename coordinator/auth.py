@@ -15,6 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.db import db, now_utc
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.models import Nonce, User
+from coordinator.observe import instruments
+from coordinator.remote import client_address
 from coordinator.users import address_allowed
 from dffmpeg import signing
 
@@ -50,6 +52,12 @@ def signed_path() -> str:
     return request.path + ("?" + query if query else "")
 
 
+def _refused(reason: str) -> Unauthorized:
+    """The uniform 401; only the metrics learn why (``dffmpeg_auth_refusals_total``)."""
+    instruments().refused(reason)
+    return Unauthorized()
+
+
 def authenticate() -> Caller:
     """Verify the signature headers of the current request; raise Unauthorized otherwise."""
     headers = request.headers
@@ -58,7 +66,7 @@ def authenticate() -> Caller:
     nonce = headers.get(signing.HEADER_NONCE, "")
     signature = headers.get(signing.HEADER_SIGNATURE, "")
     if not (client_id and timestamp and nonce and signature) or len(nonce) > 64:
-        raise Unauthorized()
+        raise _refused("missing_headers")
     # Core rows, not ORM objects: authentication runs on every request and the identity
     # map, flush and expiry machinery cost more than the query itself.
     user = (
@@ -72,10 +80,15 @@ def authenticate() -> Caller:
     valid = signing.verify(
         user.hmac_key if user else _DUMMY_KEY, signed, request.method, signed_path(), body
     )
-    if user is None or not valid or not signing.timestamp_fresh(timestamp, window):
-        raise Unauthorized()
+    if user is None:
+        raise _refused("unknown_identity")
+    if not valid:
+        raise _refused("bad_signature")
+    if not signing.timestamp_fresh(timestamp, window):
+        raise _refused("stale_timestamp")
     # Checked only after the signature: a caller without the key learns nothing here.
-    if user.allowed_networks and not address_allowed(request.remote_addr, user.allowed_networks):
+    if user.allowed_networks and not address_allowed(client_address(), user.allowed_networks):
+        instruments().refused("network")
         raise Forbidden("this identity may not connect from this network")
     # The nonce's primary key makes a replay inside the window fail to insert. The row
     # is inserted now, before the view runs (a concurrent replay's insert fails, or on
@@ -91,7 +104,7 @@ def authenticate() -> Caller:
         db.session.execute(_SEE_NONCE, seen)
     except IntegrityError:
         db.session.rollback()
-        raise Unauthorized() from None
+        raise _refused("replayed_nonce") from None
     g.nonce_pending = seen
     return Caller(client_id=client_id, role=user.role)
 
@@ -144,6 +157,7 @@ def requires(*roles: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             user: Caller = g.user
             if user.role not in roles:
+                instruments().refused("role")
                 raise Forbidden(f"this action needs the role {' or '.join(roles)}")
             return view(*args, **kwargs)
 

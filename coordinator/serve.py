@@ -2,7 +2,8 @@
 
 gthread workers keep long-polls from blocking other requests. On SIGTERM gunicorn stops
 accepting connections; our hook marks the app as draining first, so ``/health`` answers
-503 and open long-polls return at once instead of holding the shutdown.
+503 and open long-polls return at once instead of holding the shutdown. The master owns
+the metrics directory its processes share (coordinator/metrics_dir.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from gunicorn.app.base import BaseApplication
 from sqlalchemy import create_engine
 
 from coordinator import schema
+from coordinator.metrics_dir import MetricsDirectory
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
 
 
 class CoordinatorServer(BaseApplication):
-    def __init__(self, settings: CoordinatorConfig, config_file: str | None) -> None:
+    def __init__(
+        self, settings: CoordinatorConfig, config_file: str | None, metrics: MetricsDirectory
+    ) -> None:
         self.settings = settings
         self.config_file = config_file
+        self.metrics = metrics
         super().__init__()
 
     def load_config(self) -> None:
@@ -38,6 +43,8 @@ class CoordinatorServer(BaseApplication):
             "graceful_timeout": 10,
             "keepalive": 75,
             "post_worker_init": _post_worker_init,
+            "child_exit": lambda _arbiter, worker: self.metrics.process_dead(worker.pid),
+            "on_exit": lambda _arbiter: self.metrics.remove(),
             "accesslog": None,
         }
         for key, value in options.items():
@@ -111,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     except schema.SchemaError as exc:
         print(f"dffmpeg-coordinator: {exc}", file=sys.stderr)
         return 3
-    CoordinatorServer(settings, args.config).run()
+    metrics = MetricsDirectory.create()
+    try:
+        CoordinatorServer(settings, args.config, metrics).run()
+    finally:
+        metrics.remove()
     return 0
 
 

@@ -7,6 +7,7 @@ flag, env ``DFFMPEG_<C>_CONFIG``, ``./dffmpeg-<c>.yaml``, ``~/.config/dffmpeg/<c
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -194,6 +195,9 @@ class ClientConfig:
     wait_for_worker: bool = False
     forward_env: list[str] = field(default_factory=lambda: list(DEFAULT_FORWARD_ENV))
     local_fallback: str | dict[str, str] | None = None
+    # Where the drop-in keeps what it must tell the coordinator later (local fallbacks
+    # and cluster failures, see client/incidents.py); None: ``default_state_dir()``.
+    state_dir: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -217,7 +221,28 @@ class ClientConfig:
             wait_for_worker=bool(data.get("wait_for_worker", False)),
             forward_env=_str_list(data, "forward_env", DEFAULT_FORWARD_ENV),
             local_fallback=_local_fallback(data),
+            state_dir=_absolute_or_none(data, "state_dir", base),
         )
+
+
+def _absolute_or_none(data: Mapping[str, Any], key: str, base: Path | None) -> str | None:
+    """A directory setting: ``~`` expanded, relative to the config file's directory."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a directory path")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return str(path)
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/dffmpeg``, else ``~/.local/state/dffmpeg``."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    root = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return root / "dffmpeg"
 
 
 def _positive_or_none(data: Mapping[str, Any], key: str) -> float | None:
@@ -264,6 +289,20 @@ class WorkerConfig(ClientConfig):
 
 
 DEFAULT_ALLOWED_BINARIES = ["ffmpeg", "ffprobe"]
+# Loopback only: metrics name workers and clients, so other networks are opted in.
+DEFAULT_METRICS_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
+
+def _networks(data: Mapping[str, Any], key: str) -> list[str]:
+    """A list of CIDRs, normalised (``10.0.0.7`` is ``10.0.0.7/32``); an error names the
+    entry that is not one. An empty list allows no network at all."""
+    result = []
+    for text in _str_list(data, key, DEFAULT_METRICS_NETWORKS):
+        try:
+            result.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{key}: {text!r} is not an IP network such as 10.0.0.0/24") from None
+    return result
 
 
 @dataclass
@@ -288,6 +327,10 @@ class CoordinatorConfig:
     # An assigned job not accepted (or a canceling job not confirmed) in this time is
     # taken back from its worker.
     assign_timeout_seconds: int = 30
+    # Who may read GET /metrics without a key (CIDRs; see docs/monitoring.md).
+    metrics_allowed_networks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METRICS_NETWORKS)
+    )
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
     source: str | None = None
 
@@ -316,6 +359,7 @@ class CoordinatorConfig:
             retention_seconds=int(data.get("retention_seconds", 86400)),
             job_retention_seconds=int(data.get("job_retention_seconds", 30 * 86400)),
             assign_timeout_seconds=int(data.get("assign_timeout_seconds", 30)),
+            metrics_allowed_networks=_networks(data, "metrics_allowed_networks"),
             brokers=BrokerSettings.from_dict(data),
             source=source,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, g
 
-from coordinator.api import cluster, jobs, probes, transport, users, workers
+from coordinator.api import cluster, doctor, jobs, probes, reports, transport, users, workers
 from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce
 
 
@@ -27,4 +27,6 @@ def register(app: Flask) -> None:
     api.register_blueprint(cluster.bp)
     api.register_blueprint(probes.bp)
     api.register_blueprint(transport.bp)
+    api.register_blueprint(reports.bp)
+    api.register_blueprint(doctor.bp)
     app.register_blueprint(api)
