@@ -83,6 +83,7 @@ def create_app(
     if check_schema:
         with app.app_context():
             schema.ensure_current()
+    monitoring.count_database_errors(app)
     with app.app_context():
         wakeups = DatabaseWakeups(database.engine, notifier)
     app.extensions["dffmpeg.wakeups"] = wakeups

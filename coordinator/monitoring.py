@@ -15,12 +15,7 @@ import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask.typing import ResponseReturnValue
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
@@ -35,6 +30,10 @@ from coordinator.remote import client_address
 from coordinator.users import address_allowed
 
 bp = Blueprint("metrics", __name__)
+
+# The classic text format, which every Prometheus version reads (our names need none of
+# the newer format's escaping).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 REGISTRY_KEY = "dffmpeg.scrape_registry"
 
@@ -51,7 +50,7 @@ def metrics() -> ResponseReturnValue:
     if not may_scrape(client_address(), networks):
         raise Forbidden("metrics are not served to this network (metrics_allowed_networks)")
     registry: CollectorRegistry = current_app.extensions[REGISTRY_KEY]
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE)
 
 
 def install(app: Flask) -> Instruments:
@@ -73,9 +72,15 @@ def install(app: Flask) -> Instruments:
     app.extensions[REGISTRY_KEY] = registry
     app.register_blueprint(bp)
     _count_requests(app, instruments)
+    return instruments
+
+
+def count_database_errors(app: Flask) -> None:
+    """From now on, count the driver's errors. Called once the schema was checked or
+    made: creating it probes for tables that do not exist yet, which is no fault."""
+    instruments: Instruments = app.extensions[KEY]
     with app.app_context():
         _count_database_errors(db.engine, instruments)
-    return instruments
 
 
 def _count_requests(app: Flask, instruments: Instruments) -> None:
