@@ -40,6 +40,7 @@ AUTH_REASONS = (
 )
 DATABASE_ERROR_KINDS = ("disconnect", "operational", "integrity", "other")
 LONG_POLL_KINDS = ("worker", "output", "input", "stream")
+PUSH_TRANSPORTS = ("stream", "mqtt", "rabbitmq")
 FALLBACK_REASONS = ("coordinator_unavailable", "handshake_failed", "down", "not_delivering")
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -202,7 +203,9 @@ class Instruments:
             self.long_polls.labels(kind)
         for transport in ["http", *transports]:
             self.deliveries.labels(transport)
-        for transport in transports:
+        # Every transport a party could want, enabled here or not: a party offering one
+        # this coordinator lacks is not a fallback, but the series exist for dashboards.
+        for transport in PUSH_TRANSPORTS:
             for reason in FALLBACK_REASONS:
                 self.fallbacks.labels(transport, reason)
         for code in ExitCode:
