@@ -63,8 +63,9 @@ def promtool_check_metrics(text: str) -> None:
     assert out.returncode == 0, (out.stdout + out.stderr).decode()
 
 
-def promtool_check(kind: str, path: Path) -> None:
-    out = subprocess.run([promtool(), "check", kind, str(path)], capture_output=True, timeout=30)
+def promtool_run(*args: str | Path) -> None:
+    """``promtool ARGS...`` must succeed (``check config F``, ``test rules F``, ...)."""
+    out = subprocess.run([promtool(), *(str(a) for a in args)], capture_output=True, timeout=30)
     assert out.returncode == 0, (out.stdout + out.stderr).decode()
 
 

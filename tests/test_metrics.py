@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import text
 
@@ -349,3 +351,27 @@ def test_reports_go_with_the_job_retention(app: Flask, api: Identities) -> None:
         retention.purge(timedelta(days=1), timedelta(days=7), now=now_utc())
         left = [r.batch for r in db.session.execute(db.select(DropinReport)).scalars()]
     assert left == ["new"]
+
+
+def test_the_gunicorn_master_does_not_load_prometheus_client() -> None:
+    """prometheus-client picks its storage when first imported: the master must not
+    import it before it made the multiprocess directory (coordinator/metrics_dir.py)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import process_env
+
+    code = "import sys, coordinator.serve; sys.exit('prometheus_client' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], env=process_env(), timeout=60).returncode == 0
+    )
+
+
+def test_a_too_early_import_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The directory set after prometheus-client was loaded in-process: say so, do not
+    serve a fraction of the counts."""
+    from coordinator.instruments import multiprocess_dir
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="imported before"):
+        multiprocess_dir()
