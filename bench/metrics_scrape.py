@@ -116,11 +116,18 @@ def fill(url: str, workers: int, jobs: int) -> None:
         db.engine.dispose()
 
 
-def scrape(url: str) -> tuple[float, int]:
+def scrape(url: str) -> tuple[float, int, float]:
+    """Wall time, size, and the time the scrape says it spent on the cluster gauges."""
     started = time.perf_counter()
     with urllib.request.urlopen(url + "/metrics", timeout=10) as reply:
-        size = len(reply.read())
-    return time.perf_counter() - started, size
+        body = reply.read()
+    wall = time.perf_counter() - started
+    gauges = next(
+        float(line.split()[-1])
+        for line in body.decode().splitlines()
+        if line.startswith("dffmpeg_cluster_metrics_seconds ")
+    )
+    return wall, len(body), gauges
 
 
 def measure(kind: str, workers: int, jobs: int, scrapes: int) -> None:
@@ -147,12 +154,14 @@ def measure(kind: str, workers: int, jobs: int, scrapes: int) -> None:
                 time.sleep(window)
                 idle = cpu_seconds(proc.pid) - cpu_idle_start
     net = max(busy - idle, 0.0) / scrapes
-    times = sorted(w for w, _ in walls)
+    times = sorted(w for w, _, _ in walls)
+    gauges = statistics.median(g for _, _, g in walls)
     print(
         f"{kind:10s} {workers} workers, {jobs} jobs: CPU {net * 1000:.1f} ms per scrape "
         f"({busy * 1000 / scrapes:.1f} ms with the {idle * 1000 / scrapes:.1f} ms idle share); "
         f"wall median {statistics.median(times) * 1000:.1f} ms, "
-        f"p95 {times[int(len(times) * 0.95) - 1] * 1000:.1f} ms; {walls[-1][1] // 1024} KiB; "
+        f"p95 {times[int(len(times) * 0.95) - 1] * 1000:.1f} ms (cluster gauges: median "
+        f"{gauges * 1000:.1f} ms); {walls[-1][1] // 1024} KiB; "
         f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
