@@ -190,6 +190,23 @@ class Api:
             raise _error(response)
         return response
 
+    def unsigned_get(self, path: str, timeout: float | None = None) -> Response:
+        """GET a path outside the API (``/health``) without a signature, whatever the
+        status; raises Unreachable when the coordinator cannot be reached."""
+        conn = self._connection(timeout if timeout is not None else self.timeout)
+        try:
+            conn.request("GET", self.prefix + path, body=b"", headers={"Content-Length": "0"})
+            reply: Reply = conn.getresponse()
+            data = reply.read()
+        except Exception as exc:
+            self._drop()
+            if not _network_error(exc):
+                raise
+            raise Unreachable(str(exc) or type(exc).__name__) from exc
+        if reply.will_close:
+            self._drop()
+        return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, data)
+
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """A request whose answer is a JSON object."""
         return self.request(method, path, **kwargs).json()

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from client import manage, status
+from client import incidents, manage, reporting, status
 from client.api import Api, ApiError, AuthError
 from client.job import (
     OUTPUT_WAIT_SECONDS,
@@ -135,14 +135,38 @@ def cmd_status(args: argparse.Namespace, api: Api) -> int:
     summary = api.call("GET", "/cluster")
     workers = api.call("GET", "/workers")["workers"]
     page = api.call("GET", "/jobs", params=params)
+    warnings = status.warnings(summary)
     data = {
         "summary": summary,
         "workers": workers,
         "jobs": page["jobs"],
         "jobs_total": page["total"],
+        "dropin_last_day": summary.get("dropin_last_day"),
+        "warnings": warnings,
     }
-    _emit(args, data, status.render(summary, workers, page["jobs"], page["total"]))
+    text = status.render(summary, workers, page["jobs"], page["total"])
+    _emit(args, data, "\n\n".join([*warnings, text]))
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Every check in order; exit 0 only when all of them pass."""
+    from client import doctor
+
+    # The marks are not ASCII: a terminal that cannot show them gets "?", not a crash.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="replace")
+
+    def emit(result: doctor.Result) -> None:
+        if not args.json:
+            print(doctor.line(result), flush=True)
+
+    results = doctor.run(args.config, emit)
+    ok = all(r.ok is True for r in results)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [r.to_json() for r in results]}, indent=2))
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--limit", type=int, default=50, help="how many of the newest jobs")
     st.set_defaults(func=cmd_status)
     manage.add_parsers(sub, common)
+
+    dr = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check config, coordinator, clock, key, role, paths and workers (exit 0: all fine)",
+    )
+    dr.set_defaults(func=None)
     return parser
 
 
@@ -221,12 +252,19 @@ def failure_of(args: argparse.Namespace, exc: Exception) -> ClusterFailure:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":  # it judges the config itself
+        return cmd_doctor(args)
     try:
         args.config_obj = load_client(args.config)
         api = Api.from_config(args.config_obj)
     except (ConfigError, ValueError) as exc:
         report(str(exc))
         return int(ExitCode.CONFIG_ERROR)
+    # Reaching the coordinator is the moment to report what earlier drop-in runs recorded
+    # (before ``status --all`` reads the totals); one stat when there is nothing.
+    directory = incidents.directory_of(args.config_obj)
+    if incidents.pending(directory):
+        reporting.report(api, directory)
     try:
         result: int = args.func(args, api)
         return result

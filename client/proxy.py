@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import Any
 
 from client.fastprobe import INFO_PRIORITY, is_information_call, recognise
-from dffmpeg.config import ClientConfig, ConfigError, load_client
+from dffmpeg.config import ClientConfig, ConfigError, default_state_dir, load_client
 from dffmpeg.exitcodes import ExitCode
 
 
@@ -62,7 +63,42 @@ def run_locally(path: str, args: list[str], reason: str) -> int:
     return int(ExitCode.CONFIG_ERROR)
 
 
+def _record_config_error(binary: str) -> None:
+    """No usable config: recorded where a config would put it by default."""
+    from client import incidents
+
+    incidents.record(incidents.directory_of(None), incidents.CLUSTER_EXIT, 207, binary)
+
+
+def reports_waiting(config: ClientConfig) -> str | None:
+    """The state directory if earlier runs left something to report, else None.
+
+    The test of ``client.incidents.pending``, made here without importing that module:
+    on the fast probe path even one more module import costs a millisecond.
+    """
+    directory = config.state_dir or str(default_state_dir())
+    try:
+        if os.stat(os.path.join(directory, "incidents.jsonl")).st_size > 0:
+            return directory
+    except OSError:
+        pass
+    return directory if os.path.exists(os.path.join(directory, "sending.json")) else None
+
+
+def _report_past_runs(api: Any, config: ClientConfig) -> None:
+    """The probe reached the coordinator: report earlier fallbacks now, if there are any
+    (two stats when there are none; the probe's answer is already written)."""
+    directory = reports_waiting(config)
+    if directory is not None:
+        from pathlib import Path
+
+        from client import reporting
+
+        reporting.report(api, Path(directory))
+
+
 def main() -> int:
+    binary = os.path.basename(sys.argv[0])
     try:
         binary, args = binary_name(sys.argv[0], sys.argv[1:])
         config = load_client()
@@ -71,6 +107,7 @@ def main() -> int:
         api = Api.from_config(config)
     except (ConfigError, ValueError) as exc:
         report(str(exc))
+        _record_config_error(binary)
         return int(ExitCode.CONFIG_ERROR)
     probe = recognise(args)
     if probe is not None:
@@ -78,6 +115,7 @@ def main() -> int:
 
         code = answer_probe(api, binary, probe)
         if code is not None:
+            _report_past_runs(api, config)
             return code
     from client.submit import build_request, run
 
@@ -85,7 +123,11 @@ def main() -> int:
 
     def fallback(reason: str) -> int:
         assert local is not None
-        return run_locally(local, args, reason)
+        code = run_locally(local, args, reason)  # returns only when the exec failed
+        from client import incidents
+
+        incidents.record(incidents.directory_of(config), incidents.CLUSTER_EXIT, code, binary)
+        return code
 
     request = build_request(config, binary, args)
     if is_information_call(args):

@@ -135,9 +135,15 @@ def summary_text(
     slots = summary.get("slots", {})
     job_part = "  ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "no jobs"
     worker_part = "  ".join(f"{k} {v}" for k, v in sorted(workers.items())) or "none"
+    reported = summary.get("dropin_last_day") or {}
+    fell_back, exits = reported.get("local_fallbacks", 0), reported.get("cluster_exits", 0)
+    # Shown only when something happened: a quiet cluster's line stays short.
+    incidents = (
+        f"  |  24h: fallbacks {fell_back}  cluster exits {exits}" if fell_back or exits else ""
+    )
     return (
         f"workers: {worker_part}  |  slots {slots.get('used', 0)}/{slots.get('total', 0)}"
-        f"  |  jobs: {job_part}  |  {_listed(jobs_total, offset, shown)}"
+        f"  |  jobs: {job_part}{incidents}  |  {_listed(jobs_total, offset, shown)}"
     )
 
 
@@ -147,6 +153,30 @@ def _listed(total: int, offset: int, shown: int | None) -> str:
     if shown == 0:
         return f"listed 0 of {total}"
     return f"listed {offset + 1}-{offset + shown} of {total}"
+
+
+def warnings(summary: dict[str, Any]) -> list[str]:
+    """``WARNING: ...`` lines for what the drop-ins reported of the last day: local
+    fallbacks (work the cluster should have done) and cluster exit codes (200-207)."""
+    reported = summary.get("dropin_last_day") or {}
+    lines = []
+    for kind, what in (
+        ("local_fallback", "ran the local binary because the cluster could not"),
+        ("cluster_exit", "exited with a cluster error code (200-207)"),
+    ):
+        groups = [g for g in reported.get("by_client", []) if g.get("kind") == kind]
+        total = sum(int(g.get("count", 0)) for g in groups)
+        if not total:
+            continue
+        detail = ", ".join(
+            f"{cell(g.get('client_id'))} {g.get('count')}x {g.get('code')}" for g in groups[:6]
+        )
+        more = ", ..." if len(groups) > 6 else ""
+        lines.append(
+            f"WARNING: in the last day {total} drop-in run(s) {what}: {detail}{more} "
+            "(exit codes: docs/dropin.md)"
+        )
+    return lines
 
 
 def text_table(columns: list[str], rows: list[list[str]]) -> str:

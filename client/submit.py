@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from client import incidents, reporting
 from client.api import Api
 from client.downlink import open_downlink
 from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
@@ -102,11 +103,38 @@ def run(
     ``fallback(reason)`` runs the command some other way (the local binary) when the
     cluster failed before the caller saw anything of the job: no output written and no
     stdin consumed, so running it again elsewhere is indistinguishable from a first run.
-    With ``config`` its ``transports`` are negotiated for following the job.
+    With ``config`` its ``transports`` are negotiated for following the job, and a
+    fallback or a cluster exit code is recorded in its state directory; what earlier
+    runs recorded is reported once the submission got through (client/incidents.py).
     """
+    directory = incidents.directory_of(config) if config is not None else None
+    reporter = reporting.Reporter(api, directory) if directory is not None else None
+
+    def record(kind: str, code: int) -> None:
+        if directory is not None:
+            incidents.record(directory, kind, code, request.binary)
+
+    try:
+        return _run(api, request, stdin_fd, fallback, config, record, reporter)
+    finally:
+        if reporter is not None:
+            reporter.finish()
+
+
+def _run(
+    api: Api,
+    request: JobRequest,
+    stdin_fd: int | None,
+    fallback: Callable[[str], int] | None,
+    config: ClientConfig | None,
+    record: Callable[[str, int], None],
+    reporter: reporting.Reporter | None,
+) -> int:
     session: JobSession | None = None
     try:
         job_id = submit(api, request)
+        if reporter is not None:
+            reporter.start_if_pending()  # we reached the coordinator: tell it the past
         downlink = open_downlink(api, config, "client") if config is not None else None
         session = JobSession(api, job_id, downlink=downlink)
         session.forward_signals()
@@ -115,7 +143,9 @@ def run(
     except Exception as exc:  # every failure becomes one line and a documented code
         failure: ClusterFailure = explain(exc)
         if fallback is not None and (session is None or session.untouched):
+            record(incidents.LOCAL_FALLBACK, int(failure.code))
             return fallback(failure.message)
+        record(incidents.CLUSTER_EXIT, int(failure.code))
         report(failure.message)
         return int(failure.code)
     if session.stopping_signal is not None:
@@ -123,7 +153,9 @@ def run(
     if outcome.message:
         canceled = outcome.exit_code == ExitCode.CANCELED_BY_CLUSTER  # someone meant it
         if fallback is not None and session.untouched and not canceled:
+            record(incidents.LOCAL_FALLBACK, outcome.exit_code)
             return fallback(outcome.message)
+        record(incidents.CLUSTER_EXIT, outcome.exit_code)
         report(outcome.message)
     die_like_remote(session, outcome.exit_code)
     return outcome.exit_code

@@ -69,9 +69,18 @@ def create_app(
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     database.init_app(app)
     schema.install_app_engine_events(app)
+    # Imported here, not at the top: prometheus-client must not be loaded by a gunicorn
+    # master before it set up the multiprocess directory (coordinator/metrics_dir.py).
+    from coordinator import monitoring
+
+    instruments = monitoring.install(app)
     # Wake-ups from other processes arrive through the database (coordinator.wakeups);
     # the periodic re-check is only a safety net.
-    notifier = Notifier(recheck=settings.recheck_seconds or 10.0, before_wait=_end_transaction)
+    notifier = Notifier(
+        recheck=settings.recheck_seconds or 10.0,
+        before_wait=_end_transaction,
+        observer=instruments,
+    )
     app.extensions["dffmpeg.notifier"] = notifier
     app.extensions["dffmpeg.draining"] = threading.Event()
     # Told by the request loop when this instance cannot serve everyone; the janitor
@@ -88,6 +97,7 @@ def create_app(
     if check_schema:
         with app.app_context():
             schema.ensure_current()
+    monitoring.count_database_errors(app)
     with app.app_context():
         wakeups = DatabaseWakeups(database.engine, notifier)
     app.extensions["dffmpeg.wakeups"] = wakeups

@@ -20,10 +20,11 @@ from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator import quotas
-from coordinator.addresses import client_address
 from coordinator.db import db, now_utc
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.models import Nonce, User
+from coordinator.observe import instruments
+from coordinator.remote import client_address
 from coordinator.users import address_allowed
 from dffmpeg import signing
 
@@ -97,11 +98,6 @@ def signature_headers(headers: Any) -> SignatureHeaders | None:
     return found
 
 
-def caller_address() -> str:
-    """The client's address for this request (through ``trusted_proxies`` only)."""
-    return client_address(request.environ, current_app.config["DFFMPEG"].trusted_proxies)
-
-
 # Paths under /api/v1 that need no signature.
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
 
@@ -143,27 +139,34 @@ def signed_path() -> str:
     return request.path + ("?" + query if query else "")
 
 
+def _refused(reason: str) -> Unauthorized:
+    """The uniform 401; only the metrics learn why (``dffmpeg_auth_refusals_total``)."""
+    instruments().refused(reason)
+    return Unauthorized()
+
+
 def authenticate() -> Caller:
     """Verify the signature headers of the current request; raise Unauthorized otherwise."""
     found = signature_headers(request.headers)
     if found is None:
-        raise Unauthorized()
+        raise _refused("missing_headers")
     window = current_app.config["DFFMPEG"].auth_window_seconds
     if not signing.timestamp_fresh(found.timestamp, window):
-        raise Unauthorized()
+        raise _refused("stale_timestamp")
     # Core rows, not ORM objects: authentication runs on every request and the identity
     # map, flush and expiry machinery cost more than the query itself.
     user = db.session.execute(_FIND_USER, {"client_id": found.client_id}).first()
     if user is None:
         # Refused before the body is read (docs/security-model.md: the answer is the same
         # as for a wrong signature, only sooner).
-        raise Unauthorized()
+        raise _refused("unknown_identity")
     signed = signing.SignedRequest(found.client_id, found.timestamp, found.nonce, found.signature)
     body = request.get_data(cache=True)
     if not signing.verify(user.hmac_key, signed, request.method, signed_path(), body):
-        raise Unauthorized()
+        raise _refused("bad_signature")
     # Checked only after the signature: a caller without the key learns nothing here.
-    if user.allowed_networks and not address_allowed(caller_address(), user.allowed_networks):
+    if user.allowed_networks and not address_allowed(client_address(), user.allowed_networks):
+        instruments().refused("network")
         raise Forbidden("this identity may not connect from this network")
     # The nonce's primary key makes a replay inside the window fail to insert. The row
     # is inserted now, before the view runs (a concurrent replay's insert fails, or on
@@ -179,7 +182,7 @@ def authenticate() -> Caller:
         db.session.execute(_SEE_NONCE, seen)
     except IntegrityError:
         db.session.rollback()
-        raise Unauthorized() from None
+        raise _refused("replayed_nonce") from None
     g.nonce_pending = seen
     limits = quotas.effective(current_app.config["DFFMPEG"].default_quotas, user.quotas)
     return Caller(client_id=found.client_id, role=user.role, limits=limits)
@@ -233,6 +236,7 @@ def requires(*roles: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             user: Caller = g.user
             if user.role not in roles:
+                instruments().refused("role")
                 raise Forbidden(f"this action needs the role {' or '.join(roles)}")
             return view(*args, **kwargs)
 

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from coordinator.db import db, now_utc
 from coordinator.models import Job, JobEvent
+from coordinator.observe import instruments
 from dffmpeg.wire import JobState
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
@@ -32,7 +33,10 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
 
 
 _JOBS = Job.__table__
-_STATE_OF = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("job_id"))
+# The state being left, plus what the job timings need (coordinator/instruments.py).
+_STATE_OF = select(_JOBS.c.state, _JOBS.c.binary, _JOBS.c.created_at, _JOBS.c.started_at).where(
+    _JOBS.c.id == bindparam("job_id")
+)
 _ADD_EVENT = insert(JobEvent.__table__)
 
 
@@ -85,9 +89,9 @@ def transition(
     params = {f"v_{key}": value for key, value in values.items()}
     params.update(b_id=job_id, b_held=held_by, b_since=unchanged_since)
     # Read the state being left in the same transaction, for the history row.
-    previous = db.session.execute(_STATE_OF, {"job_id": job_id}).scalar_one_or_none()
+    previous = db.session.execute(_STATE_OF, {"job_id": job_id}).first()
     result = db.session.execute(stmt, params)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1 or previous is None:  # type: ignore[attr-defined]
         db.session.rollback()
         return False
     db.session.execute(
@@ -95,12 +99,14 @@ def transition(
         {
             "job_id": job_id,
             "at": now,
-            "from_state": previous,
+            "from_state": previous.state,
             "to_state": to_state.value,
             "reason": reason,
         },
     )
     db.session.commit()
+    # Counted once per job and move: only the process whose compare-and-set won is here.
+    instruments().job_moved(previous, to_state, values, now)
     if to_state.terminal or to_state == JobState.CANCELING:
         # Who waits on a job's key (its client's output read, its worker's input read)
         # acts only on these; waking them for "assigned" or "running" would make each

@@ -114,6 +114,8 @@ class Job(db.Model):  # type: ignore[name-defined]
         Index("ix_jobs_state_client_lease", "state", "client_lease_expires_at"),
         # The scheduler's "served longest ago": one lookup per requester (revision 0003).
         Index("ix_jobs_requester_started", "requester", "started_at"),
+        # GET /metrics counts jobs by state and binary from this index alone (0006).
+        Index("ix_jobs_state_binary", "state", "binary"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -135,6 +137,9 @@ class Job(db.Model):  # type: ignore[name-defined]
     queue_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Queue even when no online worker can run the job now (else it fails at once).
     wait_for_worker: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Only this worker may run the job: set by ``dffmpeg-client doctor``'s round trips
+    # (POST /api/v1/doctor/probe), never by a plain submit (revision 0006).
+    pinned_worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -165,6 +170,7 @@ class Job(db.Model):  # type: ignore[name-defined]
             "preferred_labels": self.preferred_labels,
             "queue_deadline": self.queue_deadline.isoformat() if self.queue_deadline else None,
             "wait_for_worker": self.wait_for_worker,
+            "pinned_worker": self.pinned_worker,
             "state": self.state,
             "worker_id": self.worker_id,
             "exit_code": self.exit_code,
@@ -243,3 +249,31 @@ class ServingState(db.Model):  # type: ignore[name-defined]
     instance: Mapped[str] = mapped_column(String(64), primary_key=True)
     impaired_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     reason: Mapped[str] = mapped_column(String(64))
+
+
+class DropinReport(db.Model):  # type: ignore[name-defined]
+    """What a client's drop-ins recorded and reported later (client/incidents.py).
+
+    One row per reported group: drop-in runs of one kind (``local_fallback`` or
+    ``cluster_exit``), exit code and binary within one hour, ``count`` of them between
+    ``first_at`` and ``last_at``. ``(client_id, batch, position)`` is unique, so a batch
+    sent again (its answer was lost) is recognised and counted once.
+    """
+
+    __tablename__ = "dropin_reports"
+    __table_args__ = (
+        Index("ix_dropin_reports_batch", "client_id", "batch", "position", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    batch: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    code: Mapped[int] = mapped_column(SmallInteger)
+    binary: Mapped[str] = mapped_column(String(32))
+    count: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # "In the last day" and the retention purge read this index.
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)

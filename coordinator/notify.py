@@ -13,9 +13,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class WaitObserver(Protocol):
+    """Told when a long-poll starts to be held and when it ends (for metrics)."""
+
+    def wait_started(self, kind: str) -> None: ...
+
+    def wait_ended(self, kind: str, woken_with_news: bool) -> None: ...
+
+
+def wait_kind(keys: list[str]) -> str:
+    """What a wait is for, from its first key: ``worker``, ``output`` or ``input``."""
+    kind = keys[0].partition(":")[0] if keys else ""
+    return "worker" if kind == "jobs" else kind
 
 
 class Notifier:
@@ -32,9 +46,15 @@ class Notifier:
     predicate each) for every job's every change.
     """
 
-    def __init__(self, recheck: float = 1.0, before_wait: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        recheck: float = 1.0,
+        before_wait: Callable[[], None] | None = None,
+        observer: WaitObserver | None = None,
+    ) -> None:
         self.recheck = recheck
         self.before_wait = before_wait
+        self.observer = observer
         self._lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
         self._closed = threading.Event()
@@ -87,6 +107,8 @@ class Notifier:
         with self._lock:
             for key in keys:
                 self._waiters.setdefault(key, set()).add(event)
+        held = False  # whether it waited at all: most reads answer at once
+        result: T | None = None
         try:
             while True:
                 event.clear()
@@ -98,6 +120,9 @@ class Notifier:
                     return None
                 if self.before_wait is not None:
                     self.before_wait()
+                if not held and self.observer is not None:
+                    held = True
+                    self.observer.wait_started(wait_kind(keys))
                 woken = event.wait(timeout=min(remaining, self.recheck))
                 if not woken and time.monotonic() >= deadline:
                     # Nothing happened until the end: no final check, the caller's next
@@ -110,3 +135,5 @@ class Notifier:
                     events.discard(event)
                     if not events:
                         del self._waiters[key]
+            if held and self.observer is not None:
+                self.observer.wait_ended(wait_kind(keys), result is not None)

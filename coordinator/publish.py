@@ -19,6 +19,7 @@ from flask import Flask
 from coordinator.db import db
 from coordinator.models import Job
 from coordinator.notify import Notifier
+from coordinator.observe import KEY
 from dffmpeg.config import CoordinatorConfig
 from dffmpeg.transport import PUBLISHERS, create_publisher
 from dffmpeg.transport.base import ALL, JOBS, Address, Publisher, message, to
@@ -88,6 +89,7 @@ class Fanout:
     def __init__(self, app: Flask, publishers: dict[str, Publisher]) -> None:
         self.app = app
         self.publishers = publishers
+        self.instruments = app.extensions[KEY]
         self._queue: queue.SimpleQueue[tuple[str, ...] | None] = queue.SimpleQueue()
         self._parties: dict[str, tuple[str, str | None]] = {}  # job -> (requester, worker)
         self._thread = threading.Thread(target=self._run, name="publish", daemon=True)
@@ -126,6 +128,10 @@ class Fanout:
             except Exception:  # a database hiccup must not end publishing
                 log.exception("cannot resolve recipients of %s", keys)
                 continue
+            for publisher in self.publishers.values():
+                # A publisher that is down drops what it is given (see Publisher).
+                if addresses and publisher.healthy():
+                    self.instruments.delivered(publisher.name, len(addresses))
             for address, key in addresses:
                 payload = message(key=key)
                 for publisher in self.publishers.values():

@@ -4,7 +4,9 @@ Two periods, counted from the job's end:
 
 * ``retention_seconds`` (default one day): its output and input chunks — what costs
   space — are deleted; the job stays visible with its state, exit code and history.
-* ``job_retention_seconds`` (default 30 days): the job row and its state history go.
+* ``job_retention_seconds`` (default 30 days): the job row and its state history go,
+  and so do the drop-ins' reports of fallbacks and cluster failures (coordinator/
+  dropin_reports.py) whose last run is that old.
 
 Expired nonces go at once. The database therefore holds the live jobs, a day of output
 and a month of job records, however long the coordinator runs.
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, or_
 
+from coordinator import dropin_reports
 from coordinator.db import db, now_utc
 from coordinator.models import InputChunk, Job, JobEvent, Nonce, OutputChunk
 
@@ -49,6 +52,7 @@ def purge(
     db.session.commit()
     chunks = _purge_chunks(now - output_retention, cursor or Cursor())
     jobs = _purge_jobs(now - job_retention)
+    dropin_reports.purge(now - job_retention)
     return chunks, jobs
 
 

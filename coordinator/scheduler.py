@@ -14,7 +14,8 @@ higher priority. (Each identity's ``max_priority`` bounds what it may ask for.)
 A job goes only to a worker that has its binary, the path variables it uses, its
 required labels and the capabilities its arguments need. A job that *prefers* labels
 skips a worker without them while another online worker that has them could take it
-now.
+now. A job pinned to a worker (the round trips
+of ``dffmpeg-client doctor``) goes to that worker only.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Wanted(Protocol):
     required_labels: list[str]
     preferred_labels: list[str]
     needs: dict[str, Any] | None
+    pinned_worker: str | None
 
 
 @dataclass
@@ -69,6 +71,8 @@ class Offer:
 
     def lacks(self, job: Wanted) -> list[str]:
         """What this worker lacks to run ``job`` (empty when it can run it)."""
+        if job.pinned_worker and job.pinned_worker != self.worker_id:
+            return [f"it is pinned to worker {job.pinned_worker}"]
         if job.binary not in self.caps:
             return [f"binary {job.binary}"]
         lacking = [f"path ${v}" for v in job.path_variables if v not in self.path_variables]
@@ -162,6 +166,7 @@ _CANDIDATE_COLUMNS = (
     Job.required_labels,
     Job.preferred_labels,
     Job.needs,
+    Job.pinned_worker,
 )
 
 

@@ -6,6 +6,7 @@ on an empty database and refuses to start on an out-of-date one.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask
-from sqlalchemy import Engine, event, exc, inspect
+from sqlalchemy import Engine, column, event, exc, inspect, select, table
 from sqlalchemy.engine import make_url
 
 from coordinator.db import db
@@ -132,9 +133,23 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest revision of the migrations shipped (read once: they do not change)."""
     script = ScriptDirectory(str(MIGRATIONS))
     return script.get_current_head()
+
+
+_VERSION: Any = select(column("version_num")).select_from(table("alembic_version"))
+
+
+def stamped_revision(engine: Engine) -> str | None:
+    """The revision the database is at, in one plain read (for readiness checks).
+
+    Raises SQLAlchemyError when the database cannot be reached or has no schema yet.
+    """
+    with engine.connect() as conn:
+        return conn.execute(_VERSION).scalar_one_or_none()
 
 
 def current_revision(engine: Engine) -> str | None:

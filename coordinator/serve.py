@@ -5,7 +5,8 @@ before a pool thread runs it, so slow or idle clients cannot hold the threads (s
 docs/deployment.md); long-polls are held by pool threads, within the shares that
 ``coordinator.held`` allows. On SIGTERM gunicorn stops accepting connections; our hook
 marks the app as draining first, so ``/health`` answers 503 and open long-polls return
-at once instead of holding the shutdown.
+at once instead of holding the shutdown. The master owns
+the metrics directory its processes share (coordinator/metrics_dir.py).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from coordinator import schema
+from coordinator.metrics_dir import MetricsDirectory
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
 
 
 class CoordinatorServer(BaseApplication):
-    def __init__(self, settings: CoordinatorConfig, config_file: str | None) -> None:
+    def __init__(
+        self, settings: CoordinatorConfig, config_file: str | None, metrics: MetricsDirectory
+    ) -> None:
         self.settings = settings
         self.config_file = config_file
+        self.metrics = metrics
         super().__init__()
 
     def load_config(self) -> None:
@@ -44,6 +49,8 @@ class CoordinatorServer(BaseApplication):
             # Idle and arriving connections cost the event loop a socket each, no thread.
             "worker_connections": 1000,
             "post_worker_init": _post_worker_init,
+            "child_exit": lambda _arbiter, worker: self.metrics.process_dead(worker.pid),
+            "on_exit": lambda _arbiter: self.metrics.remove(),
             "accesslog": None,
         }
         if "control_socket_disable" in self.cfg.settings:
@@ -127,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
         print(f"dffmpeg-coordinator: database error: {''.join(reason)}", file=sys.stderr)
         return 3
-    CoordinatorServer(settings, args.config).run()
+    metrics = MetricsDirectory.create()
+    try:
+        CoordinatorServer(settings, args.config, metrics).run()
+    finally:
+        metrics.remove()
     return 0
 
 

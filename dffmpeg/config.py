@@ -264,6 +264,9 @@ class ClientConfig:
     wait_for_worker: bool = False
     forward_env: list[str] = field(default_factory=lambda: list(DEFAULT_FORWARD_ENV))
     local_fallback: str | dict[str, str] | None = None
+    # Where the drop-in keeps what it must tell the coordinator later (local fallbacks
+    # and cluster failures, see client/incidents.py); None: ``default_state_dir()``.
+    state_dir: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -289,7 +292,28 @@ class ClientConfig:
             wait_for_worker=bool(data.get("wait_for_worker", False)),
             forward_env=_str_list(data, "forward_env", DEFAULT_FORWARD_ENV),
             local_fallback=_local_fallback(data),
+            state_dir=_absolute_or_none(data, "state_dir", base),
         )
+
+
+def _absolute_or_none(data: Mapping[str, Any], key: str, base: Path | None) -> str | None:
+    """A directory setting: ``~`` expanded, relative to the config file's directory."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a directory path")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return str(path)
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/dffmpeg``, else ``~/.local/state/dffmpeg``."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    root = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return root / "dffmpeg"
 
 
 def _positive_or_none(data: Mapping[str, Any], key: str) -> float | None:
@@ -383,6 +407,20 @@ def _job_user(data: Mapping[str, Any]) -> str | None:
 
 
 DEFAULT_ALLOWED_BINARIES = ["ffmpeg", "ffprobe"]
+# Loopback only: metrics name workers and clients, so other networks are opted in.
+DEFAULT_METRICS_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
+
+def _networks(data: Mapping[str, Any], key: str, default: list[str] | None = None) -> list[str]:
+    """A list of CIDRs, normalised (``10.0.0.7`` is ``10.0.0.7/32``); an error names the
+    entry that is not one."""
+    result = []
+    for text in _str_list(data, key, default or []):
+        try:
+            result.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{key}: {text!r} is not an IP network such as 10.0.0.0/24") from None
+    return result
 
 
 @dataclass
@@ -418,6 +456,10 @@ class CoordinatorConfig:
     held_request_threads: int | None = None
     # Limits for identities that have none of their own (see docs/api.md#limits).
     default_quotas: dict[str, int] = field(default_factory=dict)
+    # Who may read GET /metrics without a key (CIDRs; see docs/monitoring.md).
+    metrics_allowed_networks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METRICS_NETWORKS)
+    )
     brokers: BrokerSettings = field(
         default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
     )
@@ -460,6 +502,9 @@ class CoordinatorConfig:
             stream_max_seconds=_positive(data, "stream_max_seconds", 300.0),
             held_request_threads=_held_threads(data),
             default_quotas=_int_mapping(data, "default_quotas"),
+            metrics_allowed_networks=_networks(
+                data, "metrics_allowed_networks", DEFAULT_METRICS_NETWORKS
+            ),
             brokers=BrokerSettings.from_dict(data),
             source=source,
         )
@@ -470,16 +515,6 @@ def _positive(data: Mapping[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
         raise ConfigError(f"{key} must be a positive number of seconds")
     return float(value)
-
-
-def _networks(data: Mapping[str, Any], key: str) -> list[str]:
-    result = []
-    for text in _str_list(data, key, []):
-        try:
-            result.append(str(ipaddress.ip_network(text.strip(), strict=False)))
-        except ValueError:
-            raise ConfigError(f"{key}: {text!r} is not an IP network such as 10.0.0.0/24") from None
-    return result
 
 
 def _held_threads(data: Mapping[str, Any]) -> int | None:

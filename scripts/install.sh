@@ -28,12 +28,22 @@ if [ "${1:-}" = "--test" ] && ! command -v gcc >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc libc6-dev >/dev/null
 fi
 
-if [ "${1:-}" = "--test" ] && ! command -v openssl >/dev/null; then
-  # The MQTT-over-TLS test makes its own CA and server certificate with it.
-  echo "== installing Debian's openssl"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
+if [ "${1:-}" = "--test" ]; then
+  # openssl: the MQTT-over-TLS test makes its own CA and server certificate with it.
+  # prometheus: its promtool checks what GET /metrics serves, the scrape config and the
+  # alert rules in docs/. faketime: the doctor test runs the client with its clock off.
+  missing=""
+  command -v openssl >/dev/null || missing="$missing openssl"
+  command -v promtool >/dev/null || missing="$missing prometheus"
+  command -v faketime >/dev/null || missing="$missing faketime"
+  if [ -n "$missing" ]; then
+    echo "== installing Debian's$missing"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    # Only promtool is used: the Prometheus server the package brings is not started.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      $missing >/dev/null
+  fi
 fi
 
 if [ "${1:-}" = "--test" ] && ! command -v nginx >/dev/null; then

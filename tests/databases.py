@@ -9,14 +9,19 @@ parallel test runs on one server never collide.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.helpers import port_open, require
+from tests.helpers import free_port, port_open, require
 
 KINDS = ("sqlite", "mariadb", "postgresql")
 ENV = "DFFMPEG_TEST_DATABASES"
@@ -80,3 +85,67 @@ def fresh_database(kind: str, workdir: Path) -> Iterator[str]:
                 conn.execute(text(drop))
     finally:
         admin.dispose()
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, which the test may stop and start."""
+
+    data: Path
+    port: int
+    run_as: list[str]
+    pg_ctl: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.run_as, self.pg_ctl, "-D", str(self.data), "-w", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        self._ctl("-o", options, "-l", str(self.data / "server.log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+
+def postgres_binaries() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """initdb into a fresh directory and start a server on a free port; stopped and
+    deleted afterwards. The shared PostgreSQL on 5432 is never touched."""
+    binaries = postgres_binaries()
+    require(binaries is not None, "PostgreSQL server binaries (initdb, pg_ctl)")
+    assert binaries is not None
+    run_as: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="dffmpeg-pg-"))
+    if os.getuid() == 0:  # the server refuses to run as root
+        account = pwd.getpwnam("postgres")
+        os.chown(data, account.pw_uid, account.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    server = PrivatePostgres(data, free_port(), run_as, str(binaries / "pg_ctl"))
+    try:
+        subprocess.run(
+            [*run_as, str(binaries / "initdb"), "-D", str(data), "-U", "postgres",
+             "--auth=trust", "-E", "UTF8"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        server.start()
+        try:
+            yield server
+        finally:
+            with suppress(subprocess.SubprocessError):
+                server.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

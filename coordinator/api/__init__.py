@@ -7,7 +7,7 @@ import re
 from flask import Blueprint, Flask, Response, g, request
 
 from coordinator import held
-from coordinator.api import cluster, jobs, probes, transport, users, workers
+from coordinator.api import cluster, doctor, jobs, probes, reports, transport, users, workers
 from coordinator.api.parse import check_text
 from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce
 from coordinator.errors import NotFound
@@ -47,4 +47,6 @@ def register(app: Flask) -> None:
     api.register_blueprint(cluster.bp)
     api.register_blueprint(probes.bp)
     api.register_blueprint(transport.bp)
+    api.register_blueprint(reports.bp)
+    api.register_blueprint(doctor.bp)
     app.register_blueprint(api)

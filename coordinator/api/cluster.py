@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import case, func
 
-from coordinator import scheduler
+from coordinator import dropin_reports, scheduler
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
 from coordinator.models import Job, User, Worker
@@ -22,7 +22,8 @@ def summary() -> ResponseReturnValue:
     """Counts only, each answered from an index (no job rows are read), so a console
     may ask every couple of seconds. ``slots.total`` is the slots of online workers,
     drained ones included (their running jobs count in ``used``);
-    ``accepting_workers`` is how many of them take new jobs."""
+    ``accepting_workers`` is how many of them take new jobs. ``dropin_last_day`` is what
+    the drop-ins reported of the last 24 hours: local fallbacks and cluster exit codes."""
     jobs = dict(db.session.execute(db.select(Job.state, func.count()).group_by(Job.state)).all())
     workers = dict(
         db.session.execute(db.select(Worker.state, func.count()).group_by(Worker.state)).all()
@@ -37,12 +38,15 @@ def summary() -> ResponseReturnValue:
     ).one()
     users = dict(db.session.execute(db.select(User.role, func.count()).group_by(User.role)).all())
     used = sum(scheduler.slots_used().values())
+    reported = dropin_reports.last_day()
+    db.session.commit()
     return jsonify(
         {
             "jobs_by_state": {str(k): int(v) for k, v in jobs.items()},
             "workers_by_state": {str(k): int(v) for k, v in workers.items()},
             "users_by_role": {str(k): int(v) for k, v in users.items()},
             "slots": {"total": int(slots[0]), "used": used, "accepting_workers": int(slots[1])},
+            "dropin_last_day": reported,
             "coordinator_version": __version__,
             "now": now_utc().isoformat(),
         }

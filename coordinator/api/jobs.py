@@ -29,6 +29,7 @@ from coordinator.auth import requires
 from coordinator.db import db, now_utc
 from coordinator.errors import BadRequest, NotFound, WrongState
 from coordinator.models import Job, JobEvent, OutputChunk
+from coordinator.observe import instruments
 from dffmpeg.paths import variables_used
 from dffmpeg.wire import (
     CONTENT_TYPE_FRAMES,
@@ -71,9 +72,9 @@ def visible_job(job_id: str) -> Job:
 # The output, input, accept and finish routes run several times for every job: they
 # read these few columns as a plain row instead of loading the whole job (arguments,
 # environment, capabilities needed) as an ORM object.
-_JOB_REF = select(Job.id, Job.requester, Job.worker_id, Job.state, Job.progress).where(
-    Job.id == bindparam("job_id")
-)
+_JOB_REF = select(
+    Job.id, Job.requester, Job.worker_id, Job.state, Job.progress, Job.binary, Job.created_at
+).where(Job.id == bindparam("job_id"))
 _FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
     Job.id == bindparam("job_id")
 )
@@ -195,6 +196,7 @@ def submit() -> ResponseReturnValue:
     db.session.add(job)
     lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
     db.session.commit()
+    instruments().job_submitted(binary)
     if lacking is not None:
         # No online worker could ever take it: fail at once, naming what is missing.
         lifecycle.transition(
@@ -397,6 +399,10 @@ def write_output(job_id: str) -> ResponseReturnValue:
     previous = job.progress
     added = streams.append_output(job_id, frames)
     if added:
+        if frames[0].seq == 1 and added == len(frames):
+            # Nothing was stored before (a retry re-sends the same frames and adds none):
+            # the job's first output.
+            instruments().first_output_seen(job.binary, job.created_at, now_utc())
         _record_progress(job_id, previous, frames)
     notifier().notify(f"output:{job_id}")
     return jsonify({"added": added})

@@ -16,6 +16,7 @@ from coordinator.api.parse import json_body, str_list
 from coordinator.db import db
 from coordinator.errors import ApiError, BadRequest, NotFound
 from coordinator.models import Job
+from coordinator.observe import instruments
 from coordinator.publish import Fanout, LocalHub
 from dffmpeg.transport import choose
 from dffmpeg.transport.base import Address, addresses_for, message, to
@@ -54,7 +55,34 @@ def negotiate() -> ResponseReturnValue:
     """Pick the transport for the caller: see ``dffmpeg.transport.choose`` for the rule."""
     offered = str_list(json_body(), "offered")
     mine = usable()
-    return jsonify({"transport": choose(mine, offered), "coordinator": mine})
+    chosen = choose(mine, offered)
+    wanted = choose(current_app.config["DFFMPEG"].transports, offered)
+    if chosen != wanted:
+        # A broker both sides want is down on this coordinator: the party makes do with
+        # something worse (at worst HTTP long-poll) until it negotiates again.
+        instruments().fell_back(wanted, "coordinator_unavailable")
+    return jsonify({"transport": chosen, "coordinator": mine})
+
+
+# What a party reports when it leaves a transport for HTTP long-poll (see
+# dffmpeg.transport.session): its handshake got no token back, the transport's
+# connection broke, or a periodic handshake found it connected but not delivering.
+PARTY_FALLBACK_REASONS = ("handshake_failed", "down", "not_delivering")
+
+
+@bp.post("/fallback")
+def fallback() -> ResponseReturnValue:
+    """A party tells us it fell back to HTTP long-poll (counted, nothing else)."""
+    data = json_body()
+    name, reason = data.get("transport"), data.get("reason")
+    configured = current_app.config["DFFMPEG"].transports
+    if name not in configured or name == "http" or reason not in PARTY_FALLBACK_REASONS:
+        raise BadRequest(
+            "fields 'transport' (a transport of this coordinator other than http) and "
+            f"'reason' ({', '.join(PARTY_FALLBACK_REASONS)}) are required"
+        )
+    instruments().fell_back(str(name), str(reason))
+    return jsonify({"counted": True})
 
 
 @bp.post("/ping")
@@ -71,6 +99,8 @@ def ping() -> ResponseReturnValue:
         raise BadRequest(f"transport {name!r} is not one this coordinator can ping over")
     address = to(g.user.client_id, "ping")
     if not fanout.send(name, address, message(key="ping", token=token)):
+        if name in current_app.config["DFFMPEG"].transports and name != "http":
+            instruments().fell_back(name, "coordinator_unavailable")
         raise Unavailable(f"transport {name} is not available on this coordinator now")
     return jsonify({"sent": True})
 
@@ -114,8 +144,10 @@ def stream() -> ResponseReturnValue:
     # Streams end after a while (the party reconnects at once): a connection nobody
     # closes cannot keep a thread forever, and the bounds are re-applied on reconnect.
     ends = time.monotonic() + current_app.config["DFFMPEG"].stream_max_seconds
+    counters = instruments()
 
     def lines() -> Iterator[bytes]:
+        counters.wait_started("stream")
         try:
             yield _line({"hello": True})
             last = time.monotonic()
@@ -132,6 +164,7 @@ def stream() -> ResponseReturnValue:
         finally:
             hub.unsubscribe(sub)
             release()
+            counters.wait_ended("stream", False)
 
     headers = {
         "Cache-Control": "no-cache, no-store",

@@ -117,6 +117,7 @@ class Downlink:
         if transport.wait_connected(self.connect_seconds) and self._reachable(transport):
             return transport
         log.warning("transport %s failed its handshake; trying the next", name)
+        self._report_fallback(name, "handshake_failed")
         transport.close()
         return None
 
@@ -167,6 +168,7 @@ class Downlink:
             if not healthy and not self.fallen_back:
                 log.warning("transport %s is down; falling back to http", self.transport.name)
                 self._fall_back()
+                self._report_fallback(self.transport.name, "down")
             elif healthy and (self.fallen_back or since_check >= RECHECK_SECONDS):
                 since_check = 0.0
                 if self._reachable(self.transport):
@@ -176,6 +178,14 @@ class Downlink:
                 elif not self.fallen_back:
                     log.warning("transport %s stopped delivering; using http", self.transport.name)
                     self._fall_back()
+                    self._report_fallback(self.transport.name, "not_delivering")
+
+    def _report_fallback(self, name: str, reason: str) -> None:
+        """Tell the coordinator (it counts fallbacks for its metrics); best effort."""
+        try:
+            self.call("POST", "/transport/fallback", {"transport": name, "reason": reason})
+        except Exception as exc:  # an old coordinator, or it is unreachable too
+            log.debug("could not report the fallback from %s: %s", name, exc)
 
     def _fall_back(self) -> None:
         self.fallen_back = True

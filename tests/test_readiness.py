@@ -1,0 +1,59 @@
+"""/health/ready follows the database: 503 while it is stopped, 200 once it is back.
+
+The database is a PostgreSQL server of the test's own (initdb on a free port), so the
+test can stop it without touching the shared services. The coordinator is a real
+process; /health (liveness) stays 200 throughout, and /metrics keeps answering with
+``dffmpeg_database_up 0`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.databases import private_postgres
+from tests.helpers import BIN, free_port, health, process_env, running, wait_until, write_yaml
+from tests.prom import scrape_url
+
+
+def ready(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url + "/health/ready", timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.timeout(180)
+def test_ready_follows_the_database(tmp_path: Path) -> None:
+    with private_postgres() as database:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        config = write_yaml(
+            tmp_path / "coordinator.yaml",
+            {"host": "127.0.0.1", "port": port, "database_url": database.url},
+        )
+        command = [str(BIN / "dffmpeg-coordinator"), "--config", str(config), "--workers", "2"]
+        with running(command, tmp_path / "coordinator.log", env=process_env()):
+            wait_until(lambda: health(url) == 200, timeout=60)
+            assert ready(url) == (200, {"status": "ready", "schema": ready(url)[1]["schema"]})
+            assert scrape_url(url).value("dffmpeg_database_up") == 1
+
+            database.stop()
+            _, body = wait_until(lambda: (r := ready(url))[0] == 503 and r, timeout=30)
+            assert body["status"] == "unavailable"
+            assert body["reason"].startswith("database unreachable")
+            assert str(database.port) not in body["reason"]  # details stay in the log
+            assert health(url) == 200  # alive, only not ready
+            down = scrape_url(url)
+            assert down.value("dffmpeg_database_up") == 0
+            assert down.value("dffmpeg_database_errors_total") >= 1
+
+            database.start()
+            wait_until(lambda: ready(url)[0] == 200, timeout=30)
+            assert ready(url)[1]["status"] == "ready"
+            assert scrape_url(url).value("dffmpeg_database_up") == 1
