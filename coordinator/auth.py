@@ -74,6 +74,9 @@ def authenticate() -> Caller:
     )
     if user is None or not valid or not signing.timestamp_fresh(timestamp, window):
         raise Unauthorized()
+    # What the answer is signed with (``sign_answer``): never logged, never returned.
+    g.answer_key = user.hmac_key
+    g.answer_nonce = nonce
     # Checked only after the signature: a caller without the key learns nothing here.
     if user.allowed_networks and not address_allowed(request.remote_addr, user.allowed_networks):
         raise Forbidden("this identity may not connect from this network")
@@ -91,6 +94,7 @@ def authenticate() -> Caller:
         db.session.execute(_SEE_NONCE, seen)
     except IntegrityError:
         db.session.rollback()
+        g.pop("answer_key", None)  # a replay gets the same unsigned 401 as any failure
         raise Unauthorized() from None
     g.nonce_pending = seen
     return Caller(client_id=client_id, role=user.role)
@@ -133,6 +137,22 @@ def settle_nonce(response: Response) -> Response:
     except IntegrityError:
         # A replay of this failed request got in first; neither changed anything.
         db.session.rollback()
+    return response
+
+
+def sign_answer(response: Response) -> Response:
+    """Sign the answer to an authenticated request (``signing.HEADER_ANSWER``).
+
+    Runs last, on the final body. A streamed answer is signed without its body: its
+    lines carry sealed notifications (``signing.seal``).
+    """
+    key = g.pop("answer_key", None)
+    if key is None:  # authentication failed: nothing to sign with
+        return response
+    body = None if response.is_streamed else response.get_data()
+    response.headers[signing.HEADER_ANSWER] = signing.answer_signature(
+        key, response.status_code, g.pop("answer_nonce"), body
+    )
     return response
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, g
 
 from coordinator.api import cluster, jobs, probes, transport, users, workers
-from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce
+from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce, sign_answer
 
 
 def register(app: Flask) -> None:
@@ -16,6 +16,12 @@ def register(app: Flask) -> None:
     @api.before_request
     def _authenticate() -> None:
         g.user = authenticate()
+
+    # after_request functions run in reverse order: the answer is signed last, on the
+    # body as sent.
+    @api.after_request
+    def _sign_answer(response: Response) -> Response:
+        return sign_answer(response)
 
     @api.after_request
     def _settle_nonce(response: Response) -> Response:

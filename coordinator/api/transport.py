@@ -16,6 +16,7 @@ from coordinator.db import db
 from coordinator.errors import ApiError, BadRequest, NotFound
 from coordinator.models import Job
 from coordinator.publish import Fanout, LocalHub
+from dffmpeg import signing
 from dffmpeg.transport import choose
 from dffmpeg.transport.base import Address, addresses_for, message, to
 from dffmpeg.wire import Role
@@ -66,7 +67,8 @@ def ping() -> ResponseReturnValue:
         raise BadRequest("fields 'transport' and 'token' (at most 64 chars) are required")
     fanout = _fanout()
     address = to(g.user.client_id, "ping")
-    if fanout is None or not fanout.send(name, address, message(key="ping", token=token)):
+    sealed = signing.seal(g.answer_key, address, message(key="ping", token=token))
+    if fanout is None or not fanout.send(name, address, sealed):
         raise Unavailable(f"transport {name} is not available on this coordinator")
     return jsonify({"sent": True})
 
@@ -119,7 +121,8 @@ def stream() -> ResponseReturnValue:
                         yield b"{}\n"
                     continue
                 last = time.monotonic()
-                yield _line({"address": list(address), "data": json.loads(payload)})
+                # The message as published (sealed for its recipient), verbatim.
+                yield _line({"address": list(address), "data": payload.decode()})
         finally:
             hub.unsubscribe(sub)
 
