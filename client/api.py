@@ -41,6 +41,14 @@ class Unreachable(Exception):
     """The coordinator could not be reached (connection refused, timeout, DNS...)."""
 
 
+class AnswerRefused(ApiError):
+    """An answer that is not the coordinator's answer to this request: unsigned,
+    altered, or recorded earlier (see ``dffmpeg.signing``). Nothing in it is used."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(status, "answer_refused", f"answer refused: {why}", {})
+
+
 @dataclass
 class Response:
     status: int
@@ -127,6 +135,7 @@ class Api:
         for attempt in (1, 2):
             # Signed per attempt: a retry with the same nonce would be refused as a replay.
             signed = signing.sign_headers(self.client_id, self._key, method, path, body)
+            nonce = signed[signing.HEADER_NONCE]
             all_headers = {**headers, **signed, "Content-Length": str(len(body))}
             conn = self._connection(timeout)
             try:
@@ -144,7 +153,26 @@ class Api:
                 raise Unreachable(str(exc) or type(exc).__name__) from exc
         if reply.will_close:
             self._drop()
-        return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, data)
+        answer = Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, data)
+        self._verify(answer, nonce)
+        return answer
+
+    def _verify(self, answer: Response, nonce: str) -> None:
+        """Accept only the coordinator's own answer to this request.
+
+        Unsigned answers are believed only where they can do no more than stop us: a
+        401 (there is no key to sign it with when authentication failed) and a 5xx that
+        a proxy in front of the coordinator made (retried like a connection failure).
+        """
+        signature = answer.headers.get(signing.HEADER_ANSWER.lower())
+        if signature is None:
+            if answer.status == 401:
+                return
+            if answer.status >= 500:
+                raise Unreachable(f"unsigned HTTP {answer.status} (a proxy in between?)")
+            raise AnswerRefused(answer.status, f"unsigned HTTP {answer.status}")
+        if not signing.answer_valid(self._key, answer.status, nonce, answer.body, signature):
+            raise AnswerRefused(answer.status, "its signature does not match")
 
     def request(
         self,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from client.api import Api, ApiError, AuthError, Unreachable
+from client.api import AnswerRefused, Api, ApiError, AuthError, Unreachable
 from dffmpeg.exitcodes import ExitCode
 from dffmpeg.text import printable
 
@@ -61,6 +61,8 @@ def explain(exc: Exception) -> ClusterFailure:
         return exc
     if isinstance(exc, Unreachable):
         return ClusterFailure(ExitCode.COORDINATOR_UNREACHABLE, f"coordinator unreachable: {exc}")
+    if isinstance(exc, AnswerRefused):
+        return ClusterFailure(ExitCode.PROTOCOL_ERROR, f"coordinator {exc.message}")
     if isinstance(exc, AuthError):
         return ClusterFailure(ExitCode.AUTH_REFUSED, f"coordinator refused us: {exc.message}")
     if isinstance(exc, ApiError):

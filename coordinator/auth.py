@@ -164,6 +164,9 @@ def authenticate() -> Caller:
     body = request.get_data(cache=True)
     if not signing.verify(user.hmac_key, signed, request.method, signed_path(), body):
         raise _refused("bad_signature")
+    # What the answer is signed with (``sign_answer``): never logged, never returned.
+    g.answer_key = user.hmac_key
+    g.answer_nonce = found.nonce
     # Checked only after the signature: a caller without the key learns nothing here.
     if user.allowed_networks and not address_allowed(client_address(), user.allowed_networks):
         instruments().refused("network")
@@ -182,6 +185,7 @@ def authenticate() -> Caller:
         db.session.execute(_SEE_NONCE, seen)
     except IntegrityError:
         db.session.rollback()
+        g.pop("answer_key", None)  # a replay gets the same unsigned 401 as any failure
         raise _refused("replayed_nonce") from None
     g.nonce_pending = seen
     limits = quotas.effective(current_app.config["DFFMPEG"].default_quotas, user.quotas)
@@ -225,6 +229,22 @@ def settle_nonce(response: Response) -> Response:
     except IntegrityError:
         # A replay of this failed request got in first; neither changed anything.
         db.session.rollback()
+    return response
+
+
+def sign_answer(response: Response) -> Response:
+    """Sign the answer to an authenticated request (``signing.HEADER_ANSWER``).
+
+    Runs last, on the final body. A streamed answer is signed without its body: its
+    lines carry sealed notifications (``signing.seal``).
+    """
+    key = g.pop("answer_key", None)
+    if key is None:  # authentication failed: nothing to sign with
+        return response
+    body = None if response.is_streamed else response.get_data()
+    response.headers[signing.HEADER_ANSWER] = signing.answer_signature(
+        key, response.status_code, g.pop("answer_nonce"), body
+    )
     return response
 
 

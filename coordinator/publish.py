@@ -12,14 +12,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable
 
 from flask import Flask
 
+from coordinator import users
 from coordinator.db import db
 from coordinator.models import Job
 from coordinator.notify import Notifier
 from coordinator.observe import KEY
+from dffmpeg import signing
 from dffmpeg.config import CoordinatorConfig
 from dffmpeg.transport import PUBLISHERS, create_publisher
 from dffmpeg.transport.base import ALL, JOBS, Address, Publisher, message, to
@@ -27,6 +30,9 @@ from dffmpeg.transport.base import ALL, JOBS, Address, Publisher, message, to
 log = logging.getLogger(__name__)
 
 CACHE_LIMIT = 4096
+# After a key is rotated, notifications sealed with the old one are ignored by the party
+# for at most this long (it still reads over HTTP, only later).
+KEY_CACHE_SECONDS = 30.0
 
 
 class Subscription:
@@ -92,6 +98,8 @@ class Fanout:
         self.instruments = app.extensions[KEY]
         self._queue: queue.SimpleQueue[tuple[str, ...] | None] = queue.SimpleQueue()
         self._parties: dict[str, tuple[str, str | None]] = {}  # job -> (requester, worker)
+        # identity -> (key, when read), for sealing; this thread only.
+        self._keys: dict[str, tuple[str, float]] = {}
         self._thread = threading.Thread(target=self._run, name="publish", daemon=True)
 
     def start(self) -> None:
@@ -132,26 +140,43 @@ class Fanout:
                 # A publisher that is down drops what it is given (see Publisher).
                 if addresses and publisher.healthy():
                     self.instruments.delivered(publisher.name, len(addresses))
-            for address, key in addresses:
-                payload = message(key=key)
+            for address, payload in addresses:
                 for publisher in self.publishers.values():
                     publisher.publish(address, payload)
 
-    def resolve(self, keys: Iterable[str]) -> list[tuple[Address, str]]:
-        out: dict[Address, str] = {}
+    def resolve(self, keys: Iterable[str]) -> list[tuple[Address, bytes]]:
+        """Each recipient's address and its message, sealed with its key."""
+        out: dict[Address, tuple[str, str | None]] = {}  # address -> (key, identity)
         for key in keys:
             kind, _, ident = key.partition(":")
             if kind == "jobs":
-                out[JOBS] = "worker"
+                out[JOBS] = ("worker", None)  # a broadcast: a plain wake-up for any worker
             elif kind == "worker" and ident:
-                out[to(ident, "worker")] = "worker"
+                out[to(ident, "worker")] = ("worker", ident)
             elif kind in ("output", "input", "job") and ident:
                 requester, worker = self._job_parties(ident, need_worker=kind != "output")
                 if kind in ("output", "job") and requester:
-                    out[to(requester, "output", ident)] = f"output:{ident}"
+                    out[to(requester, "output", ident)] = (f"output:{ident}", requester)
                 if kind in ("input", "job") and worker:
-                    out[to(worker, "input", ident)] = f"input:{ident}"
-        return list(out.items())
+                    out[to(worker, "input", ident)] = (f"input:{ident}", worker)
+        return [
+            (address, self._sealed(address, message(key=key), identity))
+            for address, (key, identity) in out.items()
+        ]
+
+    def _sealed(self, address: Address, payload: bytes, identity: str | None) -> bytes:
+        if identity is None:
+            return payload
+        cached = self._keys.get(identity)
+        now = time.monotonic()
+        if cached is None or now - cached[1] > KEY_CACHE_SECONDS:
+            key = users.key_for(identity)
+            if key is None:
+                return payload  # no such identity (deleted): nobody can take it
+            if len(self._keys) >= CACHE_LIMIT:
+                self._keys.clear()
+            cached = self._keys[identity] = (key, now)
+        return signing.seal(cached[0], address, payload)
 
     def _job_parties(self, job_id: str, need_worker: bool) -> tuple[str | None, str | None]:
         cached = self._parties.get(job_id)

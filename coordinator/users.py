@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 
 from coordinator import quotas
@@ -96,6 +97,15 @@ def rotate_key(client_id: str) -> dict[str, Any]:
     user.hmac_key = signing.new_key()
     db.session.commit()
     return {**user.to_dict(), "hmac_key": user.hmac_key}
+
+
+_FIND_KEY = db.select(User.hmac_key).where(User.client_id == bindparam("client_id"))
+
+
+def key_for(client_id: str) -> str | None:
+    """An identity's key, to seal what is sent to it (None: no such identity)."""
+    stored = db.session.execute(_FIND_KEY, {"client_id": client_id}).scalar()
+    return str(stored) if stored is not None else None
 
 
 def set_networks(client_id: str, networks: list[str]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dffmpeg import signing
+from dffmpeg.transport.base import Address, message, to
 from tests.helpers import free_port, port_open, wait_until
 
 RABBIT_HOST = "127.0.0.1"
@@ -133,3 +135,9 @@ class RabbitUser:
                     channel.exchange_delete(name)
         conn.close()
         self.delete()
+
+
+def sealed_ping(identity: str, token: str, key: str = "") -> tuple[Address, bytes]:
+    """A handshake notification for ``identity``, sealed as the coordinator seals it."""
+    address = to(identity, "ping")
+    return address, signing.seal(key, address, message(key="ping", token=token))

@@ -23,6 +23,7 @@ from tests.brokers import (
     password_file,
     rabbitmq_available,
     rabbitmqctl,
+    sealed_ping,
 )
 from tests.helpers import require, wait_until
 
@@ -66,8 +67,11 @@ def test_mosquitto_acl_confines_each_worker(acl_mosquitto: str) -> None:
         spy_client: Any = getattr(spy, "client")  # noqa: B009
         spy_client.subscribe("dffmpeg/to/w1/#", qos=1)
         time.sleep(0.3)
-        publisher.publish(to("w1", "ping"), message(token="for-w1"))
+        # Not sealed with w1's key: dropped, like anything a broker could make up.
+        publisher.publish(to("w1", "ping"), message(token="forged"))
+        publisher.publish(*sealed_ping("w1", "for-w1"))
         assert w1.signals.wait_token("for-w1", 5)
+        assert "forged" not in w1.signals.tokens and w1.rejected == 1
         time.sleep(0.5)
         assert "for-w1" not in spy.signals.tokens
     finally:
@@ -121,7 +125,7 @@ def test_rabbitmq_permissions_confine_each_worker(acl_rabbitmq: dict[str, str]) 
     try:
         assert w1.wait_connected(10)
         wait_until(publisher.healthy, timeout=10)
-        publisher.publish(to(w1_name, "ping"), message(token="for-w1"))
+        publisher.publish(*sealed_ping(w1_name, "for-w1"))
         assert w1.signals.wait_token("for-w1", 5)
         # w2 may not bind its queue to w1's routing keys, nor read w1's queue.
         w2 = acl_rabbitmq["w2"]

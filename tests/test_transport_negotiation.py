@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from dffmpeg import signing
 from dffmpeg.transport import TransportError, choose, create_transport
 from dffmpeg.transport.base import ALL, JOBS, Endpoint, Signals, addresses_for, key_of, to
 from tests.conftest import Identities, signed_identities
@@ -136,8 +137,13 @@ def test_stream_sends_hello_then_notifications_with_anti_buffering_headers(
     assert json.loads(next(lines)) == {"hello": True}
     stream_app.extensions["dffmpeg.notifier"].notify(f"job:{job}")
     event = json.loads(next(lines))
-    assert event["address"] == ["to", "alice", "output", job]
-    assert event["data"]["key"] == f"output:{job}"
+    address = ["to", "alice", "output", job]
+    assert event["address"] == address
+    # Sealed for alice: opens with her key only.
+    key = stream_api.keys["alice"]
+    opened = signing.unseal(key, tuple(address), event["data"].encode())
+    assert opened is not None and json.loads(opened)["key"] == f"output:{job}"
+    assert signing.unseal(stream_api.keys["bob"], tuple(address), event["data"].encode()) is None
     reply.close()
 
 

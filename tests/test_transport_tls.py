@@ -24,8 +24,8 @@ import pytest
 
 from dffmpeg.config import BrokerSettings
 from dffmpeg.transport import create_publisher, create_transport
-from dffmpeg.transport.base import Endpoint, message, to
-from tests.brokers import mosquitto_available, mosquitto_with, password_file
+from dffmpeg.transport.base import Endpoint
+from tests.brokers import mosquitto_available, mosquitto_with, password_file, sealed_ping
 from tests.helpers import free_port, port_open, process_env, require, wait_until
 
 
@@ -55,7 +55,7 @@ def check_delivery_and_refusals(publisher: Any, worker: Any, refused: list[Any])
         assert worker.wait_connected(15)
         wait_until(publisher.healthy, timeout=15)
         worker.watch("ping")
-        publisher.publish(to("w1", "ping"), message(token="over-tls"))
+        publisher.publish(*sealed_ping("w1", "over-tls"))
         assert worker.signals.wait_token("over-tls", 5)
         time.sleep(1.0)  # ample for a local handshake to succeed, had it been allowed to
         assert [part.healthy() for part in refused] == [False] * len(refused)

@@ -9,7 +9,7 @@ from flask import Blueprint, Flask, Response, g, request
 from coordinator import held
 from coordinator.api import cluster, doctor, jobs, probes, reports, transport, users, workers
 from coordinator.api.parse import check_text
-from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce
+from coordinator.auth import authenticate, install_nonce_tracking, settle_nonce, sign_answer
 from coordinator.errors import NotFound
 
 # What ids in a URL are made of (job ids, identities, workers, binaries, options).
@@ -36,6 +36,12 @@ def register(app: Flask) -> None:
     def _authenticate() -> None:
         check_url()
         g.user = authenticate()
+
+    # after_request functions run in reverse order: the answer is signed last, on the
+    # body as sent.
+    @api.after_request
+    def _sign_answer(response: Response) -> Response:
+        return sign_answer(response)
 
     @api.after_request
     def _settle_nonce(response: Response) -> Response:

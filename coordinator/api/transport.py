@@ -18,6 +18,7 @@ from coordinator.errors import ApiError, BadRequest, NotFound
 from coordinator.models import Job
 from coordinator.observe import instruments
 from coordinator.publish import Fanout, LocalHub
+from dffmpeg import signing
 from dffmpeg.transport import choose
 from dffmpeg.transport.base import Address, addresses_for, message, to
 from dffmpeg.wire import Role
@@ -98,7 +99,8 @@ def ping() -> ResponseReturnValue:
         # Not a transport this coordinator pushes over: a question it cannot answer.
         raise BadRequest(f"transport {name!r} is not one this coordinator can ping over")
     address = to(g.user.client_id, "ping")
-    if not fanout.send(name, address, message(key="ping", token=token)):
+    sealed = signing.seal(g.answer_key, address, message(key="ping", token=token))
+    if not fanout.send(name, address, sealed):
         if name in current_app.config["DFFMPEG"].transports and name != "http":
             instruments().fell_back(name, "coordinator_unavailable")
         raise Unavailable(f"transport {name} is not available on this coordinator now")
@@ -160,7 +162,8 @@ def stream() -> ResponseReturnValue:
                         yield b"{}\n"
                     continue
                 last = time.monotonic()
-                yield _line({"address": list(address), "data": json.loads(payload)})
+                # The message as published (sealed for its recipient), verbatim.
+                yield _line({"address": list(address), "data": payload.decode()})
         finally:
             hub.unsubscribe(sub)
             release()

@@ -21,6 +21,7 @@ identity X lives under ``to/X/...``, which is what an operator grants X and noth
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -29,9 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from dffmpeg import signing
 from dffmpeg.config import BrokerSettings
 
 Address = tuple[str, ...]
+log = logging.getLogger(__name__)
 
 # Broadcasts: a pending job any worker may claim; "re-read everything" after the
 # coordinator's own broker connection came back (it may have missed publishing).
@@ -179,6 +182,7 @@ class Transport(ABC):
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.signals = Signals()
+        self.rejected = 0  # notifications dropped: not sealed with our key
         self._watched: set[str] = set()
         self._watch_lock = threading.Lock()
 
@@ -223,13 +227,25 @@ class Transport(ABC):
             return sorted(self._watched)
 
     def deliver(self, address: Address, payload: bytes) -> None:
-        """Called by the backend's thread for every message received."""
+        """Called by the backend's thread for every message received.
+
+        A message addressed to this party must be sealed with its key
+        (``signing.seal``); anything else is dropped. Broadcasts (``jobs``, ``all``)
+        are plain wake-ups: all they can do is make the party read over signed HTTP.
+        """
         key = key_of(address, self.endpoint.identity)
         if key is None:
             return
         if key == "*":
             self.signals.fire_all()
             return
+        if address != JOBS:
+            opened = signing.unseal(self.endpoint.hmac_key, address, payload)
+            if opened is None:
+                self.rejected += 1
+                log.warning("dropped a %s notification that is not sealed for us", self.name)
+                return
+            payload = opened
         token = None
         if key == "ping":
             try:

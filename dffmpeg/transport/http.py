@@ -124,6 +124,11 @@ class Stream(Transport):
             body = reply.read(2000)
             conn.close()
             raise ConnectionError(f"stream refused: HTTP {reply.status} {body[:200]!r}")
+        signature = reply.getheader(signing.HEADER_ANSWER)
+        nonce = headers[signing.HEADER_NONCE]
+        if not signing.answer_valid(self.endpoint.hmac_key, 200, nonce, None, signature):
+            conn.close()
+            raise ConnectionError("stream refused: the answer is not the coordinator's")
         return reply
 
     def _run(self) -> None:
@@ -167,7 +172,6 @@ class Stream(Transport):
             self._connected.set()
             self.signals.fire_all()  # caught up on (re)connect
             return
-        address = event.get("address")
-        if isinstance(address, list):
-            payload = json.dumps(event.get("data") or {}).encode()
-            self.deliver(tuple(str(a) for a in address), payload)
+        address, data = event.get("address"), event.get("data")
+        if isinstance(address, list) and isinstance(data, str):
+            self.deliver(tuple(str(a) for a in address), data.encode())
