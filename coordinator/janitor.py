@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from flask import Flask
 from sqlalchemy import update
 
-from coordinator import lifecycle, retention
+from coordinator import lifecycle, retention, samples
 from coordinator.db import db, now_utc
 from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState
@@ -27,6 +27,7 @@ class Janitor:
         self.interval = app.config["DFFMPEG"].janitor_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sampled: datetime | None = None  # the minute whose end was last recorded
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
@@ -52,7 +53,15 @@ class Janitor:
         self.close_unconfirmed_cancels()
         self.expire_queued()
         self.cancel_abandoned_jobs()
+        self.sample()
         self.purge()
+
+    def sample(self) -> None:
+        """Once a minute, the minute that just ended (coordinator/samples.py)."""
+        minute = samples.minute_of(now_utc())
+        if self._sampled != minute:
+            samples.record()
+            self._sampled = minute
 
     def _stale(self, state: JobState) -> tuple[list[str], datetime]:
         """Jobs in ``state`` whose last transition is older than the assign timeout."""

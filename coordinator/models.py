@@ -79,8 +79,18 @@ class Worker(db.Model):  # type: ignore[name-defined]
     # Whether the worker runs its jobs confined (worker key ``sandbox``). A worker that
     # does not say is taken to be unconfined: operators must see it, not assume safety.
     sandboxed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # What an operator reads about the worker, small enough for every console refresh
+    # (revision 0007): per binary its path, version and hardware checks; its mounts,
+    # operating system, and the slots and labels its own config asked for.
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The latest load sample from its heartbeat, with the coordinator's time ``at``.
+    load: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Slots and labels an admin set live ({"slots": 2, "labels": [...]}); they win over
+    # the worker's config, also when it registers again, until cleared.
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
+        info = self.info or {}
         return {
             "worker_id": self.worker_id,
             "state": self.state,
@@ -88,12 +98,15 @@ class Worker(db.Model):  # type: ignore[name-defined]
             "sandboxed": bool(self.sandboxed),
             "slots": self.slots,
             "labels": self.labels,
-            "binaries": sorted(self.capabilities),
+            "binaries": sorted(info.get("binaries") or self.capabilities),
             "path_variables": self.path_variables,
             "version": self.version,
             "hostname": self.hostname,
             "registered_at": self.registered_at.isoformat(),
             "last_seen_at": self.last_seen_at.isoformat(),
+            "lease_expires_at": self.lease_expires_at.isoformat(),
+            "load": self.load,
+            "overrides": self.overrides or {},
         }
 
 
@@ -144,6 +157,10 @@ class Job(db.Model):  # type: ignore[name-defined]
     client_lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The latest ffmpeg progress seen in the job's stderr (coordinator/progress.py).
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The file names of the first input and the last output, read from the arguments
+    # at submission (coordinator/arguments.py), for listing and searching (revision 0007).
+    input_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    output_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +185,8 @@ class Job(db.Model):  # type: ignore[name-defined]
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "progress": self.progress,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
         }
 
     def assignment(self) -> dict[str, Any]:
@@ -223,3 +242,20 @@ class InputChunk(db.Model):  # type: ignore[name-defined]
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     kind: Mapped[int] = mapped_column(SmallInteger)
     data: Mapped[bytes] = mapped_column(CHUNK_TYPE)
+
+
+class ClusterSample(db.Model):  # type: ignore[name-defined]
+    """One minute of the cluster, written once by the first janitor to get there.
+
+    ``finished``/``failed`` count the jobs that ended within the minute (failed: state
+    failed, or completed with a non-zero exit code); ``pending``/``running`` are the
+    queue and the jobs running when it was sampled, just after the minute ended.
+    """
+
+    __tablename__ = "cluster_samples"
+
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    running: Mapped[int] = mapped_column(Integer, default=0)
+    finished: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,15 +1,17 @@
 """The worker agent: registration, heartbeats, the poll loop and the jobs it runs.
 
 Threads, all owned here: one heartbeat thread, one poll thread (long-polls the
-coordinator for jobs and cancellations), one mount-monitor thread and one thread per
-running job (plus that job's pipe readers). ``start`` starts them; ``drain`` stops
-taking work; ``abort_all`` stops running jobs; ``stop`` deregisters and ends the loops.
+coordinator for jobs and cancellations), one mount-monitor thread, one load-sampling
+thread and one thread per running job (plus that job's pipe readers). ``start``
+starts them; ``drain`` stops taking work; ``abort_all`` stops running jobs; ``stop``
+deregisters and ends the loops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -22,6 +24,7 @@ from dffmpeg.config import WorkerConfig
 from dffmpeg.transport.session import Downlink
 from worker.capabilities import probe_binaries
 from worker.executor import JobExecution
+from worker.load import LoadMonitor
 from worker.mounts import MountMonitor
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class WorkerAgent:
         self.mounts = MountMonitor(
             config.paths, self._paths_changed, interval=config.mount_check_seconds
         )
+        self.load = LoadMonitor()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -62,6 +66,7 @@ class WorkerAgent:
         if not self.binaries:
             raise RuntimeError("none of the configured binaries could be run")
         self.mounts.available()
+        self.load.start()
         # Transport first: the worker goes online only once its transport passed the
         # reachability handshake (or it settled on HTTP long-poll).
         self.downlink = self._open_downlink()
@@ -131,6 +136,10 @@ class WorkerAgent:
             "path_variables": self.available_paths(),
             "version": __version__,
             "hostname": socket.gethostname(),
+            # For the operator's eyes (console, details of a worker): not used to schedule.
+            "mounts": dict(self.config.paths),
+            "os": " ".join(os.uname()[i] for i in (0, 2, 4)),
+            "load": self.load.latest(),
         }
 
     def available_paths(self) -> list[str]:
@@ -197,6 +206,7 @@ class WorkerAgent:
         self._stopped.set()
         self._beat.set()
         self.mounts.stop()
+        self.load.stop()
         try:
             self.api.request("POST", "/workers/deregister", timeout=5)
         except (ApiError, Unreachable) as exc:
@@ -241,7 +251,9 @@ class WorkerAgent:
     def _heartbeat(self) -> None:
         sent = time.monotonic()
         try:
-            self.api.request("POST", "/workers/heartbeat", timeout=10)
+            # The load sample rides along: the latest one, taken by its own thread.
+            body = {"load": self.load.latest()}
+            self.api.request("POST", "/workers/heartbeat", json_body=body, timeout=10)
             self._renewed_at = max(self._renewed_at, sent)
         except ApiError as exc:
             if exc.status == 409:  # the coordinator forgot us, or declared us lost

@@ -1,0 +1,104 @@
+"""The cluster minute by minute: the queue, running jobs, jobs finished and failed.
+
+The janitor writes one ``cluster_samples`` row per minute, just after the minute ends
+(the first coordinator process to get there; the others find the row). ``finished`` and
+``failed`` count the jobs whose ``finished_at`` falls in the minute, so they are exact
+whichever process writes them; ``pending`` and ``running`` are read at that moment.
+The current minute is read live, so the newest point of a series is never a minute old.
+Minutes no coordinator ran in have no row: the series shows them as gaps (None).
+
+Reading a day costs a read of at most 1,440 small rows; no job row is read for it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.db import db, now_utc
+from coordinator.joblist import failed
+from coordinator.models import ClusterSample, Job
+from dffmpeg.wire import JobState
+
+MINUTE = timedelta(minutes=1)
+SERIES_MINUTES = 60
+KEEP = timedelta(days=2)
+
+
+def minute_of(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _ended_between(start: datetime, end: datetime) -> tuple[int, int]:
+    """(finished, failed) among the jobs that ended in [start, end)."""
+    window = (Job.finished_at >= start, Job.finished_at < end)
+    finished = db.session.execute(select(func.count(Job.id)).where(*window)).scalar_one()
+    failures = db.session.execute(select(func.count(Job.id)).where(*window, failed())).scalar_one()
+    return int(finished), int(failures)
+
+
+def _count(*states: JobState) -> int:
+    stmt = select(func.count(Job.id)).where(Job.state.in_([s.value for s in states]))
+    return int(db.session.execute(stmt).scalar_one())
+
+
+def record(now: datetime | None = None) -> datetime | None:
+    """Write the row of the minute that just ended, unless it exists; its minute, or
+    None when another process wrote it first."""
+    now = now or now_utc()
+    minute = minute_of(now) - MINUTE
+    if db.session.get(ClusterSample, minute) is not None:
+        db.session.commit()
+        return None
+    finished, failures = _ended_between(minute, minute + MINUTE)
+    db.session.add(
+        ClusterSample(
+            minute=minute,
+            pending=_count(JobState.PENDING),
+            running=_count(JobState.RUNNING, JobState.CANCELING),
+            finished=finished,
+            failed=failures,
+        )
+    )
+    try:
+        db.session.commit()
+    except IntegrityError:  # another coordinator process wrote it meanwhile
+        db.session.rollback()
+        return None
+    db.session.execute(delete(ClusterSample).where(ClusterSample.minute < minute - KEEP))
+    db.session.commit()
+    return minute
+
+
+def recent(now: datetime | None = None) -> dict[str, Any]:
+    """The last hour as per-minute series (oldest first, the live minute last) and the
+    last day's totals."""
+    now = now or now_utc()
+    current = minute_of(now)
+    rows = db.session.execute(
+        select(ClusterSample).where(ClusterSample.minute >= current - timedelta(days=1))
+    ).scalars()
+    by_minute = {row.minute: row for row in rows}
+    finished_now, failed_now = _ended_between(current, now + MINUTE)
+    pending_now = _count(JobState.PENDING)
+    db.session.commit()
+    minutes = [current - MINUTE * back for back in range(SERIES_MINUTES - 1, 0, -1)]
+    throughput: list[int | None] = [
+        by_minute[m].finished if m in by_minute else None for m in minutes
+    ]
+    queue: list[int | None] = [by_minute[m].pending if m in by_minute else None for m in minutes]
+    return {
+        "series": {
+            "minutes": SERIES_MINUTES,
+            "finished": [*throughput, finished_now],
+            "pending": [*queue, pending_now],
+        },
+        "last_day": {
+            "finished": sum(r.finished for r in by_minute.values()) + finished_now,
+            "failed": sum(r.failed for r in by_minute.values()) + failed_now,
+            "sampled_minutes": len(by_minute),
+        },
+    }
