@@ -3,7 +3,9 @@
 Every filter has a negated form (``not_state``, ``not_requester``...), so an operator
 can ask for "everything but the ffprobes" or "not completed". ``search`` words are
 matched, case-insensitively, against the job's file names, id, requester, worker and
-binary; every word must match, and a ``not_search`` word must match none of them.
+binary; every word must match, and a ``not_search`` word must match none of them. A
+``search`` argument may be given several times, each one word or phrase
+(``search=Big Buck Bunny``: a file name with spaces).
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ def _states(args: Mapping[str, str], name: str) -> list[str]:
     return states
 
 
-def _words(args: Mapping[str, str], name: str) -> list[str]:
-    words = args.get(name, "").split()
+def _words(args: Any, name: str) -> list[str]:
+    words = [w.strip() for w in args.getlist(name) if w.strip()]
     if len(words) > MAX_WORDS or any(len(w) > MAX_WORD for w in words):
-        raise BadRequest(f"query argument {name!r}: at most {MAX_WORDS} words")
+        raise BadRequest(
+            f"query argument {name!r}: at most {MAX_WORDS} words of {MAX_WORD} characters"
+        )
     return words
 
 
@@ -56,8 +60,10 @@ def failed() -> ColumnElement[bool]:
     )
 
 
-def conditions(args: Mapping[str, str], admin: bool, caller: str) -> list[Any]:
-    """The WHERE conditions of a listing (a client only ever sees its own jobs)."""
+def conditions(args: Any, admin: bool, caller: str) -> list[Any]:
+    """The WHERE conditions of a listing (a client only ever sees its own jobs).
+
+    ``args``: the request's query arguments (a werkzeug ``MultiDict``)."""
     where: list[Any] = []
     if not admin:
         where.append(Job.requester == caller)
