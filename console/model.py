@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from client.status import parse_time
@@ -37,11 +37,6 @@ class Snapshot:
     def now(self) -> datetime | None:
         return parse_time(self.summary.get("now"))
 
-    def clock(self) -> datetime | None:
-        """The coordinator's time now: its ``now`` plus the time since the snapshot came."""
-        now = self.now
-        return None if now is None else now + timedelta(seconds=time.monotonic() - self.received)
-
 
 def stderr_lines(text: str, keep: int = 200) -> list[str]:
     """The last ``keep`` lines of ffmpeg's stderr as a terminal would show them: of a line
@@ -62,21 +57,27 @@ def quote(arg: str) -> str:
 def summary_text(
     summary: dict[str, Any], jobs_total: int, offset: int = 0, shown: int | None = None
 ) -> str:
-    """Workers by state, slots, jobs by state, the day's counts and which jobs are listed."""
+    """Workers by state, slots in use, jobs by state and which jobs are listed."""
     jobs = summary.get("jobs_by_state", {})
     workers = summary.get("workers_by_state", {})
     slots = summary.get("slots", {})
-    day = summary.get("last_day", {})
     job_part = "  ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "no jobs"
     worker_part = "  ".join(f"{k} {v}" for k, v in sorted(workers.items())) or "none"
-    # Fallbacks are counted by the drop-ins and reported to the coordinator; a
-    # coordinator that does not report them shows "-".
-    fallbacks = day.get("fallbacks")
     return printable(
         f"workers: {worker_part}  |  slots {slots.get('used', 0)}/{slots.get('total', 0)}"
-        f"  |  jobs: {job_part}  |  last day: {day.get('finished', '-')} done,"
-        f" {day.get('failed', '-')} failed, {'-' if fallbacks is None else fallbacks} fallbacks"
-        f"  |  {listed(jobs_total, offset, shown)}"
+        f"  |  jobs: {job_part}  |  {listed(jobs_total, offset, shown)}"
+    )
+
+
+def last_day_text(summary: dict[str, Any]) -> str:
+    """``day: 1432 done, 17 failed, 3 fallbacks``. Fallbacks (a drop-in that ran ffmpeg
+    locally, or gave up with a cluster exit code) are counted by the drop-ins and
+    reported to the coordinator; one that does not report them shows ``-``."""
+    day = summary.get("last_day") or {}
+    fallbacks = day.get("fallbacks")
+    return printable(
+        f"day: {day.get('finished', '-')} done, {day.get('failed', '-')} failed,"
+        f" {'-' if fallbacks is None else fallbacks} fallbacks"
     )
 
 

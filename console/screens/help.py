@@ -9,21 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.keys import format_key
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
+from textual.widgets import DataTable, Static
 
 FILTER_HELP = """\
-**Filter** (`/`): `state:running,pending` (a beginning is enough: `state:run`),
-`user:jellyfin` or `user:me`, `worker:node1`, `bin:ffprobe`, `is:active`,
-`is:failed` (failed, or exited non-zero), `is:mine`; other words search the file
-names, ids, requesters and workers (`"Big Buck"` keeps spaces). `-` or `!` before a
-word negates it: `-bin:ffprobe`, `!state:completed`, `-sample`. Everything goes to
-the coordinator, so totals cover the whole history. In the workers and users tables
-the plain words match the rows' text.
+Filter (/): state:running,pending (a beginning is enough: state:run), user:jellyfin
+or user:me, worker:node1, bin:ffprobe, is:active, is:failed (failed, or exited
+non-zero), is:mine; other words search the file names, ids, requesters and workers
+("Big Buck" keeps its space). A - or ! before a word negates it: -bin:ffprobe,
+!state:completed, -sample. Everything goes to the coordinator, so totals cover the
+whole history. In the workers and users tables the plain words match the rows' text.
+Everything goes through the coordinator's admin API, signed with your identity.
 """
 
 
@@ -48,21 +49,6 @@ def rows(owners: Sequence[type]) -> list[tuple[str, str, str]]:
     return found
 
 
-def help_markdown(owners: Sequence[type]) -> str:
-    lines = [
-        "# dffmpeg console",
-        "",
-        "Everything here goes through the coordinator's admin API, signed with your identity.",
-        "",
-        "| key | where | what |",
-        "|---|---|---|",
-    ]
-    for keys, where, what in rows(owners):
-        shown = keys.replace("`", "'").replace("|", "\\|")
-        lines.append(f"| `{shown}` | {where} | {what} |")
-    return "\n".join([*lines, "", FILTER_HELP])
-
-
 class HelpScreen(ModalScreen[None]):
     HELP_WHERE = "help"
     BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
@@ -73,7 +59,16 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog help"):
-            yield Markdown(help_markdown(self.owners))
+            yield Static("dffmpeg console: every key", classes="help-title", markup=False)
+            yield DataTable(id="keys", cursor_type="none", zebra_stripes=True)
+            yield Static(FILTER_HELP, id="filter-help", markup=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#keys", DataTable)
+        for name in ("key", "where", "what"):
+            table.add_column(name, key=name)
+        for keys, where, what in rows(self.owners):
+            table.add_row(Text(keys, style="bold"), Text(where), Text(what))
 
     def action_close(self) -> None:
         self.dismiss(None)

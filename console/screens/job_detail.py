@@ -129,9 +129,9 @@ class JobDetailScreen(ConsoleScreen):
     def on_detail_ready(self, message: DetailReady) -> None:
         job = self.job = message.job
         snapshot = self.console.main.snapshot
-        # The coordinator's clock, as of the main screen's last refresh plus the time
-        # since: elapsed time and ETA run on between refreshes.
-        now = snapshot.clock() if snapshot else None
+        # The coordinator's clock as of the main screen's last refresh (every couple of
+        # seconds, also while this screen is shown).
+        now = snapshot.now if snapshot else None
         events = job.get("events", [])
         self.query_one("#job-head", Static).update(head_lines(job, now))
         args = " ".join(model.quote(a) for a in job.get("args", []))

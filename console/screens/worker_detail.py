@@ -228,7 +228,7 @@ class WorkerDetailScreen(ConsoleScreen):
     def on_worker_ready(self, message: WorkerReady) -> None:
         worker = self.worker = message.worker
         snapshot = self.console.main.snapshot
-        now = snapshot.clock() if snapshot else None
+        now = snapshot.now if snapshot else None
         self.query_one("#worker-head", Static).update(describe(worker, now))
         self._fill("#worker-binaries", capability_rows(worker))
         self._fill("#worker-hardware", hardware_rows(worker) or [[Text("-")] * 4])

@@ -26,6 +26,7 @@ class ClusterHeader(Vertical):
             yield Static("queue", classes="trend-label", markup=False)
             yield Sparkline([], id="queue")
             yield Static("", id="queue-now", classes="trend-now", markup=False)
+            yield Static("", id="last-day", markup=False)
             yield Static("", id="freshness", markup=False)
 
     def show(self, snap: model.Snapshot) -> None:
@@ -37,6 +38,7 @@ class ClusterHeader(Vertical):
             values = model.series(summary, name)
             self.query_one(f"#{widget}", Sparkline).data = values
             self.query_one(f"#{widget}-now", Static).update(f"{values[-1]:g}" if values else "-")
+        self.query_one("#last-day", Static).update(model.last_day_text(summary))
         self.freshness(snap.received, 0.0)
 
     def freshness(self, received: float | None, refresh_seconds: float) -> None:
