@@ -97,6 +97,11 @@ def console_coordinator(tmp: Path, workers: int = 3, **settings: Any) -> Iterato
         yield coord
 
 
+def labelled(coord: Coordinator, who: str, label: str, *args: str, **extra: Any) -> str:
+    """A job only a worker with ``label`` may run; it waits for one (no failing fast)."""
+    return submit(coord, who, *args, required_labels=[label], wait_for_worker=True, **extra)
+
+
 def submit(coord: Coordinator, who: str, *args: str, **extra: Any) -> str:
     body = {"binary": "ffmpeg", "args": list(args) or ["-version"], "mode": "background", **extra}
     job_id: str = coord.call(who, "POST", "/jobs", json_body=body)["job"]["job_id"]
@@ -105,15 +110,26 @@ def submit(coord: Coordinator, who: str, *args: str, **extra: Any) -> str:
 
 @dataclass
 class ScriptedWorker:
-    """A worker identity that runs jobs as a test says, over the real worker API."""
+    """A worker identity that runs jobs as a test says, over the real worker API.
+
+    ``register`` (for a new identity): online with the label ``worker_id``, so jobs
+    that require that label go to it and to nobody else.
+    """
 
     coord: Coordinator
     worker_id: str
+    register: bool = False
+    registration: dict[str, Any] = field(default_factory=dict)
     api: Api = field(init=False)
     seq: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.register:
+            self.coord.user(self.worker_id, "worker")
         self.api = self.coord.api(self.worker_id)
+        if self.register:
+            body = {**WORKER, "labels": [self.worker_id], **self.registration}
+            self.api.call("POST", "/workers/register", json_body=body)
 
     def take(self, job_id: str) -> None:
         """Claim (poll) and accept ``job_id``; it must be this worker's to claim."""

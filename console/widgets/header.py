@@ -13,7 +13,7 @@ from console import model
 # Data older than this many refresh intervals (and at least STALE_MIN_SECONDS) is
 # marked stale: a refresh failed or hangs.
 STALE_INTERVALS = 3
-STALE_MIN_SECONDS = 10.0
+STALE_MIN_SECONDS = 5.0
 
 
 class ClusterHeader(Vertical):

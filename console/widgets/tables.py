@@ -25,6 +25,12 @@ from console import cells
 from console.cells import Row
 
 
+def same(a: Text, b: Text) -> bool:
+    """Whether two cells look the same (Text's own == ignores the style: a speed
+    turning from highlighted to plain would not be redrawn)."""
+    return a.plain == b.plain and str(a.style) == str(b.style) and a.spans == b.spans
+
+
 @dataclass
 class RowAction(Message):
     """The operator asked for ``action`` on the row ``key`` (None: no row selected)."""
@@ -90,7 +96,7 @@ class KeyedTable(DataTable[Text]):
             for row in ordered:
                 old = self._shown.get(row.key, [])
                 for index, (column, value) in enumerate(zip(self.COLUMNS, row.cells, strict=True)):
-                    if index >= len(old) or old[index] != value:
+                    if index >= len(old) or not same(old[index], value):
                         self.update_cell(row.key, column, value, update_width=True)
                 self._shown[row.key] = row.cells
         else:
