@@ -67,11 +67,9 @@ def conditions(args: Any, admin: bool, caller: str) -> list[Any]:
     where: list[Any] = []
     if not admin:
         where.append(Job.requester == caller)
-    pairs: list[tuple[str, Any]] = [("binary", Job.binary)]
-    if admin:
-        pairs += [("requester", Job.requester), ("worker", Job.worker_id)]
-    else:
-        pairs += [("worker", Job.worker_id)]
+    # A client's own restriction above still holds: its requester filters can only
+    # narrow its own jobs.
+    pairs = [("binary", Job.binary), ("requester", Job.requester), ("worker", Job.worker_id)]
     for name, col in pairs:
         wanted = _values(args, name)
         if wanted:
