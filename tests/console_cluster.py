@@ -154,6 +154,42 @@ class ScriptedWorker:
         self.api.close()
 
 
+@contextmanager
+def real_worker(
+    coord: Coordinator, worker_id: str, paths: dict[str, str], **settings: Any
+) -> Iterator[Any]:
+    """A ``dffmpeg-worker`` process with Debian's ffmpeg, online before the block."""
+    import shutil
+
+    key = coord.user(worker_id, "worker")
+    config = write_yaml(
+        coord.root / f"{worker_id}.yaml",
+        {
+            "client_id": worker_id,
+            "hmac_key": key,
+            "coordinator_url": coord.url,
+            "binaries": {"ffmpeg": shutil.which("ffmpeg"), "ffprobe": shutil.which("ffprobe")},
+            "slots": 2,
+            "labels": [worker_id],
+            "paths": paths,
+            "heartbeat_seconds": 1,
+            **settings,
+        },
+    )
+
+    def online() -> bool:
+        workers = coord.call("ops", "GET", "/workers")["workers"]
+        return any(w["worker_id"] == worker_id and w["state"] == "online" for w in workers)
+
+    with running(
+        [sys.executable, "-m", "worker.cli", "--config", str(config)],
+        coord.root / f"{worker_id}.log",
+        env=process_env(),
+    ) as proc:
+        wait_until(online, timeout=60, interval=0.2)
+        yield proc
+
+
 def drive(
     coord: Coordinator | None,
     scenario: Callable[[ConsoleApp, Pilot[None]], Coroutine[Any, Any, None]],

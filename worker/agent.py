@@ -62,11 +62,12 @@ class WorkerAgent:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self.load.start()  # first, so the registration carries a CPU figure
         self.binaries = probe_binaries(self.config.binaries)
         if not self.binaries:
+            self.load.stop()
             raise RuntimeError("none of the configured binaries could be run")
         self.mounts.available()
-        self.load.start()
         # Transport first: the worker goes online only once its transport passed the
         # reachability handshake (or it settled on HTTP long-poll).
         self.downlink = self._open_downlink()

@@ -30,6 +30,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SAMPLE_SECONDS = 10.0
+# The first CPU figure needs two samples: the second comes soon after the start, so the
+# registration (after the binaries' probes) already carries one.
+FIRST_SAMPLE_SECONDS = 0.5
 TOOL_TIMEOUT = 5.0
 NVIDIA_FIELDS = (
     "index",
@@ -222,7 +225,7 @@ class LoadMonitor:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.sample()  # the registration already carries a sample
+        self.sample()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
         self._thread.start()
 
@@ -238,7 +241,9 @@ class LoadMonitor:
             return dict(self._latest)
 
     def _run(self) -> None:
-        while not self._stopped.wait(self.interval):
+        wait = min(FIRST_SAMPLE_SECONDS, self.interval)
+        while not self._stopped.wait(wait):
+            wait = self.interval
             try:
                 self.sample()
             except Exception:  # a sampler bug must not end the samples for good

@@ -148,6 +148,19 @@ def hardware_rows(worker: dict[str, Any]) -> list[list[Text]]:
     """Every hardware check: offered (passed) first, then the others with the reason."""
     result = []
     for binary, checks in sorted((worker.get("hardware") or {}).items()):
+        reasons = set(checks.values())
+        if len(checks) > 1 and len(reasons) == 1 and "ok" not in reasons:
+            # One reason for all (ffprobe cannot run a check): one row, not forty.
+            shown = Text(f"all {len(checks)}")
+            result.append(
+                [
+                    cells.text(binary),
+                    shown,
+                    Text("not offered", style="yellow"),
+                    cells.text(reasons.pop()),
+                ]
+            )
+            continue
         for name, verdict in sorted(checks.items(), key=lambda kv: (kv[1] != "ok", kv[0])):
             ok = verdict == "ok"
             result.append(
