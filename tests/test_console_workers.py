@@ -76,7 +76,7 @@ def test_a_real_worker_shows_its_host_load_checks_and_mounts(
             assert "encoders" in binaries[0][3] and binaries[0][4] == "none"
             rows = table_rows(detail, "#worker-hardware")
             checks = {row[1]: row for row in rows if row[0] == "ffmpeg"}
-            assert [row[1:3] for row in rows if row[0] == "ffprobe"][0][1] == "not offered"
+            assert next(row[2] for row in rows if row[0] == "ffprobe") == "not offered"
             # Every accelerator Debian's ffmpeg lists was tried here and failed.
             assert checks["h264_nvenc"][2] == "not offered"
             assert "cuda" in checks["h264_nvenc"][3]
