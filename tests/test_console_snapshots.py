@@ -2,7 +2,8 @@
 
 The only place a stand-in for the coordinator is used: a screenshot needs data that
 does not change between runs. Everything the stand-in returns has the shape of the real
-API's answers (see tests/test_admin_api.py for those). Update the SVGs with
+API's answers (see tests/test_admin_api.py for those). The main screens are taken at
+80x24 and 160x48. Update the SVGs with
 ``pytest tests/test_console_snapshots.py --snapshot-update`` and look at them.
 """
 
@@ -11,11 +12,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 
 from client.api import Unreachable
 from console.app import ConsoleApp
 from console.screens.job_detail import JobDetailScreen
+from console.screens.log import LogScreen
+from console.screens.worker_detail import WorkerDetailScreen
 
 NOW = "2026-11-26T12:00:00+00:00"
 FFMPEG = {"path": "/usr/bin/ffmpeg", "version": "ffmpeg version 5.1.8-0+deb12u1 Copyright"}
@@ -312,39 +316,84 @@ def make() -> ConsoleApp:
     return ConsoleApp(FixedApi(), refresh_seconds=0)
 
 
-def test_jobs_screen(snap_compare: Any) -> None:
-    assert snap_compare(make(), terminal_size=(130, 24), run_before=wait_loaded)
+# The main screens at the smallest terminal an operator should use and at a large one.
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 
 
-def test_workers_screen(snap_compare: Any) -> None:
+async def wait_for(pilot: Pilot[None], condition: Any) -> None:
+    for _ in range(200):
+        if condition():
+            break
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_jobs_screen(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(make(), terminal_size=size, run_before=wait_loaded)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_workers_screen(snap_compare: Any, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await wait_loaded(pilot)
         await pilot.press("2")
 
-    assert snap_compare(make(), terminal_size=(130, 24), run_before=run_before)
+    assert snap_compare(make(), terminal_size=size, run_before=run_before)
 
 
-def test_users_screen(snap_compare: Any) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_users_screen(snap_compare: Any, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await wait_loaded(pilot)
         await pilot.press("3")
 
-    assert snap_compare(make(), terminal_size=(130, 24), run_before=run_before)
+    assert snap_compare(make(), terminal_size=size, run_before=run_before)
 
 
-def test_job_detail_screen(snap_compare: Any) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_job_detail_screen(snap_compare: Any, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await wait_loaded(pilot)
         await pilot.press("enter")
         app = pilot.app
-        for _ in range(200):
-            screen = app.screen
-            if isinstance(screen, JobDetailScreen) and screen.job is not None:
-                break
-            await pilot.pause(0.02)
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen.job is not None
+        )
+
+    assert snap_compare(make(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_log_screen(snap_compare: Any, size: tuple[int, int]) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("l")
+        app = pilot.app
+        await wait_for(pilot, lambda: isinstance(app.screen, LogScreen) and app.screen.lines)
+        await pilot.press("slash", *"stream", "enter")
         await pilot.pause()
 
-    assert snap_compare(make(), terminal_size=(130, 30), run_before=run_before)
+    assert snap_compare(make(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_worker_detail_screen(snap_compare: Any, size: tuple[int, int]) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("2", "enter")
+        app = pilot.app
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, WorkerDetailScreen) and app.screen.worker is not None,
+        )
+
+    assert snap_compare(make(), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_help_screen(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(make(), terminal_size=size, press=["question_mark"])
 
 
 def test_small_terminal(snap_compare: Any) -> None:
@@ -355,28 +404,25 @@ def test_unreachable_banner(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         app = pilot.app
         assert isinstance(app, ConsoleApp)
-        for _ in range(200):
-            if app.main.query_one("#banner").has_class("-problem"):
-                break
-            await pilot.pause(0.02)
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.main.query_one("#banner").has_class("-problem"))
 
     app = ConsoleApp(FixedApi(reachable=False), refresh_seconds=0)
-    assert snap_compare(app, terminal_size=(100, 16), run_before=run_before)
-
-
-def test_help_screen(snap_compare: Any) -> None:
-    assert snap_compare(make(), terminal_size=(110, 34), press=["question_mark"])
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
 
 
 def test_new_key_dialog(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await wait_loaded(pilot)
         await pilot.press("3", "a", *"emby", "enter")
-        for _ in range(200):
-            if type(pilot.app.screen).__name__ == "KeyScreen":
-                break
-            await pilot.pause(0.02)
-        await pilot.pause()
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "KeyScreen")
+
+    assert snap_compare(make(), terminal_size=(100, 24), run_before=run_before)
+
+
+def test_worker_edit_dialog(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        await wait_loaded(pilot)
+        await pilot.press("2", "e")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "WorkerEditScreen")
 
     assert snap_compare(make(), terminal_size=(100, 24), run_before=run_before)

@@ -95,7 +95,14 @@ class LogScreen(ConsoleScreen):
             id="log-title",
             markup=False,
         )
-        yield TextArea("", id="log", read_only=True, soft_wrap=False, show_line_numbers=True)
+        yield TextArea(
+            "",
+            id="log",
+            read_only=True,
+            soft_wrap=False,
+            show_line_numbers=True,
+            cursor_blink=False,
+        )
         yield SearchInput(placeholder="search the log; enter finds, escape closes", id="log-search")
         yield Static("", id="status", markup=False)
         yield Footer()
