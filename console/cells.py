@@ -62,6 +62,9 @@ STATE_STYLES = {
     "canceled": "bright_black",
 }
 BEHIND = "bold black on yellow"
+# Slower than this is behind real time. Not 1.0: a job reading its input at its native
+# rate (-re) measures 0.99x, and must not flash as falling behind.
+REAL_TIME = 0.98
 BAD = "bold red"
 NAME_WIDTH = 32
 # A load sample older than this is shown with its age: the worker has not reported.
@@ -132,7 +135,7 @@ def _progress(job: dict[str, Any]) -> dict[str, Any]:
 def behind(job: dict[str, Any]) -> bool:
     """A running job slower than real time (a viewer of a live transcode waits)."""
     speed = _progress(job).get("speed")
-    return job.get("state") == "running" and isinstance(speed, int | float) and speed < 1.0
+    return job.get("state") == "running" and isinstance(speed, int | float) and speed < REAL_TIME
 
 
 def eta_seconds(job: dict[str, Any]) -> float | None:
