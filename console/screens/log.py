@@ -95,21 +95,16 @@ class LogScreen(ConsoleScreen):
             id="log-title",
             markup=False,
         )
-        yield TextArea(
-            "",
-            id="log",
-            read_only=True,
-            soft_wrap=False,
-            show_line_numbers=True,
-            cursor_blink=False,
-        )
+        yield TextArea("", id="log", read_only=True, soft_wrap=False, show_line_numbers=True)
         yield SearchInput(placeholder="search the log; enter finds, escape closes", id="log-search")
         yield Static("", id="status", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#log-search").display = False
-        self.query_one("#log", TextArea).focus()
+        area = self.query_one("#log", TextArea)
+        area.cursor_blink = False  # a read-only text: the cursor marks a place, no typing
+        area.focus()
         self.action_reload()
         self.set_interval(LOG_REFRESH_SECONDS, self._tick)
 
