@@ -67,9 +67,9 @@ def conditions(args: Any, admin: bool, caller: str) -> list[Any]:
     where: list[Any] = []
     if not admin:
         where.append(Job.requester == caller)
-    # A client's own restriction above still holds: its requester filters can only
-    # narrow its own jobs.
-    pairs = [("binary", Job.binary), ("requester", Job.requester), ("worker", Job.worker_id)]
+    pairs: list[tuple[str, Any]] = [("binary", Job.binary), ("worker", Job.worker_id)]
+    if admin:  # a client's requester filters are ignored: it sees its own jobs, always
+        pairs.append(("requester", Job.requester))
     for name, col in pairs:
         wanted = _values(args, name)
         if wanted:

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -17,7 +18,7 @@ from sqlalchemy import (
     Text,
     false,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coordinator.db import UTCDateTime, db, now_utc
 
@@ -61,9 +62,12 @@ class Worker(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="online")
     slots: Mapped[int] = mapped_column(Integer, default=1)
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
-    # The full probe report (raw -version/-encoders/... outputs, a few hundred KB): loaded
-    # only when asked for, never by the scheduler.
-    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, deferred=True)
+    # The full probe report (raw -version/-encoders/... outputs, a few hundred KB) is a
+    # row of its own (revision 0007): kept inside this row, SQLite walked its overflow
+    # pages to reach every column stored after it, for every poll and every listing.
+    report: Mapped[WorkerReport | None] = relationship(
+        cascade="all, delete-orphan", lazy="select", uselist=False
+    )
     # {binary: {"encoders": [...], ...}} or {binary: None} when not probed; what the
     # scheduler matches jobs against (names only, tens of KB).
     capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -89,6 +93,18 @@ class Worker(db.Model):  # type: ignore[name-defined]
     # the worker's config, also when it registers again, until cleared.
     overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
+    @property
+    def binaries(self) -> dict[str, Any]:
+        """The probe report (one more query: only the details and fast probes read it)."""
+        return dict(self.report.binaries) if self.report is not None else {}
+
+    @binaries.setter
+    def binaries(self, value: dict[str, Any]) -> None:
+        if self.report is None:
+            self.report = WorkerReport(worker_id=self.worker_id, binaries=value)
+        else:
+            self.report.binaries = value
+
     def to_dict(self) -> dict[str, Any]:
         info = self.info or {}
         return {
@@ -108,6 +124,18 @@ class Worker(db.Model):  # type: ignore[name-defined]
             "load": self.load,
             "overrides": self.overrides or {},
         }
+
+
+class WorkerReport(db.Model):  # type: ignore[name-defined]
+    """A worker's probe report, as registered: per binary its path, version, the raw
+    outputs of each probe (replayed to the drop-in) and the hardware checks."""
+
+    __tablename__ = "worker_reports"
+
+    worker_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("workers.worker_id", ondelete="CASCADE"), primary_key=True
+    )
+    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Job(db.Model):  # type: ignore[name-defined]

@@ -200,8 +200,8 @@ def list_jobs() -> ResponseReturnValue:
     """One page of jobs, newest first, with the total that matches the filters.
 
     Filters (coordinator/joblist.py): ``state``, ``binary``, ``worker``, ``requester``
-    (a client only ever sees its own jobs), each comma-separated and each with a
-    ``not_`` form; ``failed`` (true/false); ``search``/``not_search`` words. Paging:
+    (admins; a client only ever sees its own jobs), each comma-separated and each with
+    a ``not_`` form; ``failed`` (true/false); ``search``/``not_search`` words. Paging:
     ``limit`` (1-500) and ``offset``. A page costs two queries, the page and a count;
     filters on state/requester/worker are served by indexes.
     """

@@ -5,8 +5,10 @@ Revises: 0004
 Create Date: 2026-12-02 10:00:00
 
 * ``workers.info``: a worker's binaries (path, version, hardware checks), mounts and
-  operating system, small enough to list every refresh (the probe report in
-  ``workers.binaries`` is not).
+  operating system, small enough to list every refresh.
+* ``worker_reports``: the probe report (hundreds of KB a worker) moves out of
+  ``workers.binaries`` into a table of its own; in the worker's row SQLite read through
+  it to reach every later column, on every poll and listing.
 * ``workers.load``: its latest load sample (heartbeat).
 * ``workers.overrides``: slots and labels an admin set while it runs.
 * ``jobs.input_name``, ``jobs.output_name``: the file names of a job, searchable;
@@ -69,8 +71,32 @@ def _fill_names() -> None:
         last = rows[-1][0]
 
 
+def _reports_table() -> None:
+    op.create_table(
+        "worker_reports",
+        sa.Column("worker_id", sa.String(length=64), nullable=False),
+        sa.Column("binaries", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["worker_id"],
+            ["workers.worker_id"],
+            name=op.f("fk_worker_reports_worker_id_workers"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("worker_id", name=op.f("pk_worker_reports")),
+    )
+    workers = sa.table("workers", sa.column("worker_id", sa.String()), sa.column("binaries"))
+    reports = sa.table("worker_reports", sa.column("worker_id"), sa.column("binaries"))
+    op.execute(
+        reports.insert().from_select(
+            ["worker_id", "binaries"], sa.select(workers.c.worker_id, workers.c.binaries)
+        )
+    )
+
+
 def upgrade() -> None:
+    _reports_table()
     with op.batch_alter_table("workers", schema=None) as batch_op:
+        batch_op.drop_column("binaries")
         batch_op.add_column(sa.Column("info", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("load", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("overrides", sa.JSON(), nullable=True))
@@ -98,3 +124,14 @@ def downgrade() -> None:
         batch_op.drop_column("overrides")
         batch_op.drop_column("load")
         batch_op.drop_column("info")
+        batch_op.add_column(sa.Column("binaries", sa.JSON(), nullable=True))
+    workers = sa.table("workers", sa.column("worker_id", sa.String()), sa.column("binaries"))
+    reports = sa.table("worker_reports", sa.column("worker_id"), sa.column("binaries"))
+    op.execute(
+        workers.update().values(
+            binaries=sa.select(reports.c.binaries)
+            .where(reports.c.worker_id == workers.c.worker_id)
+            .scalar_subquery()
+        )
+    )
+    op.drop_table("worker_reports")
