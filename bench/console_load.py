@@ -50,7 +50,7 @@ from console.messages import SnapshotReady  # noqa: E402
 from console.source import ClusterSource  # noqa: E402
 from coordinator import create_app, users  # noqa: E402
 from coordinator.db import db, now_utc  # noqa: E402
-from coordinator.models import ClusterSample, Job, Worker  # noqa: E402
+from coordinator.models import ClusterSample, Job, Worker, WorkerReport  # noqa: E402
 from coordinator.workerinfo import registration_info  # noqa: E402
 from worker.capabilities import probe_binaries  # noqa: E402
 
@@ -101,7 +101,6 @@ def seed(app: Any, n_workers: int, n_jobs: int) -> str:
                 "state": "online" if i % 10 else "offline",
                 "slots": 4,
                 "labels": ["gpu"] if i % 3 == 0 else ["cpu"],
-                "binaries": report,
                 "capabilities": capabilities,
                 "info": info,
                 "load": {
@@ -123,6 +122,8 @@ def seed(app: Any, n_workers: int, n_jobs: int) -> str:
             for i in range(n_workers)
         ]
         db.session.execute(insert(Worker), workers)
+        reports = [{"worker_id": w["worker_id"], "binaries": report} for w in workers]
+        db.session.execute(insert(WorkerReport), reports)
         minute = now.replace(second=0, microsecond=0)
         db.session.execute(
             insert(ClusterSample),

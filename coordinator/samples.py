@@ -7,7 +7,8 @@ whichever process writes them; ``pending`` and ``running`` are read at that mome
 The current minute is read live, so the newest point of a series is never a minute old.
 Minutes no coordinator ran in have no row: the series shows them as gaps (None).
 
-Reading a day costs a read of at most 1,440 small rows; no job row is read for it.
+Reading costs the hour's 59 rows, a sum over the day's 1,440, and two counts of the
+live minute; no job row is read for it.
 """
 
 from __future__ import annotations
@@ -78,28 +79,28 @@ def record(now: datetime | None = None) -> datetime | None:
 
 def recent(now: datetime | None = None) -> dict[str, Any]:
     """The last hour as per-minute series (oldest first, the live minute last) and the
-    last day's totals."""
+    last day's totals (summed by the database: a day is 1,440 rows)."""
     now = now or now_utc()
     current = minute_of(now)
-    # Plain rows: ORM objects would be expired by the commit below and reloaded one by
-    # one when read.
-    rows = db.session.execute(
-        select(
-            ClusterSample.minute,
-            ClusterSample.pending,
-            ClusterSample.finished,
-            ClusterSample.failed,
-        ).where(ClusterSample.minute >= current - timedelta(days=1))
+    hour = db.session.execute(
+        select(ClusterSample.minute, ClusterSample.pending, ClusterSample.finished).where(
+            ClusterSample.minute >= current - MINUTE * (SERIES_MINUTES - 1)
+        )
     ).all()
-    by_minute = {row.minute: row for row in rows}
+    day = db.session.execute(
+        select(
+            func.coalesce(func.sum(ClusterSample.finished), 0),
+            func.coalesce(func.sum(ClusterSample.failed), 0),
+            func.count(),
+        ).where(ClusterSample.minute >= current - timedelta(days=1))
+    ).one()
     finished_now, failed_now = _ended_between(current, now + MINUTE)
     pending_now = _count(JobState.PENDING)
     db.session.commit()
+    by_minute = {row.minute: row for row in hour}
     minutes = [current - MINUTE * back for back in range(SERIES_MINUTES - 1, 0, -1)]
-    throughput: list[int | None] = [
-        by_minute[m].finished if m in by_minute else None for m in minutes
-    ]
-    queue: list[int | None] = [by_minute[m].pending if m in by_minute else None for m in minutes]
+    throughput = [by_minute[m].finished if m in by_minute else None for m in minutes]
+    queue = [by_minute[m].pending if m in by_minute else None for m in minutes]
     return {
         "series": {
             "minutes": SERIES_MINUTES,
@@ -107,8 +108,8 @@ def recent(now: datetime | None = None) -> dict[str, Any]:
             "pending": [*queue, pending_now],
         },
         "last_day": {
-            "finished": sum(r.finished for r in by_minute.values()) + finished_now,
-            "failed": sum(r.failed for r in by_minute.values()) + failed_now,
-            "sampled_minutes": len(by_minute),
+            "finished": int(day[0]) + finished_now,
+            "failed": int(day[1]) + failed_now,
+            "sampled_minutes": int(day[2]),
         },
     }

@@ -112,10 +112,25 @@ class MainScreen(ConsoleScreen):
             return
         self.query_one(ClusterHeader).show(snap)
         self._hint(snap.filter_error)
+        # Only the table shown is brought up to date (a hundred workers cost as much as
+        # the jobs); the others are when their tab is opened.
+        self._fill_tab(str(self.query_one(TabbedContent).active or "jobs"))
+
+    def _fill_tab(self, tab: str) -> None:
+        snap = self.snapshot
+        if snap is None:
+            return
         words = self.job_filter
-        self._fill("#jobs-table", snap.jobs, cells.job_row, None)
-        self._fill("#workers-table", snap.workers, cells.worker_row, words)
-        self._fill("#users-table", snap.users, cells.user_row, words)
+        if tab == "jobs":
+            self._fill("#jobs-table", snap.jobs, cells.job_row, None)
+        elif tab == "workers":
+            self._fill("#workers-table", snap.workers, cells.worker_row, words)
+        else:
+            self._fill("#users-table", snap.users, cells.user_row, words)
+
+    @on(TabbedContent.TabActivated)
+    def tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        self._fill_tab(str(self.query_one(TabbedContent).active or "jobs"))
 
     def _fill(
         self,
@@ -142,6 +157,7 @@ class MainScreen(ConsoleScreen):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        self._fill_tab(tab)
         self.query_one(f"#{tab}-table").focus()
 
     def action_filter(self) -> None:
