@@ -24,6 +24,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -201,22 +202,29 @@ class QueryLog:
         return taken
 
 
-async def open_console(api: Api) -> tuple[float, list[float]]:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process (all its threads) used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def open_console(api: Api) -> tuple[float, list[float], float, list[float]]:
     """Seconds from creating the app to 200 job rows in the table, and the times the
     console took to put a fresh snapshot on screen (tables, header), five times.
 
     Also prints how long Textual itself took to start (the first frame, before any
     data), which the coordinator's size cannot influence.
     """
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     app = ConsoleApp(api, refresh_seconds=0)
-    renders = []
+    renders, render_cpu = [], []
     async with app.run_test(size=(140, 50)) as pilot:
         ready = time.perf_counter() - started
         while app.main.snapshot is None:
             await pilot.pause(0.01)
         await pilot.pause()
         opened = time.perf_counter() - started
+        opened_cpu = time.process_time() - cpu_started
         rows = app.main.query_one("#jobs-table").row_count  # type: ignore[attr-defined]
         assert rows == 200, rows
         for _ in range(5):
@@ -224,12 +232,13 @@ async def open_console(api: Api) -> tuple[float, list[float]]:
             snap = app.source.snapshot(page=200)
             for job in snap.jobs:
                 job["progress"] = {**(job.get("progress") or {}), "time": rng_time()}
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             app.main.on_snapshot_ready(SnapshotReady(snap))
             await pilot.pause()
             renders.append(time.perf_counter() - t0)
+            render_cpu.append(time.process_time() - c0)
     print(f"    (empty screen after {ready:.2f} s, 200 rows after {opened:.2f} s)")
-    return opened, renders
+    return opened, renders, opened_cpu, render_cpu
 
 
 _TIMES = iter(range(1, 1_000_000))
@@ -289,12 +298,14 @@ def time_with_real_coordinator(tmp: Path, url_db: str, key: str) -> None:
         wait_health(url)
         api = Api(url, "ops", key, timeout=30)
         source = ClusterSource(api)
-        fetches = []
-        for _ in range(5):
-            t0 = time.perf_counter()
+        fetches, cpu = [], []
+        for _ in range(10):
+            t0, c0 = time.perf_counter(), cpu_seconds(proc.pid)
             source.snapshot()
             fetches.append(time.perf_counter() - t0)
+            cpu.append(cpu_seconds(proc.pid) - c0)
         print(f"one refresh (4 requests) against the coordinator process: {_fmt(fetches)} s")
+        print(f"  coordinator CPU per refresh: {_fmt(cpu)} s (median {statistics.median(cpu):.3f})")
         sizes = [
             len(json.dumps(source.snapshot().workers)),
             len(json.dumps(source.snapshot().jobs)),
@@ -313,8 +324,14 @@ def time_with_real_coordinator(tmp: Path, url_db: str, key: str) -> None:
         print(f"load average before the console runs: {os.getloadavg()[0]:.1f}")
         runs = [asyncio.run(open_console(api)) for _ in range(3)]
         print(f"console start to 200 job rows on screen: {_fmt([r[0] for r in runs])} s")
+        print(f"  console CPU for that start: {_fmt([r[2] for r in runs])} s")
         renders = [t for r in runs for t in r[1]]
+        render_cpu = [t for r in runs for t in r[3]]
         print(f"a refresh's answer put on screen (200 jobs, 100 workers): {_fmt(renders)} s")
+        print(
+            f"  console CPU for it: {_fmt(render_cpu)} s"
+            f" (median {statistics.median(render_cpu):.3f})"
+        )
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         proc.terminate()
