@@ -7,6 +7,7 @@ through ``printable`` in Rich ``Text``, never as markup.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from console.source import SourceError
 from dffmpeg.text import printable
 
 WORKER_REFRESH_SECONDS = 2.0
+VERSION = re.compile(r"\d+(?:\.\d+)+\S*")
 
 
 @dataclass
@@ -132,10 +134,13 @@ def capability_rows(worker: dict[str, Any]) -> list[list[Text]]:
             for kind in ("encoders", "decoders", "filters", "formats")
         )
         hwaccels = ",".join(offered.get("hwaccels") or []) or "none"
+        version = str(info.get("version") or "")
+        # "ffmpeg version 5.1.9-0+deb12u1 Copyright (c) ...": the number says it all.
+        number = VERSION.search(version)
         result.append(
             [
                 cells.text(name),
-                cells.text(info.get("version")),
+                cells.text(number.group(0) if number else version or None),
                 cells.text(info.get("path")),
                 Text(counts if offered else "not probed"),
                 cells.text(hwaccels),
