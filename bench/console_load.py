@@ -203,9 +203,14 @@ class QueryLog:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process (all its threads) used so far."""
+    """User and system CPU time a process and its children (gunicorn's workers) used
+    so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            total += cpu_seconds(int(child))
+    return total
 
 
 async def open_console(api: Api) -> tuple[float, list[float], float, list[float]]:
@@ -270,8 +275,9 @@ def main() -> None:
         thread.start()
         api = Api(f"http://127.0.0.1:{server.server_port}", "ops", key, timeout=30)
         try:
-            log.take()
             asyncio.run(open_console(api))
+            log.take()
+            ClusterSource(api).snapshot()  # exactly one refresh, as the console makes it
             report(engine, log.take())
         finally:
             server.shutdown()
@@ -362,7 +368,7 @@ def wait_health(url: str) -> None:
 
 
 def report(engine: Any, statements: list[tuple[str, str]]) -> None:
-    """The statements of one console start (= one refresh), by request, with plans.
+    """The statements of one refresh, by request, with plans.
 
     Measured in this process, where the listener can see the coordinator's engine.
     """

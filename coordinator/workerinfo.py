@@ -29,7 +29,7 @@ GPU_NUMBERS = (
     "encoder_sessions",
 )
 GPU_TEXT = ("vendor", "name")
-# Hardware checks kept per binary: names are short, reasons are cut.
+# Hardware checks shown per binary: names are short, reasons are cut.
 MAX_CHECKS = 256
 MAX_REASON = 200
 
@@ -80,14 +80,9 @@ def registration_info(data: dict[str, Any], binaries: dict[str, Any]) -> dict[st
     summary: dict[str, Any] = {}
     for name, entry in binaries.items():
         entry = entry if isinstance(entry, dict) else {}
-        checks = entry.get("hardware")
-        checks = checks if isinstance(checks, dict) else {}
         summary[name[:64]] = {
             "path": _text(entry.get("path")),
             "version": _text(entry.get("version")),
-            "hardware": {
-                str(k)[:64]: str(v)[:MAX_REASON] for k, v in list(checks.items())[:MAX_CHECKS]
-            },
         }
     mounts = data.get("mounts")
     mounts = mounts if isinstance(mounts, dict) else {}
@@ -102,6 +97,19 @@ def registration_info(data: dict[str, Any], binaries: dict[str, Any]) -> dict[st
         "mounts": kept_mounts,
         "os": _text(data.get("os")),
     }
+
+
+def hardware_checks(binaries: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``{binary: {name: "ok" or why not}}`` from a probe report, cut to size (the
+    details view shows them; the listing does not carry them)."""
+    result: dict[str, dict[str, str]] = {}
+    for name, entry in binaries.items():
+        checks = entry.get("hardware") if isinstance(entry, dict) else None
+        if isinstance(checks, dict):
+            result[name[:64]] = {
+                str(k)[:64]: str(v)[:MAX_REASON] for k, v in list(checks.items())[:MAX_CHECKS]
+            }
+    return result
 
 
 def versions(info: dict[str, Any] | None, binaries: dict[str, Any] | None) -> dict[str, Any]:

@@ -360,17 +360,14 @@ def show_worker(worker_id: str) -> ResponseReturnValue:
     outcome, and the full probe report."""
     worker = _admin_worker(worker_id)
     view = admin_view(worker, scheduler.active_count(worker_id))
-    hardware = {
-        name: entry.get("hardware", {})
-        for name, entry in ((worker.info or {}).get("binaries") or {}).items()
-    }
+    report = worker.binaries
     return jsonify(
         {
             "worker": {
                 **view,
-                "binaries": worker.binaries,
+                "binaries": report,
                 "capabilities": worker.capabilities,
-                "hardware": hardware,
+                "hardware": workerinfo.hardware_checks(report),
             }
         }
     )
