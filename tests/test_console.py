@@ -8,6 +8,7 @@ jobs. The console talks to it with a real signed ``Api``, exactly as in producti
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -331,6 +332,45 @@ def test_banner_when_unreachable_then_recovers(coordinator: Coordinator, tmp_pat
             await until(pilot, lambda: "wk0" in keys_of(app, "workers"))
 
     drive(None, scenario, api=Api(url, "ops", coordinator.keys["ops"], timeout=5))
+
+
+def test_lost_contact_and_stale_data_are_marked_with_their_age(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    """The coordinator goes away after a refresh: the last data stays, the banner says
+    how old it is and counts up, and the header marks it stale; contact again clears
+    both."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = coordinator.config.read_text().replace(coordinator.url.rsplit(":", 1)[1], str(port))
+    second = write_yaml(tmp_path / "second.yaml", {})
+    second.write_text(config)
+    marks: dict[str, int] = {}
+
+    async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
+        banner = app.main.query_one(ConnectionBanner)
+        freshness = app.main.query_one("#freshness")
+        await pilot.press("2")
+        with start_coordinator(tmp_path, second, port) as proc:
+            await until(pilot, lambda: "wk0" in keys_of(app, "workers"), 30)
+            assert not banner.has_problem
+            proc.terminate()
+            proc.wait(10)
+        await until(pilot, lambda: banner.has_problem, timeout=15)
+        assert "wk0" in keys_of(app, "workers")  # the last data stays on screen
+        age = re.compile(r"Data shown is (\d+)s old")
+        await until(pilot, lambda: age.search(str(banner.render())))
+        marks["first"] = int(age.search(str(banner.render())).group(1))  # type: ignore[union-attr]
+        await until(pilot, lambda: "stale: data" in str(freshness.render()), timeout=15)
+        later = age.search(str(banner.render()))
+        assert later is not None and int(later.group(1)) > marks["first"]
+        with start_coordinator(tmp_path, second, port):
+            await until(pilot, lambda: not banner.has_problem, timeout=30)
+            await until(pilot, lambda: "stale" not in str(freshness.render()))
+
+    drive(
+        None, scenario, api=Api(url, "ops", coordinator.keys["ops"], timeout=5), refresh_seconds=1
+    )
 
 
 def client_cli(coord: Coordinator, tmp_path: Path, who: str, *args: str) -> str:
