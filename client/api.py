@@ -13,6 +13,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -179,7 +180,7 @@ class Api:
         method: str,
         path: str,
         *,
-        params: dict[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         json_body: Any = None,
         body: bytes | None = None,
         content_type: str | None = None,
@@ -188,6 +189,7 @@ class Api:
     ) -> Response:
         """Send one signed request; retry connection failures for ``retry_for`` seconds.
 
+        ``params`` may be pairs, for a name given more than once.
         Raises Unreachable, AuthError (401/403) or ApiError (other 4xx/5xx).
         """
         full = self.prefix + "/api/v1" + path

@@ -37,7 +37,8 @@ REFRESH_SECONDS = 2.0
 class ConsoleApp(App[None]):
     TITLE = "dffmpeg console"
     CSS_PATH = "console.tcss"
-    BINDINGS = [Binding("ctrl+r", "refresh_now", "Refresh", show=False)]
+    HELP_WHERE = "anywhere"
+    BINDINGS = [Binding("ctrl+r", "refresh_now", "Refresh now", show=False)]
     # Narrow terminals get a compact layout (see console.tcss).
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (24, "-tall")]

@@ -1,77 +1,24 @@
 """What the console shows, as plain data: no Textual here, so it is easy to test.
 
-A :class:`Snapshot` is one refresh worth of coordinator answers. The helpers turn its
-JSON into the short strings of table cells. Ages are measured against the
-coordinator's clock (``summary.now``), not the operator's, so a console on a laptop
-with a wrong clock still shows true ages, and snapshot tests are deterministic.
+A :class:`Snapshot` is one refresh worth of coordinator answers, stamped with when it
+arrived (the console marks data that grew old). Ages in the tables are measured
+against the coordinator's clock (``summary.now``), not the operator's, so a console on
+a laptop with a wrong clock still shows true ages, and snapshot tests are
+deterministic.
 """
 
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from client.status import (
-    age,
-    capabilities,
-    cell,
-    job_row,
-    parse_time,
-    progress_text,
-    summary_text,
-    user_row,
-    worker_row,
-)
-
-__all__ = [
-    "JOB_PAGE",
-    "JobFilter",
-    "Snapshot",
-    "age",
-    "capabilities",
-    "cell",
-    "job_row",
-    "parse_time",
-    "progress_text",
-    "quote",
-    "stderr_lines",
-    "summary_text",
-    "user_row",
-    "worker_row",
-]
+from client.status import parse_time
+from dffmpeg.text import printable
 
 JOB_PAGE = 200
-_FILTER_KEYS = {"state": "state", "user": "requester", "requester": "requester", "worker": "worker"}
-
-
-@dataclass
-class JobFilter:
-    """A filter line such as ``state:running,pending worker:w1 x264``.
-
-    ``key:value`` words become server-side filters (so the page and its total are
-    right across the whole history); the other words are matched against the text of
-    each row on the console side.
-    """
-
-    server: dict[str, str] = field(default_factory=dict)
-    words: list[str] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, text: str) -> JobFilter:
-        result = cls()
-        for word in text.split():
-            key, sep, value = word.partition(":")
-            if sep and key.lower() in _FILTER_KEYS and value:
-                result.server[_FILTER_KEYS[key.lower()]] = value
-            else:
-                result.words.append(word.lower())
-        return result
-
-    def matches(self, cells: list[str]) -> bool:
-        text = " ".join(cells).lower()
-        return all(word in text for word in self.words)
 
 
 @dataclass
@@ -82,6 +29,9 @@ class Snapshot:
     jobs_total: int
     users: list[dict[str, Any]]
     jobs_offset: int = 0
+    # The coordinator refused the filter (a 400): the jobs are the last good ones.
+    filter_error: str | None = None
+    received: float = field(default_factory=time.monotonic)
 
     @property
     def now(self) -> datetime | None:
@@ -90,14 +40,70 @@ class Snapshot:
 
 def stderr_lines(text: str, keep: int = 200) -> list[str]:
     """The last ``keep`` lines of ffmpeg's stderr as a terminal would show them: of a line
-    rewritten with ``\\r`` only its last version is kept."""
+    rewritten with ``\\r`` only its last version is kept; control characters are made
+    visible (an escape sequence in a file name must not reach the operator's terminal)."""
     lines = []
     for line in text.replace("\r\n", "\n").split("\n"):
-        lines.append(line.rstrip("\r").split("\r")[-1])
+        lines.append(printable(line.rstrip("\r").split("\r")[-1]))
     while lines and not lines[-1]:
         lines.pop()
     return lines[-keep:]
 
 
 def quote(arg: str) -> str:
-    return shlex.quote(arg)
+    return printable(shlex.quote(arg))
+
+
+def summary_text(
+    summary: dict[str, Any], jobs_total: int, offset: int = 0, shown: int | None = None
+) -> str:
+    """Workers by state, slots in use, jobs by state and which jobs are listed."""
+    jobs = summary.get("jobs_by_state", {})
+    workers = summary.get("workers_by_state", {})
+    slots = summary.get("slots", {})
+    job_part = "  ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "no jobs"
+    worker_part = "  ".join(f"{k} {v}" for k, v in sorted(workers.items())) or "none"
+    return printable(
+        f"workers: {worker_part}  |  slots {slots.get('used', 0)}/{slots.get('total', 0)}"
+        f"  |  jobs: {job_part}  |  {listed(jobs_total, offset, shown)}"
+    )
+
+
+def last_day_text(summary: dict[str, Any]) -> str:
+    """``day: 1432 done, 17 failed, 3 fallbacks, 1 cluster exits``. Fallbacks (a drop-in
+    that ran ffmpeg locally) and cluster exits (one that gave up with a cluster exit
+    code) are counted by the drop-ins and reported to the coordinator
+    (``dropin_last_day``); a coordinator that does not report them shows ``-``."""
+    day = summary.get("last_day") or {}
+    reported = summary.get("dropin_last_day")
+    fallbacks = exits = "-"
+    if isinstance(reported, dict):
+        fallbacks = str(reported.get("local_fallbacks", "-"))
+        exits = str(reported.get("cluster_exits", "-"))
+    return printable(
+        f"day: {day.get('finished', '-')} done, {day.get('failed', '-')} failed,"
+        f" {fallbacks} fallbacks, {exits} cluster exits"
+    )
+
+
+def listed(total: int, offset: int, shown: int | None) -> str:
+    if shown is None or (offset == 0 and shown >= total):
+        return f"listed {total}"
+    if shown == 0:
+        return f"listed 0 of {total}"
+    return f"listed {offset + 1}-{offset + shown} of {total}"
+
+
+def series(summary: dict[str, Any], name: str) -> list[float]:
+    """A per-minute series of ``GET /cluster`` (gaps as 0), oldest first."""
+    values = (summary.get("series") or {}).get(name) or []
+    return [float(v) if isinstance(v, int | float) else 0.0 for v in values]
+
+
+def seconds_text(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds}s"
+    if seconds < 5400:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"

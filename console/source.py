@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
 from client.api import ApiError, AuthError, Unreachable
-from console.model import JOB_PAGE, JobFilter, Snapshot
+from console.filters import JobFilter
+from console.model import JOB_PAGE, Snapshot
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Network calls of the console never wait long: a slow coordinator shows as a banner.
@@ -94,16 +95,43 @@ class ClusterSource:
     def snapshot(
         self, job_filter: JobFilter | None = None, offset: int = 0, page: int = JOB_PAGE
     ) -> Snapshot:
-        """One refresh: four requests, each a bounded query on the coordinator."""
-        params: dict[str, Any] = {"limit": page, "offset": offset}
+        """One refresh: four requests, each a bounded query on the coordinator.
+
+        A filter the coordinator refuses (400) is not an outage: the snapshot carries
+        the reason in ``filter_error``, and no jobs.
+        """
+        params: list[tuple[str, Any]] = [("limit", page), ("offset", offset)]
         if job_filter is not None:
-            params.update(job_filter.server)
+            params += job_filter.params()
         summary = self._call("GET", "/cluster")
         workers = self._call("GET", "/workers")["workers"]
-        jobs = self._call("GET", "/jobs", params=params)
+        try:
+            jobs = self._call("GET", "/jobs", params=params)
+        except SourceError as exc:
+            if not isinstance(exc.__cause__, ApiError) or exc.__cause__.status != 400:
+                raise
+            jobs = {"jobs": [], "total": 0}
+            filter_error: str | None = exc.message
+        else:
+            filter_error = None
         users = self._call("GET", "/users")["users"]
         total = int(jobs.get("total", 0))
-        return Snapshot(summary, workers, jobs["jobs"], total, users, offset)
+        return Snapshot(summary, workers, jobs["jobs"], total, users, offset, filter_error)
+
+    @_exclusive
+    def worker(self, worker_id: str) -> dict[str, Any]:
+        """One worker's details and its ten newest jobs (``recent_jobs``)."""
+        worker: dict[str, Any] = self._call("GET", f"/workers/{worker_id}")["worker"]
+        params = {"worker": worker_id, "limit": 10}
+        worker["recent_jobs"] = self._call("GET", "/jobs", params=params)["jobs"]
+        return worker
+
+    @_exclusive
+    def change_worker(self, worker_id: str, **changes: Any) -> str:
+        """Slots and/or labels (None: back to the worker's own config)."""
+        worker = self._call("PATCH", f"/workers/{worker_id}", json_body=changes)["worker"]
+        labels = ",".join(worker["labels"]) or "none"
+        return f"worker {worker_id}: {worker['slots']} slots, labels {labels}"
 
     @_exclusive
     def job(self, job_id: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import selectinload
 
 from coordinator import lifecycle
 from coordinator.db import db, now_utc
@@ -64,7 +64,7 @@ def online_workers() -> list[dict[str, Any]]:
         db.select(Worker)
         .where(Worker.state == "online")
         .order_by(Worker.worker_id)
-        .options(undefer(Worker.binaries))
+        .options(selectinload(Worker.report))
     )
     result = []
     for worker in db.session.execute(stmt).scalars():

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from flask import Flask
 from sqlalchemy import update
 
-from coordinator import lifecycle, retention, serving
+from coordinator import lifecycle, retention, samples, serving
 from coordinator.db import db, now_utc
 from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState
@@ -30,6 +30,7 @@ class Janitor:
         self._thread: threading.Thread | None = None
         # The latest impairment of any instance, read at the start of each sweep.
         self._impaired_at: datetime | None = None
+        self._sampled: datetime | None = None  # the minute whose end was last recorded
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
@@ -59,10 +60,18 @@ class Janitor:
         self.close_unconfirmed_cancels()
         self.expire_queued()
         self.cancel_abandoned_jobs()
+        self.sample()
         self.purge()
 
     def _may_judge(self, lease: timedelta, now: datetime) -> bool:
         return serving.may_judge(lease, self._impaired_at, now)
+
+    def sample(self) -> None:
+        """Once a minute, the minute that just ended (coordinator/samples.py)."""
+        minute = samples.minute_of(now_utc())
+        if self._sampled != minute:
+            samples.record()
+            self._sampled = minute
 
     def _stale(self, state: JobState) -> tuple[list[str], datetime]:
         """Jobs in ``state`` whose last transition is older than the assign timeout."""

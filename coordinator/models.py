@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -17,7 +18,7 @@ from sqlalchemy import (
     Text,
     false,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from coordinator.db import UTCDateTime, db, now_utc
 
@@ -64,9 +65,12 @@ class Worker(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="online")
     slots: Mapped[int] = mapped_column(Integer, default=1)
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
-    # The full probe report (raw -version/-encoders/... outputs, a few hundred KB): loaded
-    # only when asked for, never by the scheduler.
-    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, deferred=True)
+    # The full probe report (raw -version/-encoders/... outputs, a few hundred KB) is a
+    # row of its own (revision 0007): kept inside this row, SQLite walked its overflow
+    # pages to reach every column stored after it, for every poll and every listing.
+    report: Mapped[WorkerReport | None] = relationship(
+        cascade="all, delete-orphan", lazy="select", uselist=False
+    )
     # {binary: {"encoders": [...], ...}} or {binary: None} when not probed; what the
     # scheduler matches jobs against (names only, tens of KB).
     capabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -82,8 +86,30 @@ class Worker(db.Model):  # type: ignore[name-defined]
     # Whether the worker runs its jobs confined (worker key ``sandbox``). A worker that
     # does not say is taken to be unconfined: operators must see it, not assume safety.
     sandboxed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # What an operator reads about the worker, small enough for every console refresh
+    # (revision 0007): per binary its path, version and hardware checks; its mounts,
+    # operating system, and the slots and labels its own config asked for.
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The latest load sample from its heartbeat, with the coordinator's time ``at``.
+    load: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Slots and labels an admin set live ({"slots": 2, "labels": [...]}); they win over
+    # the worker's config, also when it registers again, until cleared.
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    @property
+    def binaries(self) -> dict[str, Any]:
+        """The probe report (one more query: only the details and fast probes read it)."""
+        return dict(self.report.binaries) if self.report is not None else {}
+
+    @binaries.setter
+    def binaries(self, value: dict[str, Any]) -> None:
+        if self.report is None:
+            self.report = WorkerReport(worker_id=self.worker_id, binaries=value)
+        else:
+            self.report.binaries = value
 
     def to_dict(self) -> dict[str, Any]:
+        info = self.info or {}
         return {
             "worker_id": self.worker_id,
             "state": self.state,
@@ -91,13 +117,28 @@ class Worker(db.Model):  # type: ignore[name-defined]
             "sandboxed": bool(self.sandboxed),
             "slots": self.slots,
             "labels": self.labels,
-            "binaries": sorted(self.capabilities),
+            "binaries": sorted(info.get("binaries") or self.capabilities),
             "path_variables": self.path_variables,
             "version": self.version,
             "hostname": self.hostname,
             "registered_at": self.registered_at.isoformat(),
             "last_seen_at": self.last_seen_at.isoformat(),
+            "lease_expires_at": self.lease_expires_at.isoformat(),
+            "load": self.load,
+            "overrides": self.overrides or {},
         }
+
+
+class WorkerReport(db.Model):  # type: ignore[name-defined]
+    """A worker's probe report, as registered: per binary its path, version, the raw
+    outputs of each probe (replayed to the drop-in) and the hardware checks."""
+
+    __tablename__ = "worker_reports"
+
+    worker_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("workers.worker_id", ondelete="CASCADE"), primary_key=True
+    )
+    binaries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Job(db.Model):  # type: ignore[name-defined]
@@ -155,6 +196,10 @@ class Job(db.Model):  # type: ignore[name-defined]
     # Bytes of stdin stored for the job so far (the ``max_stdin_bytes`` limit); the
     # requester is the only writer of a job's input, so no update is lost.
     stdin_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The file names of the first input and the last output, read from the arguments
+    # at submission (coordinator/arguments.py), for listing and searching (revision 0007).
+    input_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    output_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +225,8 @@ class Job(db.Model):  # type: ignore[name-defined]
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "progress": self.progress,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
         }
 
     def assignment(self) -> dict[str, Any]:
@@ -277,3 +324,20 @@ class DropinReport(db.Model):  # type: ignore[name-defined]
     # "In the last day" and the retention purge read this index.
     last_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
+
+
+class ClusterSample(db.Model):  # type: ignore[name-defined]
+    """One minute of the cluster, written once by the first janitor to get there.
+
+    ``finished``/``failed`` count the jobs that ended within the minute (failed: state
+    failed, or completed with a non-zero exit code); ``pending``/``running`` are the
+    queue and the jobs running when it was sampled, just after the minute ended.
+    """
+
+    __tablename__ = "cluster_samples"
+
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    running: Mapped[int] = mapped_column(Integer, default=0)
+    finished: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)

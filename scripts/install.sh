@@ -64,6 +64,15 @@ if [ "${1:-}" = "--test" ] && ! command -v nginx >/dev/null; then
   [ "${status:-0}" = 0 ] || exit "$status"
 fi
 
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then
+  # The console's --serve test opens it in Debian's headless chromium (Playwright
+  # drives it; no browser is ever downloaded).
+  echo "== installing Debian's chromium"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
   # Debian's python3 makes virtual environments only with python3-venv installed.

@@ -1,21 +1,20 @@
 """Pilot tests of dffmpeg-console against a real coordinator process on 127.0.0.1.
 
-The coordinator is seeded through its API: an admin, clients, a registered worker and
-jobs. The console talks to it with a real signed ``Api``, exactly as in production.
+The coordinator is seeded through its API: an admin, clients, registered workers and
+jobs. The console talks to it with a real signed ``Api``, exactly as in production
+(tests/console_cluster.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from textual.pilot import Pilot
@@ -26,134 +25,27 @@ from console.app import ConsoleApp
 from console.screens.dialogs import ConfirmScreen, KeyScreen
 from console.screens.job_detail import JobDetailScreen
 from console.widgets.banner import ConnectionBanner
-from console.widgets.tables import KeyedTable
-from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, encode_frames
-from tests.helpers import admin, free_port, health, process_env, running, wait_until, write_yaml
-
-WORKER = {
-    "slots": 3,
-    "binaries": {"ffmpeg": {"path": "/usr/bin/ffmpeg", "version": "ffmpeg version 5.1.8"}},
-    "labels": ["gpu", "fast"],
-    "path_variables": ["Media"],
-    "version": "0.1.0",
-    "sandboxed": True,
-}
-
-
-@dataclass
-class Coordinator:
-    url: str
-    config: Path
-    keys: dict[str, str]
-
-    def api(self, client_id: str, key: str | None = None) -> Api:
-        return Api(self.url, client_id, key or self.keys[client_id], timeout=10)
-
-    def call(self, who: str, method: str, path: str, key: str | None = None, **kw: Any) -> Any:
-        """One request as ``who`` on a connection that is closed right after."""
-        api = self.api(who, key)
-        try:
-            return api.call(method, path, **kw)
-        finally:
-            api.close()
-
-
-def start_coordinator(tmp: Path, config: Path, port: int) -> Any:
-    return running(
-        [sys.executable, "-m", "coordinator.serve", "--config", str(config)],
-        tmp / f"coordinator-{port}.log",
-        env=process_env(),
-    )
+from tests.console_cluster import (
+    Coordinator,
+    ScriptedWorker,
+    cell,
+    console_coordinator,
+    drive,
+    keys_of,
+    select,
+    start_coordinator,
+    status,
+    submit,
+    table,
+    until,
+)
+from tests.helpers import free_port, process_env, write_yaml
 
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
-    tmp = tmp_path_factory.mktemp("console")
-    port = free_port()
-    config = write_yaml(
-        tmp / "coordinator.yaml",
-        {
-            "host": "127.0.0.1",
-            "port": port,
-            "database_url": f"sqlite:///{tmp / 'coordinator.db'}",
-            # Long leases: the seeded worker never heartbeats but must stay online.
-            "worker_lease_seconds": 600,
-        },
-    )
-    keys = {}
-    for client_id, role in (("ops", "admin"), ("carol", "client"), ("dave", "client")):
-        keys[client_id] = admin(config, "user", "add", client_id, "--role", role)["hmac_key"]
-    for n in range(3):
-        keys[f"wk{n}"] = admin(config, "user", "add", f"wk{n}", "--role", "worker")["hmac_key"]
-    url = f"http://127.0.0.1:{port}"
-    with start_coordinator(tmp, config, port):
-        wait_until(lambda: health(url) == 200, timeout=20)
-        coord = Coordinator(url, config, keys)
-        for n in range(3):
-            coord.call(f"wk{n}", "POST", "/workers/register", json_body=WORKER)
+    with console_coordinator(tmp_path_factory.mktemp("console")) as coord:
         yield coord
-
-
-def submit(coord: Coordinator, who: str, *args: str) -> str:
-    body = {"binary": "ffmpeg", "args": list(args) or ["-version"], "mode": "background"}
-    job_id: str = coord.call(who, "POST", "/jobs", json_body=body)["job"]["job_id"]
-    return job_id
-
-
-def drive(
-    coord: Coordinator | None,
-    scenario: Callable[[ConsoleApp, Pilot[None]], Coroutine[Any, Any, None]],
-    api: Api | None = None,
-    size: tuple[int, int] = (140, 40),
-    timeout: float = 10.0,
-    page_size: int = 200,
-) -> None:
-    assert api is not None or coord is not None
-    app = ConsoleApp(
-        api or coord.api("ops"),  # type: ignore[union-attr]
-        refresh_seconds=0.3,
-        timeout=timeout,
-        page_size=page_size,
-    )
-
-    async def run() -> None:
-        async with app.run_test(size=size) as pilot:
-            await scenario(app, pilot)
-
-    asyncio.run(run())
-
-
-async def until(pilot: Pilot[None], condition: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)
-
-
-def table(app: ConsoleApp, name: str) -> KeyedTable:
-    return app.main.query_one(f"#{name}-table", KeyedTable)
-
-
-def keys_of(app: ConsoleApp, name: str) -> list[str]:
-    return [str(row.value) for row in table(app, name).rows]
-
-
-async def select(pilot: Pilot[None], app: ConsoleApp, name: str, key: str) -> None:
-    """Move the cursor to ``key`` with the arrow keys, as an operator would."""
-    await until(pilot, lambda: key in keys_of(app, name))
-    grid = table(app, name)
-    grid.focus()
-    while grid.selected_key != key:
-        before = grid.cursor_row
-        await pilot.press("down")
-        if grid.cursor_row == before:
-            grid.move_cursor(row=0)
-    await pilot.pause()
-
-
-def status(app: ConsoleApp) -> str:
-    return str(app.screen.query_one("#status").render())
 
 
 def test_navigates_tabs_and_shows_the_cluster(coordinator: Coordinator) -> None:
@@ -161,14 +53,17 @@ def test_navigates_tabs_and_shows_the_cluster(coordinator: Coordinator) -> None:
 
     async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
         await until(pilot, lambda: job_id in keys_of(app, "jobs"))
-        row = table(app, "jobs").get_row(job_id)
-        assert [str(c) for c in row[1:4]] == ["pending", "ffmpeg", "carol"]
+        shown = [str(cell(app, "jobs", job_id, c)) for c in ("state", "bin", "input", "requester")]
+        assert shown == ["pending", "ffmpeg", "a.mkv", "carol"]
         await pilot.press("2")
         assert app.main.query_one(TabbedContent).active == "workers"
         assert table(app, "workers").has_focus
         await until(pilot, lambda: "wk0" in keys_of(app, "workers"))
-        worker = [str(c) for c in table(app, "workers").get_row("wk0")]
-        assert worker[1:7] == ["online", "0/3", "gpu,fast", "0.1.0", "ffmpeg 5.1.8", "Media"]
+        shown = [
+            str(cell(app, "workers", "wk0", c))
+            for c in ("state", "slots", "labels", "version", "binaries", "paths")
+        ]
+        assert shown == ["online", "0/3", "gpu,fast", "0.1.0", "ffmpeg 5.1.8", "Media"]
         await pilot.press("3")
         assert app.main.query_one(TabbedContent).active == "users"
         assert {"ops", "carol", "dave"} <= set(keys_of(app, "users"))
@@ -206,8 +101,7 @@ def test_filters_jobs_on_the_server_and_rows_by_text(coordinator: Coordinator) -
         await pilot.press(*"user:dave")
         await until(pilot, lambda: carol not in keys_of(app, "jobs"))
         assert dave in keys_of(app, "jobs")
-        jobs = table(app, "jobs")
-        assert {str(jobs.get_row(k)[3]) for k in keys_of(app, "jobs")} == {"dave"}
+        assert {str(cell(app, "jobs", k, "requester")) for k in keys_of(app, "jobs")} == {"dave"}
         await pilot.press("escape")
         await until(pilot, lambda: carol in keys_of(app, "jobs"))
         await pilot.press("2", "slash", *"wk1")
@@ -294,7 +188,7 @@ def test_set_allowed_networks(coordinator: Coordinator) -> None:
         await select(pilot, app, "users", "radarr")
         await pilot.press("n", *"10.0.0.0/8, 127.0.0.1", "enter")
         await until(pilot, lambda: "may connect from" in status(app))
-        await until(pilot, lambda: str(table(app, "users").get_row("radarr")[2]) != "any")
+        await until(pilot, lambda: str(cell(app, "users", "radarr", "networks")) != "any")
         user = coordinator.call("ops", "GET", "/users/radarr")["user"]
         assert user["allowed_networks"] == ["10.0.0.0/8", "127.0.0.1/32"]
         await pilot.press("n", *" bogus", "enter")
@@ -327,13 +221,11 @@ def test_drain_and_resume_a_worker(coordinator: Coordinator) -> None:
         await pilot.press("2")
         await select(pilot, app, "workers", "wk2")
         await pilot.press("d")
-        await until(
-            pilot, lambda: str(table(app, "workers").get_row("wk2")[1]) == "online, drained"
-        )
+        await until(pilot, lambda: str(cell(app, "workers", "wk2", "state")) == "online, drained")
         assert "drained" in status(app)
         assert coordinator.call("ops", "GET", "/workers/wk2")["worker"]["drained"] is True
         await pilot.press("u")
-        await until(pilot, lambda: str(table(app, "workers").get_row("wk2")[1]) == "online")
+        await until(pilot, lambda: str(cell(app, "workers", "wk2", "state")) == "online")
 
     drive(coordinator, scenario)
 
@@ -345,7 +237,7 @@ def test_cancel_a_job_from_the_table_and_from_its_details(coordinator: Coordinat
     async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
         await select(pilot, app, "jobs", first)
         await pilot.press("c", "y")
-        await until(pilot, lambda: str(table(app, "jobs").get_row(first)[1]) == "canceled")
+        await until(pilot, lambda: str(cell(app, "jobs", first, "state")) == "canceled")
         assert status(app) == f"job {first[:12]} is canceled"
         await select(pilot, app, "jobs", second)
         await pilot.press("enter")
@@ -442,6 +334,45 @@ def test_banner_when_unreachable_then_recovers(coordinator: Coordinator, tmp_pat
     drive(None, scenario, api=Api(url, "ops", coordinator.keys["ops"], timeout=5))
 
 
+def test_lost_contact_and_stale_data_are_marked_with_their_age(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    """The coordinator goes away after a refresh: the last data stays, the banner says
+    how old it is and counts up, and the header marks it stale; contact again clears
+    both."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = coordinator.config.read_text().replace(coordinator.url.rsplit(":", 1)[1], str(port))
+    second = write_yaml(tmp_path / "second.yaml", {})
+    second.write_text(config)
+    marks: dict[str, int] = {}
+
+    async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
+        banner = app.main.query_one(ConnectionBanner)
+        freshness = app.main.query_one("#freshness")
+        await pilot.press("2")
+        with start_coordinator(tmp_path, second, port) as proc:
+            await until(pilot, lambda: "wk0" in keys_of(app, "workers"), 30)
+            assert not banner.has_problem
+            proc.terminate()
+            proc.wait(10)
+        await until(pilot, lambda: banner.has_problem, timeout=15)
+        assert "wk0" in keys_of(app, "workers")  # the last data stays on screen
+        age = re.compile(r"Data shown is (\d+)s old")
+        await until(pilot, lambda: age.search(str(banner.render())))
+        marks["first"] = int(age.search(str(banner.render())).group(1))  # type: ignore[union-attr]
+        await until(pilot, lambda: "stale: data" in str(freshness.render()), timeout=15)
+        later = age.search(str(banner.render()))
+        assert later is not None and int(later.group(1)) > marks["first"]
+        with start_coordinator(tmp_path, second, port):
+            await until(pilot, lambda: not banner.has_problem, timeout=30)
+            await until(pilot, lambda: "stale" not in str(freshness.render()))
+
+    drive(
+        None, scenario, api=Api(url, "ops", coordinator.keys["ops"], timeout=5), refresh_seconds=1
+    )
+
+
 def client_cli(coord: Coordinator, tmp_path: Path, who: str, *args: str) -> str:
     config = write_yaml(
         tmp_path / f"{who}.yaml",
@@ -476,42 +407,45 @@ def test_status_all_prints_the_cluster_as_text_and_json(
     assert {j["requester"] for j in mine["jobs"]} == {"dave"}
 
 
+def status_line(frame: int, fps: float, time_at: str, speed: str) -> bytes:
+    """One of ffmpeg's \\r-terminated progress lines."""
+    line = (
+        f"frame={frame:5d} fps={fps:3g} q=28.0 size=  10kB time={time_at} bitrate=1k speed={speed}x"
+    )
+    return line.encode() + b"\r"
+
+
 def test_progress_and_live_stderr_of_a_running_job(coordinator: Coordinator) -> None:
     """A worker (through the API) runs a job and streams ffmpeg-like stderr: the jobs
     table shows progress and speed, the detail screen follows the stderr tail."""
     body = {"binary": "ffmpeg", "args": ["-i", "x.mkv", "y.mp4"], "priority": 100}
     job_id = coordinator.call("carol", "POST", "/jobs", json_body=body)["job"]["job_id"]
-    worker = coordinator.api("wk0")
-    claimed = worker.call("GET", "/workers/poll", params={"wait": 0})["jobs"]
-    assert job_id in [j["job_id"] for j in claimed]
-    worker.call("POST", f"/jobs/{job_id}/accept")
-    seq = 0
-
-    def stderr(data: bytes) -> None:
-        nonlocal seq
-        seq += 1
-        frames = encode_frames([Frame(FrameKind.STDERR, seq, data)])
-        worker.request(
-            "POST", f"/jobs/{job_id}/output", body=frames, content_type=CONTENT_TYPE_FRAMES
-        )
+    worker = ScriptedWorker(coordinator, "wk0")
+    worker.take(job_id)
 
     async def scenario(app: ConsoleApp, pilot: Pilot[None]) -> None:
-        stderr(b"Input #0, matroska\n  Duration: 00:00:20.00, start: 0.0\n")
-        stderr(b"frame=  100 fps= 50 q=28.0 size=  10kB time=00:00:05.00 bitrate=1k speed=2x\r")
+        worker.stderr(job_id, b"Input #0, matroska\n  Duration: 00:00:20.00, start: 0.0\n")
+        worker.stderr(job_id, status_line(100, 50, "00:00:05.00", "2"))
         await until(pilot, lambda: job_id in keys_of(app, "jobs"))
-        await until(pilot, lambda: str(table(app, "jobs").get_row(job_id)[5]) == "25.0% 2x")
+        await until(pilot, lambda: str(cell(app, "jobs", job_id, "progress")) == "25.0%")
+        assert str(cell(app, "jobs", job_id, "speed")) == "2x"
+        assert str(cell(app, "jobs", job_id, "fps")) == "50"
         await select(pilot, app, "jobs", job_id)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, JobDetailScreen))
         text = lambda: str(app.screen.query_one("#stderr").render())  # noqa: E731
         await until(pilot, lambda: "time=00:00:05.00" in text())
-        stderr(b"frame=  300 fps= 50 q=28.0 size=  30kB time=00:00:15.00 bitrate=1k speed=2.5x\r")
+        worker.stderr(
+            job_id,
+            b"frame=  300 fps= 50 q=28.0 size=  30kB time=00:00:15.00 bitrate=1k speed=2.5x\r",
+        )
         await until(pilot, lambda: "time=00:00:15.00" in text())
         # Of the rewritten progress line only the latest version is shown.
         assert "time=00:00:05.00" not in text()
-        await until(pilot, lambda: "75.0% 2.5x" in str(app.screen.query_one("#job-head").render()))
-        worker.call("POST", f"/jobs/{job_id}/finish", json_body={"exit_code": 0})
-        await until(pilot, lambda: "completed" in str(app.screen.query_one("#job-head").render()))
+        head = lambda: str(app.screen.query_one("#job-head").render())  # noqa: E731
+        await until(pilot, lambda: "progress 75.0%" in head() and "speed 2.5x" in head())
+        worker.finish(job_id, 0)
+        await until(pilot, lambda: "completed" in head())
 
     try:
         drive(coordinator, scenario)

@@ -14,6 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import (
+    JSON,
     Engine,
     MetaData,
     Table,
@@ -64,10 +65,17 @@ def _table_0001(engine: Engine, name: str, model_table: Table) -> tuple[Any, dic
 
 def _seed_0001(engine: Engine) -> None:
     """Rows as a coordinator of revision 0001 wrote them (plain SQL, no current models)."""
-    from coordinator.models import Job, User
+    from coordinator.models import Job, User, Worker
 
     users, user_fill = _table_0001(engine, "users", User.__table__)
     jobs, job_fill = _table_0001(engine, "jobs", Job.__table__)
+    workers, worker_fill = _table_0001(engine, "workers", Worker.__table__)
+    # 0001 kept the probe report in the worker's row (0007 moves it to worker_reports).
+    workers = table(
+        "workers",
+        *[column(c.name, c.type) for c in workers.columns if c.name != "binaries"],
+        column("binaries", JSON),
+    )
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     user_rows = [
         {"client_id": "alice", "role": "client", "hmac_key": "k1", "created_at": when},
@@ -77,8 +85,8 @@ def _seed_0001(engine: Engine) -> None:
         {
             "id": f"job{i}",
             "requester": "alice",
-            "binary": "ffprobe",
-            "args": ["-version"],
+            "binary": "ffprobe" if i else "ffmpeg",
+            "args": ["-version"] if i else ["-i", "/m/a film.mkv", "-f", "mp4", "/m/out.mp4"],
             "env": {},
             "path_variables": [],
             "client_paths": {},
@@ -92,9 +100,24 @@ def _seed_0001(engine: Engine) -> None:
         }
         for i in range(4)
     ]
+    worker_row = {
+        "worker_id": "w1",
+        "state": "online",
+        "slots": 2,
+        "labels": ["gpu"],
+        "binaries": {"ffmpeg": {"path": "/usr/bin/ffmpeg", "probes": {"-version": "x"}}},
+        "capabilities": {"ffmpeg": None},
+        "path_variables": [],
+        "version": "0.1.0",
+        "hostname": "w1.lan",
+        "registered_at": when,
+        "last_seen_at": when,
+        "lease_expires_at": when,
+    }
     with engine.begin() as conn:
         conn.execute(users.insert(), [{**user_fill, **r} for r in user_rows])
         conn.execute(jobs.insert(), [{**job_fill, **r} for r in job_rows])
+        conn.execute(workers.insert(), [{**worker_fill, **worker_row}])
 
 
 def test_upgrade_from_0001_keeps_users_and_jobs(engine: Engine, database_url: str) -> None:
@@ -108,7 +131,7 @@ def test_upgrade_from_0001_keeps_users_and_jobs(engine: Engine, database_url: st
     assert (before, after) == ("0001", schema.head_revision())
     schema.ensure_current(engine)  # no longer refused
     from coordinator import create_app
-    from coordinator.models import Job, User
+    from coordinator.models import Job, User, Worker
 
     app = create_app({"database_url": database_url}, start_janitor=False)
     with app.app_context():
@@ -121,6 +144,18 @@ def test_upgrade_from_0001_keeps_users_and_jobs(engine: Engine, database_url: st
         jobs = {j.id: j for j in db.session.scalars(select(Job))}
         assert sorted(jobs) == ["job0", "job1", "job2", "job3"]
         assert jobs["job1"].state == "completed" and jobs["job1"].args == ["-version"]
+        # 0007 filled in the file names of the jobs already stored ...
+        assert (jobs["job0"].input_name, jobs["job0"].output_name) == (
+            "/m/a film.mkv",
+            "/m/out.mp4",
+        )
+        assert jobs["job1"].input_name is None
+        # ... and moved the probe report out of the worker's row, unchanged.
+        worker = db.session.get(Worker, "w1")
+        assert worker is not None and worker.labels == ["gpu"]
+        assert worker.binaries == {
+            "ffmpeg": {"path": "/usr/bin/ffmpeg", "probes": {"-version": "x"}}
+        }
         assert jobs["job0"].created_at.isoformat() == "2026-01-02T03:04:05+00:00"
         assert db.session.scalar(select(func.count()).select_from(WakeupCounter)) == BUCKETS
         # Microseconds survive on every database (0002 widens MariaDB's DATETIME).

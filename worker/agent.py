@@ -1,9 +1,10 @@
 """The worker agent: registration, heartbeats, the poll loop and the jobs it runs.
 
 Threads, all owned here: one heartbeat thread, one poll thread (long-polls the
-coordinator for jobs and cancellations), one mount-monitor thread and one thread per
-running job (plus that job's pipe readers). ``start`` starts them; ``drain`` stops
-taking work; ``abort_all`` stops running jobs; ``stop`` deregisters and ends the loops.
+coordinator for jobs and cancellations), one mount-monitor thread, one load-sampling
+thread and one thread per running job (plus that job's pipe readers). ``start``
+starts them; ``drain`` stops taking work; ``abort_all`` stops running jobs; ``stop``
+deregisters and ends the loops.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dffmpeg.config import WorkerConfig
 from dffmpeg.transport.session import Downlink
 from worker.capabilities import probe_binaries
 from worker.executor import JobExecution, JobRules, Runner
+from worker.load import LoadMonitor
 from worker.mounts import MountMonitor
 from worker.process import Unconfined
 from worker.sandbox import Policy, Sandbox
@@ -67,12 +69,15 @@ class WorkerAgent:
         self.mounts = MountMonitor(
             config.paths, self._paths_changed, interval=config.mount_check_seconds
         )
+        self.load = LoadMonitor()
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self.load.start()  # first, so the registration carries a CPU figure
         self.binaries = probe_binaries(self.config.binaries)
         if not self.binaries:
+            self.load.stop()
             raise RuntimeError("none of the configured binaries could be run")
         binaries = {n: str(b["path"]) for n, b in self.binaries.items()}
         self.runner = self._runner(binaries)  # fails closed: SandboxError
@@ -181,6 +186,10 @@ class WorkerAgent:
             "version": __version__,
             "hostname": socket.gethostname(),
             "sandboxed": self.runner.confined,
+            # For the operator's eyes (console, details of a worker): not used to schedule.
+            "mounts": dict(self.config.paths),
+            "os": " ".join(os.uname()[i] for i in (0, 2, 4)),
+            "load": self.load.latest(),
         }
 
     def available_paths(self) -> list[str]:
@@ -247,6 +256,7 @@ class WorkerAgent:
         self._stopped.set()
         self._beat.set()
         self.mounts.stop()
+        self.load.stop()
         try:
             self.api.request("POST", "/workers/deregister", timeout=5)
         except (ApiError, Unreachable) as exc:
@@ -292,7 +302,9 @@ class WorkerAgent:
         sent = time.monotonic()
         idle = not self.running_jobs()
         try:
-            self.api.request("POST", "/workers/heartbeat", timeout=10)
+            # The load sample rides along: the latest one, taken by its own thread.
+            body = {"load": self.load.latest()}
+            self.api.request("POST", "/workers/heartbeat", json_body=body, timeout=10)
             self._renewed_at = max(self._renewed_at, sent)
             self._idle_lease_held = idle and not self.running_jobs()
         except ApiError as exc:

@@ -14,7 +14,10 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from worker.hardware import HardwareCheck, codec_lines, hardware_names, offer_checked
 
 log = logging.getLogger(__name__)
 
@@ -115,35 +118,76 @@ def probe_binary(path: str) -> dict[str, Any] | None:
     capabilities: dict[str, list[str]] = {}
     for option, (kind, parse) in PARSERS.items():
         capabilities[kind] = parse(base64.b64decode(probes[option]["stdout"]))
+    version = version_out.split(b"\n", 1)[0].decode(errors="replace").strip()
+    verdicts = check_hardware(path, version, probes, capabilities)
     return {
         "path": path,
-        "version": version_out.split(b"\n", 1)[0].decode(errors="replace").strip(),
+        "version": version,
         "probes": probes,
-        "capabilities": capabilities,
+        # What the scheduler matches jobs against: hardware only once a check passed.
+        "capabilities": offer_checked(capabilities, verdicts),
+        "hardware": verdicts,
     }
 
 
+def check_hardware(
+    path: str, version: str, probes: dict[str, Any], capabilities: dict[str, list[str]]
+) -> dict[str, str]:
+    """``{name: "ok" or why not}`` for each hardware method and codec the binary lists.
+
+    Only an ffmpeg can run the one-frame checks (worker/hardware.py); another binary
+    (ffprobe) offers no hardware at all rather than hardware nobody checked.
+    """
+    names = hardware_names(capabilities)
+    if not names:
+        return {}
+    if not version.startswith("ffmpeg version"):
+        return {name: "not checked: only ffmpeg runs a one-frame check" for name in names}
+    encoders_out = base64.b64decode(probes["-encoders"]["stdout"])
+    decoders_out = base64.b64decode(probes["-decoders"]["stdout"])
+    return HardwareCheck(path).verdicts(
+        capabilities["hwaccels"],
+        codec_lines(encoders_out),
+        codec_lines(decoders_out),
+        set(capabilities["encoders"]),
+    )
+
+
 def probe_binaries(binaries: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """``{name: entry}`` for each configured binary that runs (see ``probe_binary``)."""
+    """``{name: entry}`` for each configured binary that runs (see ``probe_binary``).
+
+    The binaries are probed at the same time: the worker goes online sooner.
+    """
     found: dict[str, dict[str, Any]] = {}
+    paths = {name: shutil.which(configured) for name, configured in binaries.items()}
+    with ThreadPoolExecutor(max(len(paths), 1)) as pool:
+        entries = dict(
+            zip(
+                paths,
+                pool.map(lambda p: probe_binary(p) if p else None, paths.values()),
+                strict=True,
+            )
+        )
     for name, configured in binaries.items():
-        path = shutil.which(configured)
+        path = paths[name]
         if path is None:
             log.warning("binary %s (%s) not found; not offering it", name, configured)
             continue
-        entry = probe_binary(path)
+        entry = entries[name]
         if entry is None:
             log.warning("binary %s (%s) does not run; not offering it", name, path)
             continue
         found[name] = entry
         caps = entry["capabilities"]
+        proven = sorted(n for n, verdict in entry["hardware"].items() if verdict == "ok")
         log.info(
-            "%s: %s (%s encoders, %s decoders, %s filters, hwaccels: %s)",
+            "%s: %s (%s encoders, %s decoders, %s filters, hwaccels: %s; hardware checked: %s)",
             name,
             entry["version"],
             len(caps["encoders"]),
             len(caps["decoders"]),
             len(caps["filters"]),
             ",".join(caps["hwaccels"]) or "none",
+            ",".join(proven) or f"none of {len(entry['hardware'])} passed",
         )
     return found

@@ -1,12 +1,18 @@
-"""One job: its arguments, state history with reasons, and a live tail of its stderr."""
+"""One job: its files, progress, arguments, state history and a live tail of its stderr.
+
+Everything here is the job's own text (arguments, working directory, reasons, stderr),
+written by whoever submitted it or by ffmpeg: it is shown through ``printable`` in
+Rich ``Text``, never parsed as markup, so ``[/]`` in a path cannot break the screen.
+"""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,11 +20,13 @@ from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console import model
+from console import cells, model
 from console.messages import ActionDone, ActionFailed
 from console.screens.base import ConsoleScreen
 from console.screens.dialogs import ConfirmScreen
+from console.screens.log import LogScreen
 from console.source import SourceError
+from dffmpeg.text import printable
 
 DETAIL_REFRESH_SECONDS = 1.0
 STDERR_KB = 16
@@ -35,12 +43,40 @@ class DetailFailed(Message):
     message: str
 
 
+def _pair(line: Text, label: str, value: Text) -> None:
+    line.append(f"{label} ", style="bright_black")
+    line.append_text(value)
+    line.append("  ")
+
+
+def head_lines(job: dict[str, Any], now: datetime | None) -> Text:
+    """The job's identity, files and progress as three lines of plain Text."""
+    row = cells.job_row(job, now)
+    by_name = dict(zip(cells.JOB_COLUMNS, row.cells, strict=True))
+    first = Text(f"job {job['job_id']}  ")
+    first.append_text(by_name["state"])
+    first.append("  ")
+    _pair(first, "binary", by_name["bin"])
+    _pair(first, "requester", by_name["requester"])
+    _pair(first, "worker", by_name["worker"])
+    files = Text()
+    _pair(files, "input", cells.text(job.get("input_name")))
+    _pair(files, "output", cells.text(job.get("output_name")))
+    progress = Text()
+    for label in ("progress", "fps", "speed", "elapsed", "eta", "exit"):
+        _pair(progress, label, by_name[label])
+    _pair(progress, "failure", cells.text(job.get("failure")))
+    _pair(progress, "reason", cells.text(job.get("reason")))
+    return Text("\n").join([first, files, progress])
+
+
 class JobDetailScreen(ConsoleScreen):
+    HELP_WHERE = "job details"
     BINDINGS = [
-        Binding("escape,backspace", "back", "Back"),
+        Binding("escape,q,backspace", "back", "Back"),
+        Binding("l", "log", "Full log"),
         Binding("c", "cancel_job", "Cancel job"),
         Binding("r", "reload", "Refresh"),
-        Binding("q", "app.quit", "Quit"),
     ]
 
     def __init__(self, job_id: str) -> None:
@@ -52,7 +88,7 @@ class JobDetailScreen(ConsoleScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"job {self.job_id}: loading...", id="job-head")
+        yield Static(f"job {printable(self.job_id)}: loading...", id="job-head", markup=False)
         yield Static("", id="job-args", markup=False)
         yield DataTable(id="events", cursor_type="none", zebra_stripes=True)
         with VerticalScroll(id="stderr-box"):
@@ -92,59 +128,60 @@ class JobDetailScreen(ConsoleScreen):
 
     def on_detail_ready(self, message: DetailReady) -> None:
         job = self.job = message.job
-        lines = [
-            f"job {job['job_id']}  [b]{escape(job['state'])}[/b]  {escape(job['binary'])}"
-            f"  requester {escape(job['requester'])}"
-            f"  worker {escape(model.cell(job.get('worker_id')))}",
-            f"progress {model.progress_text(job.get('progress'))}"
-            f"  exit {model.cell(job.get('exit_code'))}"
-            f"  failure {escape(model.cell(job.get('failure')))}"
-            f"  reason {escape(model.cell(job.get('reason')))}",
-        ]
-        self.query_one("#job-head", Static).update("\n".join(lines))
+        snapshot = self.console.main.snapshot
+        # The coordinator's clock as of the main screen's last refresh (every couple of
+        # seconds, also while this screen is shown).
+        now = snapshot.now if snapshot else None
+        events = job.get("events", [])
+        self.query_one("#job-head", Static).update(head_lines(job, now))
         args = " ".join(model.quote(a) for a in job.get("args", []))
-        cwd = job.get("cwd") or "-"
-        self.query_one("#job-args", Static).update(f"cwd {cwd}\nargs {args}")
-        events = self.query_one("#events", DataTable)
-        history = job.get("events", [])
-        if events.row_count != len(history):
-            events.clear()
-            for event in history:
-                events.add_row(
-                    event["at"][:19].replace("T", " "),
-                    model.cell(event["from"]),
-                    event["to"],
-                    model.cell(event["reason"]),
+        cwd = printable(job.get("cwd") or "-")
+        self.query_one("#job-args", Static).update(Text(f"cwd {cwd}\nargs {args}"))
+        table = self.query_one("#events", DataTable)
+        if table.row_count != len(events):
+            table.clear()
+            for event in events:
+                table.add_row(
+                    Text(str(event["at"])[:19].replace("T", " ")),
+                    cells.text(event["from"]),
+                    cells.text(event["to"]),
+                    cells.text(event["reason"]),
                 )
         box = self.query_one("#stderr-box", VerticalScroll)
         # Follow the tail unless the operator scrolled up to read something.
         follow = self._first_load or box.scroll_y >= box.max_scroll_y
         self._first_load = False
         text = "\n".join(model.stderr_lines(message.stderr)) or "(no stderr yet)"
-        self.query_one("#stderr", Static).update(text)
+        self.query_one("#stderr", Static).update(Text(text))
         if follow:
             self.call_after_refresh(box.scroll_end, animate=False)
 
     def on_detail_failed(self, message: DetailFailed) -> None:
-        self.query_one("#status", Static).update(f"Refused: {message.message}")
+        self.query_one("#status", Static).update(f"Refused: {printable(message.message)}")
 
     def action_back(self) -> None:
         self.dismiss(None)
 
+    def action_log(self) -> None:
+        self.app.push_screen(LogScreen(self.job_id))
+
     def action_cancel_job(self) -> None:
         source = self.console.source
+        job_id = self.job_id
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.console.administer(lambda: source.cancel_job(self.job_id), target=self)
+                self.console.administer(lambda: source.cancel_job(job_id), target=self)
 
-        self.app.push_screen(ConfirmScreen(f"Cancel job {self.job_id[:12]}?"), answered)
+        self.app.push_screen(ConfirmScreen(f"Cancel job {job_id[:12]}?"), answered)
 
     def on_action_done(self, message: ActionDone) -> None:
-        self.query_one("#status", Static).update(message.message)
-        self.notify(message.message)
+        text = printable(message.message)
+        self.query_one("#status", Static).update(text)
+        self.notify(text, markup=False)
         self.action_reload()
 
     def on_action_failed(self, message: ActionFailed) -> None:
-        self.query_one("#status", Static).update(f"Refused: {message.message}")
-        self.notify(f"Refused: {message.message}", severity="error")
+        text = f"Refused: {printable(message.message)}"
+        self.query_one("#status", Static).update(text)
+        self.notify(text, severity="error", markup=False)

@@ -1,7 +1,12 @@
-"""The main screen: a summary line and tabs of jobs, workers and users, all filterable."""
+"""The main screen: cluster header, filter line, and the jobs, workers and users tables.
+
+The only screen whose ``q`` quits the console; every other screen's ``escape``/``q``
+comes back here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -10,19 +15,33 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
-from console import model
+from console import cells, filters, model
 from console.messages import ActionDone, ActionFailed, ConnectionProblem, KeyIssued, SnapshotReady
 from console.screens.base import ConsoleScreen
-from console.screens.dialogs import AddUserScreen, ConfirmScreen, KeyScreen, NetworksScreen
+from console.screens.dialogs import (
+    AddUserScreen,
+    ConfirmScreen,
+    KeyScreen,
+    NetworksScreen,
+    WorkerEditScreen,
+)
 from console.screens.help import HelpScreen
 from console.screens.job_detail import JobDetailScreen
+from console.screens.log import LogScreen, SearchInput
+from console.screens.worker_detail import WorkerDetailScreen
 from console.widgets.banner import ConnectionBanner
+from console.widgets.header import ClusterHeader
 from console.widgets.tables import JobsTable, KeyedTable, RowAction, UsersTable, WorkersTable
+from dffmpeg.text import printable
 
 TABS = ("jobs", "workers", "users")
+PLACEHOLDER = "/ filter: is:active  state:run  -bin:ffprobe  user:me  worker:w1  bunny"
+# Quick views: the word each key adds to (or removes from) the filter line.
+VIEWS = {"view_active": "is:active", "view_failed": "is:failed", "view_mine": "is:mine"}
 
 
 class MainScreen(ConsoleScreen):
+    HELP_WHERE = "main screen"
     BINDINGS = [
         Binding("1", "show_tab('jobs')", "Jobs"),
         Binding("2", "show_tab('workers')", "Workers"),
@@ -36,15 +55,16 @@ class MainScreen(ConsoleScreen):
     def __init__(self) -> None:
         super().__init__()
         self.snapshot: model.Snapshot | None = None
-        self.job_filter = model.JobFilter()
+        self.job_filter = filters.JobFilter()
         # Which page of jobs is shown; a new filter starts again at the newest.
         self.jobs_offset = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield ConnectionBanner(id="banner", markup=False)
-        yield Static("connecting...", id="summary", markup=False)
-        yield Input(placeholder="/ filter: state:running user:alice worker:w1 words", id="filter")
+        yield ConnectionBanner(id="banner")
+        yield ClusterHeader(id="cluster")
+        yield Input(placeholder=PLACEHOLDER, id="filter")
+        yield Static("", id="filter-hint", markup=False)
         with TabbedContent(initial="jobs", id="tabs"):
             with TabPane("Jobs [1]", id="jobs"):
                 yield JobsTable(id="jobs-table")
@@ -57,68 +77,123 @@ class MainScreen(ConsoleScreen):
 
     def on_mount(self) -> None:
         self.query_one("#jobs-table").focus()
+        self.set_interval(1.0, self._tick)
+
+    @property
+    def me(self) -> str | None:
+        return getattr(self.console.source.api, "client_id", None)
 
     # -- data -------------------------------------------------------------------------
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
-        self.snapshot = message.snapshot
-        self.query_one(ConnectionBanner).clear_problem()
+        snap = message.snapshot
+        if snap.filter_error is not None and self.snapshot is not None:
+            # A filter the coordinator refused: keep the jobs shown, say why.
+            old = self.snapshot
+            snap = dataclasses.replace(snap, jobs=old.jobs, jobs_total=old.jobs_total)
+        self.snapshot = snap
+        self.query_one(ConnectionBanner).clear_problem(snap.received)
         self.render_snapshot()
 
     def on_connection_problem(self, message: ConnectionProblem) -> None:
         seconds = getattr(self.app, "refresh_seconds", 2.0)
         self.query_one(ConnectionBanner).show_problem(message.kind, message.message, seconds)
 
+    def _tick(self) -> None:
+        """Every second: the age of the data, in the header and the banner."""
+        banner = self.query_one(ConnectionBanner)
+        banner.tick()
+        received = self.snapshot.received if self.snapshot else None
+        self.query_one(ClusterHeader).freshness(received, self.console.refresh_seconds)
+
     def render_snapshot(self) -> None:
         snap = self.snapshot
         if snap is None:
             return
-        now = snap.now
+        self.query_one(ClusterHeader).show(snap)
+        self._hint(snap.filter_error)
+        # Only the table shown is brought up to date (a hundred workers cost as much as
+        # the jobs); the others are when their tab is opened.
+        self._fill_tab(str(self.query_one(TabbedContent).active or "jobs"))
+
+    def _fill_tab(self, tab: str) -> None:
+        snap = self.snapshot
+        if snap is None:
+            return
         words = self.job_filter
-        self.query_one("#summary", Static).update(
-            model.summary_text(snap.summary, snap.jobs_total, snap.jobs_offset, len(snap.jobs))
-        )
-        self._fill("#jobs-table", snap.jobs, "job_id", lambda j: model.job_row(j, now), words)
-        self._fill(
-            "#workers-table", snap.workers, "worker_id", lambda w: model.worker_row(w, now), words
-        )
-        self._fill("#users-table", snap.users, "client_id", lambda u: model.user_row(u, now), words)
+        if tab == "jobs":
+            self._fill("#jobs-table", snap.jobs, cells.job_row, None)
+        elif tab == "workers":
+            self._fill("#workers-table", snap.workers, cells.worker_row, words)
+        else:
+            self._fill("#users-table", snap.users, cells.user_row, words)
+
+    @on(TabbedContent.TabActivated)
+    def tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        self._fill_tab(str(self.query_one(TabbedContent).active or "jobs"))
 
     def _fill(
         self,
         selector: str,
         items: list[dict[str, Any]],
-        key: str,
-        row: Callable[[dict[str, Any]], list[str]],
-        words: model.JobFilter,
+        row: cells.RowMaker,
+        words: filters.JobFilter | None,
     ) -> None:
-        rows = [(str(item[key]), row(item)) for item in items]
-        if selector != "#jobs-table":
-            # Server-side keys only filter jobs; elsewhere every word is a text match.
-            words = model.JobFilter(words=[*words.words, *words.server.values()])
-        shown = [(k, cells) for k, cells in rows if words.matches([k, *cells])]
-        self.query_one(selector, KeyedTable).sync(shown)
+        now = self.snapshot.now if self.snapshot else None
+        rows = [row(item, now) for item in items]
+        if words is not None:  # jobs are filtered by the coordinator
+            rows = [r for r in rows if words.matches([r.key, *r.plain()])]
+        self.query_one(selector, KeyedTable).sync(rows)
+
+    def _hint(self, refused: str | None) -> None:
+        problems = list(self.job_filter.problems)
+        if refused:
+            problems.append(f"refused: {refused}")
+        hint = self.query_one("#filter-hint", Static)
+        hint.update(printable("; ".join(problems)))
+        hint.display = bool(problems)
 
     # -- navigation and filter ---------------------------------------------------------
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        self._fill_tab(tab)
         self.query_one(f"#{tab}-table").focus()
 
     def action_filter(self) -> None:
         self.query_one("#filter", Input).focus()
 
     def action_help(self) -> None:
-        self.app.push_screen(HelpScreen())
+        self.app.push_screen(
+            HelpScreen(
+                [
+                    MainScreen,
+                    JobsTable,
+                    WorkersTable,
+                    UsersTable,
+                    KeyedTable,
+                    JobDetailScreen,
+                    LogScreen,
+                    SearchInput,
+                    WorkerDetailScreen,
+                    WorkerEditScreen,
+                    ConfirmScreen,
+                    KeyScreen,
+                    type(self.app),
+                ]
+            )
+        )
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
-        previous = self.job_filter.server
-        self.job_filter = model.JobFilter.parse(event.value)
-        if self.job_filter.server != previous:
+        previous = self.job_filter.params()
+        self.job_filter = filters.JobFilter.parse(event.value, self.me)
+        changed = self.job_filter.params() != previous
+        if changed:
             self.jobs_offset = 0
+        self._hint(None)
         self.render_snapshot()
-        if self.job_filter.server != previous:
+        if changed:
             self.app.call_later(self.console.action_refresh_now)
 
     @on(Input.Submitted, "#filter")
@@ -132,54 +207,119 @@ class MainScreen(ConsoleScreen):
             self.action_show_tab(str(self.query_one(TabbedContent).active or "jobs"))
             event.stop()
 
+    def set_filter(self, text: str) -> None:
+        """Put ``text`` in the filter line (a quick view); the jobs follow."""
+        self.query_one("#filter", Input).value = text
+
+    def _toggle(self, word: str) -> None:
+        self.set_filter(filters.toggle(self.query_one("#filter", Input).value, word))
+
     # -- actions on rows -------------------------------------------------------------
 
-    def _user(self, client_id: str) -> dict[str, Any]:
-        users = self.snapshot.users if self.snapshot else []
-        return next((u for u in users if u["client_id"] == client_id), {"allowed_networks": []})
+    def _item(self, kind: str, key: str) -> dict[str, Any]:
+        snap = self.snapshot
+        items: list[dict[str, Any]] = getattr(snap, kind) if snap else []
+        id_field = {"users": "client_id", "workers": "worker_id", "jobs": "job_id"}[kind]
+        return next((i for i in items if i.get(id_field) == key), {})
 
     def on_row_action(self, message: RowAction) -> None:
-        key = message.key
-        source = self.console.source
-        run = self.console.administer
-        if message.action == "add_user":
+        action, key = message.action, message.key
+        if action == "add_user":
             self.app.push_screen(AddUserScreen(), self._add_user)
             return
-        if message.action in ("older_jobs", "newer_jobs"):
-            self._turn_page(message.action == "older_jobs")
+        if action in ("older_jobs", "newer_jobs"):
+            self._turn_page(action == "older_jobs")
+            return
+        if action in VIEWS:
+            self._toggle(VIEWS[action])
+            return
+        if action == "view_no_probes":
+            self._toggle("-bin:ffprobe")
             return
         if key is None:
             self.notify("nothing selected", severity="warning")
             return
-        if message.action == "open_job":
-            self.app.push_screen(JobDetailScreen(key))
-        elif message.action == "cancel_job":
-            self._confirm(f"Cancel job {key[:12]}?", lambda: run(lambda: source.cancel_job(key)))
-        elif message.action == "drain_worker":
-            run(lambda: source.drain_worker(key))
-        elif message.action == "resume_worker":
-            run(lambda: source.resume_worker(key))
-        elif message.action == "remove_worker":
-            self._confirm(
-                f"Remove worker {key}? (a live worker registers again)",
-                lambda: run(lambda: source.remove_worker(key)),
-            )
-        elif message.action == "rotate_key":
-            self._confirm(
-                f"Rotate the key of {key}? The old key stops working at once.",
-                lambda: run(lambda: source.rotate_key(key), issued=False),
-            )
-        elif message.action == "set_networks":
+        handler = getattr(self, f"_on_{action}", None)
+        if handler is not None:
+            handler(key)
 
-            def save(networks: list[str] | None) -> None:
-                if networks is not None:
-                    run(lambda: source.set_networks(key, networks))
+    def _on_view_requester(self, key: str) -> None:
+        requester = self._item("jobs", key).get("requester")
+        if requester:
+            self._toggle(f"user:{requester}")
 
-            self.app.push_screen(
-                NetworksScreen(key, list(self._user(key).get("allowed_networks") or [])), save
-            )
-        elif message.action == "delete_user":
-            self._confirm(f"Delete user {key}?", lambda: run(lambda: source.delete_user(key)))
+    def _on_view_worker(self, key: str) -> None:
+        worker = self._item("jobs", key).get("worker_id")
+        if worker:
+            self._toggle(f"worker:{worker}")
+        else:
+            self.notify("this job has no worker", severity="warning")
+
+    def _on_worker_jobs(self, key: str) -> None:
+        self._toggle(f"worker:{key}")
+        self.action_show_tab("jobs")
+
+    def _on_open_job(self, key: str) -> None:
+        self.app.push_screen(JobDetailScreen(key))
+
+    def _on_job_log(self, key: str) -> None:
+        self.app.push_screen(LogScreen(key))
+
+    def _on_open_worker(self, key: str) -> None:
+        self.app.push_screen(WorkerDetailScreen(key))
+
+    def _run(self, call: Callable[[], Any], issued: bool | None = None) -> None:
+        self.console.administer(call, issued)
+
+    def _on_cancel_job(self, key: str) -> None:
+        source = self.console.source
+        self._confirm(f"Cancel job {key[:12]}?", lambda: self._run(lambda: source.cancel_job(key)))
+
+    def _on_drain_worker(self, key: str) -> None:
+        source = self.console.source
+        self._run(lambda: source.drain_worker(key))
+
+    def _on_resume_worker(self, key: str) -> None:
+        source = self.console.source
+        self._run(lambda: source.resume_worker(key))
+
+    def _on_remove_worker(self, key: str) -> None:
+        source = self.console.source
+        self._confirm(
+            f"Remove worker {key}? (a live worker registers again)",
+            lambda: self._run(lambda: source.remove_worker(key)),
+        )
+
+    def _on_edit_worker(self, key: str) -> None:
+        source = self.console.source
+        worker = self._item("workers", key) or {"worker_id": key}
+
+        def save(changes: dict[str, Any] | None) -> None:
+            if changes:
+                self._run(lambda: source.change_worker(key, **changes))
+
+        self.app.push_screen(WorkerEditScreen(worker), save)
+
+    def _on_rotate_key(self, key: str) -> None:
+        source = self.console.source
+        self._confirm(
+            f"Rotate the key of {key}? The old key stops working at once.",
+            lambda: self._run(lambda: source.rotate_key(key), issued=False),
+        )
+
+    def _on_set_networks(self, key: str) -> None:
+        source = self.console.source
+
+        def save(networks: list[str] | None) -> None:
+            if networks is not None:
+                self._run(lambda: source.set_networks(key, networks))
+
+        current = list(self._item("users", key).get("allowed_networks") or [])
+        self.app.push_screen(NetworksScreen(key, current), save)
+
+    def _on_delete_user(self, key: str) -> None:
+        source = self.console.source
+        self._confirm(f"Delete user {key}?", lambda: self._run(lambda: source.delete_user(key)))
 
     def _turn_page(self, older: bool) -> None:
         page = self.console.page_size
@@ -202,7 +342,7 @@ class MainScreen(ConsoleScreen):
         if form is None:
             return
         source = self.console.source
-        self.console.administer(
+        self._run(
             lambda: source.add_user(form["client_id"], form["role"], form["networks"]),
             issued=True,
         )
@@ -210,18 +350,24 @@ class MainScreen(ConsoleScreen):
     # -- results of actions ----------------------------------------------------------
 
     def on_action_done(self, message: ActionDone) -> None:
-        self.query_one("#status", Static).update(message.message)
-        self.notify(message.message)
+        text = printable(message.message)
+        self.query_one("#status", Static).update(text)
+        self.notify(text, markup=False)
         self.console.action_refresh_now()
 
     def on_action_failed(self, message: ActionFailed) -> None:
-        text = f"Refused: {message.message}"
+        text = f"Refused: {printable(message.message)}"
         self.query_one("#status", Static).update(text)
-        self.notify(text, severity="error")
+        self.notify(text, severity="error", markup=False)
         self.console.action_refresh_now()
 
     def on_key_issued(self, message: KeyIssued) -> None:
+        client_id = str(message.user["client_id"])
         verb = "added" if message.created else "has a new key"
-        self.query_one("#status", Static).update(f"user {message.user['client_id']} {verb}")
+        self.query_one("#status", Static).update(printable(f"user {client_id} {verb}"))
+        if message.created:
+            # The cursor goes to the new user: the next k or x acts on it, not on
+            # whichever row the cursor happened to be on.
+            self.query_one("#users-table", UsersTable).follow(client_id)
         self.app.push_screen(KeyScreen(message.user, message.created))
         self.console.action_refresh_now()

@@ -10,7 +10,18 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, bindparam, func, select, update
 
-from coordinator import capabilities, held, jobs, lifecycle, progress, quotas, scheduler, streams
+from coordinator import (
+    arguments,
+    capabilities,
+    held,
+    joblist,
+    jobs,
+    lifecycle,
+    progress,
+    quotas,
+    scheduler,
+    streams,
+)
 from coordinator.api.parse import (
     INT_MAX,
     INT_MIN,
@@ -168,8 +179,11 @@ def submit() -> ResponseReturnValue:
         db.session.commit()
         raise quotas.LimitExceeded("max_pending", limits["max_pending"], int(pending) + 1)
     now = now_utc()
+    input_name, output_name = arguments.media_names(binary, args)
     job = Job(
         id=uuid.uuid4().hex,
+        input_name=input_name,
+        output_name=output_name,
         requester=g.user.client_id,
         binary=binary,
         args=args,
@@ -215,33 +229,18 @@ def submit() -> ResponseReturnValue:
 MAX_PAGE = 500
 
 
-def _csv_arg(name: str) -> list[str]:
-    return [v for v in request.args.get(name, "").split(",") if v]
-
-
 @bp.get("")
 @requires(Role.CLIENT, Role.ADMIN)
 def list_jobs() -> ResponseReturnValue:
     """One page of jobs, newest first, with the total that matches the filters.
 
-    Filters: ``state`` (comma-separated), ``requester`` and ``worker`` (admins; a client
-    only ever sees its own jobs). Paging: ``limit`` (1-500) and ``offset``. A page costs
-    two queries, the page itself and a count, both served by indexes on state/requester/
-    worker; neither reads the jobs outside the page.
+    Filters (coordinator/joblist.py): ``state``, ``binary``, ``worker``, ``requester``
+    (admins; a client only ever sees its own jobs), each comma-separated and each with
+    a ``not_`` form; ``failed`` (true/false); ``search``/``not_search`` words. Paging:
+    ``limit`` (1-500) and ``offset``. A page costs two queries, the page and a count;
+    filters on state/requester/worker are served by indexes.
     """
-    conditions = []
-    if g.user.role != Role.ADMIN:
-        conditions.append(Job.requester == g.user.client_id)
-    elif request.args.get("requester"):
-        conditions.append(Job.requester == request.args["requester"])
-    states = _csv_arg("state")
-    if states:
-        unknown = set(states) - {s.value for s in JobState}
-        if unknown:
-            raise BadRequest(f"unknown state {', '.join(sorted(unknown))}")
-        conditions.append(Job.state.in_(states))
-    if request.args.get("worker"):
-        conditions.append(Job.worker_id == request.args["worker"])
+    conditions = joblist.conditions(request.args, g.user.role == Role.ADMIN, g.user.client_id)
     limit = min(max(int_arg("limit", 100, INT_MIN, INT_MAX), 1), MAX_PAGE)
     offset = int_arg("offset", 0, 0, MAX_PAGE_OFFSET)
     page = (

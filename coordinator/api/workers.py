@@ -7,9 +7,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Row, bindparam, case, select, update
+from sqlalchemy import JSON, Row, bindparam, case, select, update
+from sqlalchemy.orm import defer
 
-from coordinator import held, lifecycle, quotas, scheduler, workers
+from coordinator import held, lifecycle, quotas, scheduler, workerinfo, workers
 from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
@@ -133,6 +134,13 @@ _RENEW_LEASE = (
         ),
     )
 )
+# A heartbeat renews the lease and stores the load sample that came with it.
+_RENEW_WITH_LOAD = _RENEW_LEASE.values(load=bindparam("load", type_=JSON()))
+_STORE_LOAD = (
+    update(Worker.__table__)
+    .where(_WORKERS.worker_id == bindparam("id"), _WORKERS.state != "offline")
+    .values(load=bindparam("load", type_=JSON()))
+)
 # After a claim: the short lease from now on, never a longer one than the worker had.
 _SHORTEN_LEASE = (
     update(Worker.__table__)
@@ -144,9 +152,9 @@ _SHORTEN_LEASE = (
 )
 
 
-def renew_lease(worker_id: str) -> Row[Any]:
+def renew_lease(worker_id: str, load: dict[str, Any] | None = None) -> Row[Any]:
     """Extend the calling worker's lease; its row (state, slots, drained), or 409 when it
-    must register.
+    must register. ``load``: a heartbeat's load sample, stored with the renewal.
 
     Runs for every heartbeat and every poll of every worker, so it is two plain
     statements rather than a loaded, flushed and expired ORM object. The update's
@@ -160,12 +168,19 @@ def renew_lease(worker_id: str) -> Row[Any]:
     if row.last_seen_at is not None and now - row.last_seen_at < RENEW_AFTER:
         # A busy worker polls many times a second: one write per second is plenty for
         # a lease of several seconds.
+        if load is not None:
+            db.session.execute(_STORE_LOAD, {"id": worker_id, "load": load})
         db.session.commit()
         return row
-    result = db.session.execute(
-        _RENEW_LEASE,
-        {"id": worker_id, "seen": now, "until": now + _lease(), "idle_until": now + _idle_lease()},
-    )
+    values = {
+        "id": worker_id,
+        "seen": now,
+        "until": now + _lease(),
+        "idle_until": now + _idle_lease(),
+    }
+    if load is not None:
+        values["load"] = load
+    result = db.session.execute(_RENEW_WITH_LOAD if load is not None else _RENEW_LEASE, values)
     db.session.commit()
     if result.rowcount == 0:  # type: ignore[attr-defined]  # declared offline meanwhile
         raise Conflict("worker is not registered")
@@ -199,10 +214,15 @@ def register() -> ResponseReturnValue:
         worker = Worker(worker_id=worker_id, registered_at=now)
         db.session.add(worker)
     worker.state = "online"
-    worker.slots = slots
-    worker.labels = labels
+    # An admin's live change of slots or labels outlives the worker's restart.
+    worker.slots, worker.labels = workerinfo.effective(slots, labels, worker.overrides)
     worker.binaries = binaries
     worker.capabilities = _capabilities(binaries)
+    worker.info = {
+        **workerinfo.registration_info(data, binaries),
+        "configured": {"slots": slots, "labels": labels},
+    }
+    worker.load = workerinfo.clean_load(data.get("load"), now) if data.get("load") else None
     worker.path_variables = path_variables
     worker.version = str(field(data, "version", str, ""))[:32]
     worker.hostname = str(field(data, "hostname", str, ""))[:255]
@@ -255,7 +275,10 @@ def _forget_previous_life(worker_id: str) -> None:
 @bp.post("/heartbeat")
 @requires(Role.WORKER)
 def heartbeat() -> ResponseReturnValue:
-    return jsonify({"state": renew_lease(g.user.client_id).state})
+    """Renew the lease; a ``load`` sample in the body is kept for operators."""
+    raw = json_body().get("load")
+    load = workerinfo.clean_load(raw, now_utc()) if raw is not None else None
+    return jsonify({"state": renew_lease(g.user.client_id, load).state})
 
 
 @bp.post("/paths")
@@ -353,22 +376,68 @@ def poll() -> ResponseReturnValue:
 @bp.get("")
 @requires(Role.ADMIN)
 def list_workers() -> ResponseReturnValue:
-    workers = db.session.execute(db.select(Worker).order_by(Worker.worker_id)).scalars()
+    # Not the scheduler's capability lists (tens of KB a worker): a listing shows none.
+    stmt = db.select(Worker).options(defer(Worker.capabilities)).order_by(Worker.worker_id)
+    workers = db.session.execute(stmt).scalars()
     used = scheduler.slots_used()
     return jsonify({"workers": [admin_view(w, used.get(w.worker_id, 0)) for w in workers]})
 
 
 def admin_view(worker: Worker, slots_used: int) -> dict[str, Any]:
-    """What an operator sees of a worker: the listing plus load and binary versions."""
-    return {**worker.to_dict(), "slots_used": slots_used, "binary_versions": worker.binaries}
+    """What an operator sees of a worker: the listing plus slots in use, binary versions
+    and paths, mounts and operating system. A few hundred bytes: the probe report (raw
+    outputs, hundreds of KB) is only in the details (``GET /workers/ID``)."""
+    info = worker.info or {}
+    # Workers registered before workers.info existed: versions from the probe report.
+    binaries = None if info else worker.binaries
+    return {
+        **worker.to_dict(),
+        "slots_used": slots_used,
+        "binary_versions": workerinfo.versions(info, binaries),
+        "mounts": info.get("mounts", {}),
+        "os": info.get("os"),
+        "configured": info.get("configured", {}),
+    }
 
 
 @bp.get("/<worker_id>")
 @requires(Role.ADMIN)
 def show_worker(worker_id: str) -> ResponseReturnValue:
+    """Everything about one worker: the listing, what each binary can do (the names the
+    scheduler matches, hardware only where its check passed), each hardware check's
+    outcome, and the full probe report."""
     worker = workers.find(worker_id)
     view = admin_view(worker, scheduler.active_count(worker_id))
-    return jsonify({"worker": {**view, "binaries": worker.binaries}})
+    report = worker.binaries
+    return jsonify(
+        {
+            "worker": {
+                **view,
+                "binaries": report,
+                "capabilities": worker.capabilities,
+                "hardware": workerinfo.hardware_checks(report),
+            }
+        }
+    )
+
+
+@bp.patch("/<worker_id>")
+@requires(Role.ADMIN)
+def change(worker_id: str) -> ResponseReturnValue:
+    """Change a worker's slots and/or labels while it runs (``null``: back to its own
+    config). Kept across its restarts; jobs it runs are not touched."""
+    worker = workers.find(worker_id)
+    worker.overrides = workerinfo.parse_overrides(json_body(), worker.overrides)
+    configured = (worker.info or {}).get("configured") or {}
+    worker.slots, worker.labels = workerinfo.effective(
+        int(configured.get("slots", worker.slots)),
+        list(configured.get("labels", worker.labels)),
+        worker.overrides,
+    )
+    db.session.commit()
+    # More slots or new labels: its poll looks at the queue again (also a full one).
+    notifier().notify(f"worker:{worker_id}")
+    return jsonify({"worker": admin_view(worker, scheduler.active_count(worker_id))})
 
 
 @bp.post("/<worker_id>/drain")
