@@ -26,8 +26,9 @@ from worker.capabilities import probe_binaries
 from worker.executor import JobExecution, JobRules, Runner
 from worker.load import LoadMonitor
 from worker.mounts import MountMonitor
+from worker.namespaces import MountGuard, NamespaceError
 from worker.process import Unconfined
-from worker.sandbox import Policy, Sandbox
+from worker.sandbox import Policy, Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,16 @@ class WorkerAgent:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        # Before any thread starts: a confined worker moves into its own mount namespace,
+        # which a process can only do while it is single-threaded (worker/namespaces.py).
+        guard = self._mount_guard()  # fails closed: SandboxError
         self.load.start()  # first, so the registration carries a CPU figure
         self.binaries = probe_binaries(self.config.binaries)
         if not self.binaries:
             self.load.stop()
             raise RuntimeError("none of the configured binaries could be run")
         binaries = {n: str(b["path"]) for n, b in self.binaries.items()}
-        self.runner = self._runner(binaries)  # fails closed: SandboxError
+        self.runner = self._runner(binaries, guard)  # fails closed: SandboxError
         self.rules = JobRules(
             binaries=binaries,
             paths=dict(self.config.paths),
@@ -99,10 +103,18 @@ class WorkerAgent:
             self._threads.append(thread)
         self.mounts.start()
 
-    def _runner(self, binaries: dict[str, str]) -> Runner:
+    def _mount_guard(self) -> MountGuard | None:
+        if not self.config.sandbox:
+            return None
+        try:
+            return MountGuard(self.config.paths.values())
+        except NamespaceError as exc:
+            raise SandboxError(f"cannot confine jobs: {exc}") from exc
+
+    def _runner(self, binaries: dict[str, str], guard: MountGuard | None) -> Runner:
         """The sandbox every job runs in, checked once now; unconfined with ``sandbox: off``."""
         config = self.config
-        if not config.sandbox:
+        if guard is None:
             log.warning("sandbox: off -- jobs run unconfined, with this worker's rights")
             return Unconfined()
         hidden = [p for p in (config.source, config.key_file) if p]
@@ -115,7 +127,8 @@ class WorkerAgent:
                 job_user=str(config.job_user) if config.job_user is not None else None,
                 hidden=tuple(os.path.abspath(p) for p in hidden),
                 binaries=tuple(binaries.values()),
-            )
+            ),
+            mounts=guard,
         )
         sandbox.check(next(iter(binaries.values())))
         log.info("jobs run confined (bubblewrap %s)", sandbox.bwrap)

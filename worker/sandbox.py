@@ -83,9 +83,12 @@ class Sandbox:
 
     confined = True
 
-    def __init__(self, policy: Policy, bwrap: str = "bwrap") -> None:
-        """Check what the sandbox needs and move this process into its mount namespace
-        (``worker.namespaces``): call it before the worker starts any thread."""
+    def __init__(
+        self, policy: Policy, bwrap: str = "bwrap", mounts: MountGuard | None = None
+    ) -> None:
+        """Check what the sandbox needs. Without ``mounts`` (made by the caller before it
+        started any thread) this moves the process into its mount namespace
+        (``worker.namespaces``): then it must be called before any thread starts."""
         path = shutil.which(bwrap)
         if path is None:
             raise SandboxError(
@@ -101,7 +104,7 @@ class Sandbox:
         if self.job_user is not None and os.geteuid() != 0:
             raise SandboxError("job_user needs a worker running as root")
         try:
-            self.mounts = MountGuard(policy.roots.values())
+            self.mounts = mounts if mounts is not None else MountGuard(policy.roots.values())
         except NamespaceError as exc:
             raise SandboxError(f"cannot confine jobs: {exc}") from exc
         self._system = self._system_args()
@@ -128,10 +131,14 @@ class Sandbox:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for path in EXTRA:
             args += ["--ro-bind-try", path, path]
+        # A binary outside /usr is shown alone, read-only, not its whole directory (which
+        # may hold anything); its own libraries, if any, go in ``devices``.
         for binary in policy.binaries:
-            folder = os.path.dirname(os.path.realpath(binary))
-            if not _inside(folder, "/usr"):
-                args += ["--ro-bind", folder, folder]
+            real = os.path.realpath(binary)
+            if not _inside(real, "/usr"):
+                args += ["--ro-bind", real, real]
+                if binary != real and not _inside(binary, "/usr"):
+                    args += ["--symlink", real, binary]
         args += ["--proc", "/proc", "--dev", "/dev"]
         for device in policy.devices:
             if _inside(device, "/dev"):
@@ -144,12 +151,13 @@ class Sandbox:
         # Parents before children: a root inside another root is bound over it.
         for name, root in sorted(policy.roots.items(), key=lambda item: len(item[1])):
             kind = "--ro-bind-try" if name in policy.read_only else "--bind-try"
-            args += [kind, root, root]
-            # A root reached through a symlink is also shown where the link leads, so
-            # absolute links inside it keep working.
+            # A root reached through a symlink is shown where the link leads too (first:
+            # the link may lie in something visible and lead there), so absolute links
+            # inside it keep working.
             real = os.path.realpath(root)
             if real != root:
                 args += [kind, real, real]
+            args += [kind, root, root]
         visible = ["/usr", "/etc", *policy.roots.values(), *policy.devices]
         for hidden in policy.hidden:
             if any(_inside(os.path.abspath(hidden), v) for v in visible):
