@@ -264,7 +264,9 @@ def _assert_the_mix(got: Scrape) -> None:
     assert got.value("dffmpeg_jobs", state="failed", binary="ffmpeg") == 3
     assert got.value("dffmpeg_jobs", state="canceled", binary="ffmpeg") == 1
     assert got.value("dffmpeg_jobs", state="pending") == 0
-    assert got.value("dffmpeg_workers", state="online", sandboxed="false") == 1
+    # The cluster's worker confines its jobs (the default).
+    assert got.value("dffmpeg_workers", state="online", sandboxed="true") == 1
+    assert got.value("dffmpeg_workers", state="online", sandboxed="false") == 0
     assert got.value("dffmpeg_worker_slots", worker="worker1") == 2
     assert got.value("dffmpeg_database_up") == 1
     # What the processes counted, merged.

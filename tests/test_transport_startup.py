@@ -7,8 +7,14 @@ from pathlib import Path
 
 from dffmpeg.config import BrokerSettings
 from dffmpeg.transport import create_publisher, create_transport
-from dffmpeg.transport.base import Endpoint, message, to
-from tests.brokers import OwnMosquitto, RabbitUser, mosquitto_available, rabbitmq_available
+from dffmpeg.transport.base import Endpoint
+from tests.brokers import (
+    OwnMosquitto,
+    RabbitUser,
+    mosquitto_available,
+    rabbitmq_available,
+    sealed_ping,
+)
 from tests.helpers import require, wait_until
 
 
@@ -27,7 +33,7 @@ def test_mqtt_party_and_publisher_connect_once_the_broker_is_up(tmp_path: Path) 
         assert party.wait_connected(20)
         wait_until(publisher.healthy, timeout=20)
         time.sleep(0.2)
-        publisher.publish(to("w1", "ping"), message(token="late"))
+        publisher.publish(*sealed_ping("w1", "late"))
         assert party.signals.wait_token("late", 5)
     finally:
         party.close()
@@ -49,7 +55,7 @@ def test_rabbitmq_party_and_publisher_connect_once_the_broker_lets_them(tmp_path
         user.create()
         assert party.wait_connected(30)
         wait_until(publisher.healthy, timeout=30)
-        publisher.publish(to("w1", "ping"), message(token="late"))
+        publisher.publish(*sealed_ping("w1", "late"))
         assert party.signals.wait_token("late", 5)
     finally:
         party.close()
