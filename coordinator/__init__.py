@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, has_app_context
 
-from coordinator import api, auth, errors, health, held, openapi, publish, quotas, schema
+from coordinator import api, auth, errors, health, held, keystore, openapi, publish, quotas, schema
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
@@ -83,6 +83,8 @@ def create_app(
     )
     app.extensions["dffmpeg.notifier"] = notifier
     app.extensions["dffmpeg.draining"] = threading.Event()
+    # Identity keys are stored encrypted with this secret (coordinator/keystore.py).
+    app.extensions["dffmpeg.keystore"] = keystore.KeystoreHolder(settings.secret_key_file)
     # Told by the request loop when this instance cannot serve everyone; the janitor
     # writes it to the database and judges no lease until parties had time to renew.
     app.extensions["dffmpeg.serving"] = ServingMonitor()

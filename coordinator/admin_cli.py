@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import jobs, quotas, scheduler, schema, users, workers
+from coordinator import jobs, keystore, quotas, scheduler, schema, users, workers
 from coordinator.api.workers import admin_view
 from coordinator.db import db
 from coordinator.errors import ApiError, BadRequest
@@ -55,12 +56,83 @@ def _fields(data: dict[str, Any]) -> str:
 def _ensure_schema() -> None:
     """Users can be added to a brand-new database; an outdated one must be upgraded."""
     schema.ensure_current(db.engine)
+    schema.make_private(db.engine.url.render_as_string(hide_password=False))
+
+
+def _holder() -> keystore.KeystoreHolder:
+    holder: keystore.KeystoreHolder = current_app.extensions["dffmpeg.keystore"]
+    return holder
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """The schema to the newest version, then every identity key encrypted with the
+    secret (made now, mode 0600, on a fresh install)."""
     before, after = schema.upgrade(db.engine)
+    schema.make_private(db.engine.url.render_as_string(hide_password=False))
+    holder = _holder()
+    store, created = keystore.open_or_create(holder.path, keystore.any_encrypted())
+    encrypted = keystore.reencrypt_all(store)
+    result = {
+        "from": before,
+        "to": after,
+        "secret_key_file": holder.path,
+        "secret_created": created,
+        "keys_encrypted": encrypted,
+    }
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"schema upgraded: {d['from']} -> {d['to']}"]
+        if d["secret_created"]:
+            lines.append(
+                f"secret created: {d['secret_key_file']} (keep it; copy it to every coordinator)"
+            )
+        if d["keys_encrypted"]:
+            lines.append(f"keys encrypted: {d['keys_encrypted']}")
+        return "\n".join(lines)
+
+    _print(args, result, text)
+    return 0
+
+
+def cmd_secret_create(args: argparse.Namespace) -> int:
+    path = _holder().path
+    keystore.Keystore.create(path)
     _print(
-        args, {"from": before, "to": after}, lambda d: f"schema upgraded: {d['from']} -> {d['to']}"
+        args,
+        {"secret_key_file": path, "keys": 1},
+        lambda d: f"secret created: {d['secret_key_file']}",
+    )
+    return 0
+
+
+def cmd_secret_rotate(args: argparse.Namespace) -> int:
+    """A new key first in the secret file, the old ones kept: copy the file to every
+    coordinator, then ``secret reencrypt --retire``."""
+    store = keystore.Keystore.load(_holder().path).rotated()
+    _print(
+        args,
+        {"secret_key_file": store.path, "keys": len(store.keys)},
+        lambda d: (
+            f"{d['secret_key_file']}: a new key first, {d['keys']} keys in all; copy it "
+            "to every coordinator, then run 'secret reencrypt --retire'"
+        ),
+    )
+    return 0
+
+
+def cmd_secret_reencrypt(args: argparse.Namespace) -> int:
+    _ensure_schema()
+    store = keystore.Keystore.load(_holder().path)
+    changed = keystore.reencrypt_all(store)
+    if args.retire:
+        store = store.retired()
+    _print(
+        args,
+        {"secret_key_file": store.path, "keys_reencrypted": changed, "keys": len(store.keys)},
+        lambda d: (
+            f"{d['keys_reencrypted']} identity keys re-encrypted; "
+            f"{d['keys']} key(s) left in {d['secret_key_file']}"
+        ),
     )
     return 0
 
@@ -267,6 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON")
     groups = parser.add_subparsers(dest="group", required=True)
 
+    sec = groups.add_parser(
+        "secret", help="the secret identity keys are stored encrypted with"
+    ).add_subparsers(dest="cmd", required=True)
+    sec.add_parser(
+        "create", parents=[common], help="make the secret file (mode 0600)"
+    ).set_defaults(func=cmd_secret_create)
+    sec.add_parser(
+        "rotate", parents=[common], help="put a new key first in the secret file (old ones kept)"
+    ).set_defaults(func=cmd_secret_rotate)
+    reenc = sec.add_parser(
+        "reencrypt", parents=[common], help="encrypt every identity key with the newest key"
+    )
+    reenc.add_argument(
+        "--retire", action="store_true", help="then drop the older keys from the secret file"
+    )
+    reenc.set_defaults(func=cmd_secret_reencrypt)
     dbp = groups.add_parser("db", help="database schema").add_subparsers(dest="cmd", required=True)
     dbp.add_parser("upgrade", parents=[common], help="create or upgrade the schema").set_defaults(
         func=cmd_db_upgrade
@@ -351,6 +439,8 @@ def _database_error(exc: SQLAlchemyError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Everything this tool creates (a SQLite file, the secret) is its owner's only.
+    os.umask(0o077)
     try:
         app = _app(args.config)
         with app.app_context():
@@ -358,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             # Wake the parties waiting on what changed, through a running coordinator.
             app.extensions["dffmpeg.wakeups"].flush()
             return result
-    except (ConfigError, ApiError, schema.SchemaError) as exc:
+    except (ConfigError, ApiError, schema.SchemaError, keystore.SecretError) as exc:
         message = exc.message if isinstance(exc, ApiError) else str(exc)
         print(f"dffmpeg-admin: {printable(message)}", file=sys.stderr)
         return 1

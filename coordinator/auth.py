@@ -19,7 +19,7 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from coordinator import quotas
+from coordinator import keystore, quotas
 from coordinator.db import db, now_utc
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.models import Nonce, User
@@ -162,10 +162,11 @@ def authenticate() -> Caller:
         raise _refused("unknown_identity")
     signed = signing.SignedRequest(found.client_id, found.timestamp, found.nonce, found.signature)
     body = request.get_data(cache=True)
-    if not signing.verify(user.hmac_key, signed, request.method, signed_path(), body):
+    key = keystore.current().open(user.hmac_key)  # stored encrypted (cached once opened)
+    if not signing.verify(key, signed, request.method, signed_path(), body):
         raise _refused("bad_signature")
     # What the answer is signed with (``sign_answer``): never logged, never returned.
-    g.answer_key = user.hmac_key
+    g.answer_key = key
     g.answer_nonce = found.nonce
     # Checked only after the signature: a caller without the key learns nothing here.
     if user.allowed_networks and not address_allowed(client_address(), user.allowed_networks):

@@ -31,7 +31,8 @@ class User(db.Model):  # type: ignore[name-defined]
 
     client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
-    hmac_key: Mapped[str] = mapped_column(String(128))
+    # "f1:" + a Fernet token, opened with the coordinator's secret (coordinator/keystore.py).
+    hmac_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now_utc)
     # CIDRs this identity may connect from; empty means anywhere (see coordinator/auth.py).
     allowed_networks: Mapped[list[str]] = mapped_column(JSON, default=list)

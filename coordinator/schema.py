@@ -6,6 +6,7 @@ on an empty database and refuses to start on an out-of-date one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -159,6 +160,18 @@ def current_revision(engine: Engine) -> str | None:
 
 def is_empty(engine: Engine) -> bool:
     return not inspect(engine).get_table_names()
+
+
+def make_private(url: str) -> None:
+    """A SQLite database file (and its write-ahead log) readable by its owner only: it
+    holds the identities, their (encrypted) keys and every job's arguments."""
+    parsed = make_url(url)
+    name = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name + suffix, 0o600)
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:

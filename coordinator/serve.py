@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import schema
+from coordinator import keystore, schema
 from coordinator.metrics_dir import MetricsDirectory
+from coordinator.models import User
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
 
 
@@ -85,11 +87,21 @@ def _post_worker_init(worker: Any) -> None:
 
 
 def prepare_database(settings: CoordinatorConfig) -> None:
-    """Create or check the schema once, before any worker process starts."""
+    """Create or check the schema once, before any worker process starts, and make sure
+    the stored keys can be opened (a missing secret is one clear line, not a 401 for
+    every caller)."""
     schema.check_location(settings.database_url)
     engine = create_engine(settings.database_url, **schema.engine_options(settings.database_url))
     try:
         schema.ensure_current(engine)
+        schema.make_private(settings.database_url)
+        with engine.connect() as conn:
+            stored = [str(v) for v in conn.execute(select(User.hmac_key)).scalars()]
+        store, _ = keystore.open_or_create(
+            settings.secret_key_file, keystore.stored_keys_encrypted(stored)
+        )
+        for value in stored:
+            store.open(value)  # SecretError if the secret is not the one they were sealed with
     finally:
         engine.dispose()
 
@@ -124,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         settings.gunicorn_workers = args.workers
     if args.threads:
         settings.gunicorn_threads = args.threads
+    os.umask(0o077)  # the SQLite file, its log and a new secret: the service user's only
     try:
         prepare_database(settings)
-    except schema.SchemaError as exc:
+    except (schema.SchemaError, keystore.SecretError) as exc:
         print(f"dffmpeg-coordinator: {exc}", file=sys.stderr)
         return 3
     except SQLAlchemyError as exc:

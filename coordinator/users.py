@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 
-from coordinator import quotas
+from coordinator import keystore, quotas
 from coordinator.addresses import in_networks
 from coordinator.db import db
 from coordinator.errors import BadRequest, Conflict, NotFound
@@ -60,10 +60,11 @@ def add_user(
     allowed_networks: list[str] | None = None,
 ) -> dict[str, Any]:
     """Create an identity; the returned dict is the only place its key is shown."""
+    key = hmac_key or signing.new_key()
     user = User(
         client_id=validate_client_id(client_id),
         role=validate_role(role).value,
-        hmac_key=hmac_key or signing.new_key(),
+        hmac_key=keystore.current().seal(key),
         allowed_networks=validate_networks(allowed_networks or []),
     )
     db.session.add(user)
@@ -72,7 +73,7 @@ def add_user(
     except IntegrityError:
         db.session.rollback()
         raise Conflict(f"user {client_id} already exists") from None
-    return {**user.to_dict(), "hmac_key": user.hmac_key}
+    return {**user.to_dict(), "hmac_key": key}
 
 
 def get_user(client_id: str) -> User:
@@ -94,9 +95,10 @@ def delete_user(client_id: str) -> None:
 
 def rotate_key(client_id: str) -> dict[str, Any]:
     user = get_user(client_id)
-    user.hmac_key = signing.new_key()
+    key = signing.new_key()
+    user.hmac_key = keystore.current().seal(key)
     db.session.commit()
-    return {**user.to_dict(), "hmac_key": user.hmac_key}
+    return {**user.to_dict(), "hmac_key": key}
 
 
 _FIND_KEY = db.select(User.hmac_key).where(User.client_id == bindparam("client_id"))
@@ -105,7 +107,7 @@ _FIND_KEY = db.select(User.hmac_key).where(User.client_id == bindparam("client_i
 def key_for(client_id: str) -> str | None:
     """An identity's key, to seal what is sent to it (None: no such identity)."""
     stored = db.session.execute(_FIND_KEY, {"client_id": client_id}).scalar()
-    return str(stored) if stored is not None else None
+    return keystore.current().open(str(stored)) if stored is not None else None
 
 
 def set_networks(client_id: str, networks: list[str]) -> dict[str, Any]:

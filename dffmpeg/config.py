@@ -7,6 +7,7 @@ flag, env ``DFFMPEG_<C>_CONFIG``, ``./dffmpeg-<c>.yaml``, ``~/.config/dffmpeg/<c
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -460,6 +461,9 @@ class CoordinatorConfig:
     metrics_allowed_networks: list[str] = field(
         default_factory=lambda: list(DEFAULT_METRICS_NETWORKS)
     )
+    # The secret identity keys are stored encrypted with (docs/security-model.md#keys-at-rest).
+    # Default: beside the config file, else beside the SQLite database file.
+    secret_key_file: str = ""
     brokers: BrokerSettings = field(
         default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
     )
@@ -505,6 +509,7 @@ class CoordinatorConfig:
             metrics_allowed_networks=_networks(
                 data, "metrics_allowed_networks", DEFAULT_METRICS_NETWORKS
             ),
+            secret_key_file=_secret_file(data, source, url),
             brokers=BrokerSettings.from_dict(data),
             source=source,
         )
@@ -534,6 +539,36 @@ def _int_mapping(data: Mapping[str, Any], key: str) -> dict[str, int]:
     ):
         raise ConfigError(f"{key} must be a mapping of limit names to integers")
     return dict(value)
+
+
+SECRET_FILE_NAME = "dffmpeg-secret.key"
+
+
+def _secret_file(data: Mapping[str, Any], source: str | None, database_url: str) -> str:
+    """``secret_key_file``, or its default: beside the config file; without one, beside
+    a SQLite database file; else in the working directory."""
+    value = data.get("secret_key_file")
+    if value:
+        path = Path(str(value)).expanduser()
+        if not path.is_absolute() and source:
+            path = Path(source).parent / path
+        return str(path.absolute())
+    return default_secret_file(source, database_url)
+
+
+def default_secret_file(source: str | None, database_url: str) -> str:
+    """Where the secret is when ``secret_key_file`` is not set."""
+    if source:
+        return str((Path(source).parent / SECRET_FILE_NAME).resolve())
+    if database_url.startswith("sqlite:///") and len(database_url) > len("sqlite:///"):
+        database = Path(database_url.removeprefix("sqlite:///").split("?", 1)[0])
+        return str(database.parent.absolute() / SECRET_FILE_NAME)
+    # Settings given in code, not a file, for a database server (embedding, tests): one
+    # secret per database, so every process given the same settings shares it.
+    import tempfile  # here: the drop-in reads this module at every start
+
+    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / "dffmpeg-secrets" / f"{digest}.key")
 
 
 def default_database_url(source: str | None) -> str:

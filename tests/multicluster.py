@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from client.api import Api
+from dffmpeg.config import default_secret_file
 from dffmpeg.wire import FrameKind, decode_frames
 from tests.helpers import free_port, health, process_env, running, wait_until, write_yaml
 
@@ -114,6 +115,8 @@ def multi_cluster(
                     "host": "127.0.0.1",
                     "port": port,
                     "database_url": database_url,
+                    # The users were made by an app given settings in code: its secret.
+                    "secret_key_file": default_secret_file(None, database_url),
                     "allowed_binaries": [BINARY],
                     "gunicorn_workers": processes,
                     "janitor_seconds": 1,
