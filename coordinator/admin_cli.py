@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import jobs, keystore, quotas, scheduler, schema, users, workers
+from coordinator import grants, jobs, keystore, quotas, scheduler, schema, users, workers
 from coordinator.api.workers import admin_view
 from coordinator.db import db
 from coordinator.errors import ApiError, BadRequest
@@ -325,6 +325,44 @@ def cmd_worker_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slots_or_any(text: str) -> int | str:
+    if text == "any":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of slots or 'any'") from None
+
+
+def cmd_worker_grant(args: argparse.Namespace) -> int:
+    """Show or set what a worker identity is granted (coordinator/grants.py)."""
+    _ensure_schema()
+    current = users.get_grant(args.worker_id)
+    changes: dict[str, Any] = {}
+    if args.labels is not None:
+        changes["labels"] = None if args.labels == ["any"] else args.labels
+    if args.max_slots is not None:
+        changes["max_slots"] = None if args.max_slots == "any" else args.max_slots
+    if args.clients is not None:
+        changes["clients"] = None if args.clients == ["any"] else args.clients
+    if args.trust_probes is not None:
+        changes["trust_probes"] = args.trust_probes
+    if args.clear:
+        result = users.set_grant(args.worker_id, None)
+    elif changes:
+        result = users.set_grant(args.worker_id, grants.parse({**current.to_dict(), **changes}))
+    else:
+        result = {"client_id": args.worker_id, "grant": current.to_dict()}
+
+    def text(d: dict[str, Any]) -> str:
+        grant = d["grant"]
+        shown = {k: ("any" if v is None else v) for k, v in grant.items()}
+        return _fields({"worker": d["client_id"], **shown})
+
+    _print(args, result, text)
+    return 0
+
+
 def _with_id(parent: Any, name: str, func: Any, id_name: str, **kw: Any) -> Any:
     sub = parent.add_parser(name, **kw)
     sub.add_argument(id_name)
@@ -427,6 +465,31 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", cmd_worker_remove, "forget a worker that is gone (drain it first)"),
     ):
         _with_id(worker, name, func, "worker_id", parents=[common], help=text)
+    grant = _with_id(
+        worker,
+        "grant",
+        cmd_worker_grant,
+        "worker_id",
+        parents=[common],
+        help="show or set what a worker identity may claim (docs/security-model.md)",
+    )
+    grant.add_argument("--labels", nargs="+", metavar="LABEL", help="labels it may carry ('any')")
+    grant.add_argument(
+        "--max-slots", metavar="N", type=_slots_or_any, help="at most this many slots ('any')"
+    )
+    grant.add_argument(
+        "--clients", nargs="+", metavar="CLIENT", help="whose jobs it may run ('any')"
+    )
+    trust = grant.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--trust-probes", dest="trust_probes", action="store_true", default=None,
+        help="its captured -version/-encoders/... may be served to drop-ins (default)",
+    )  # fmt: skip
+    trust.add_argument(
+        "--no-trust-probes", dest="trust_probes", action="store_false",
+        help="never serve its captured probe outputs",
+    )  # fmt: skip
+    grant.add_argument("--clear", action="store_true", help="no grant: believe its registration")
     return parser
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -39,6 +40,8 @@ class User(db.Model):  # type: ignore[name-defined]
     # Limits an admin set for this identity ({name: value}); the others are the
     # defaults (coordinator/quotas.py). None: none set.
     quotas: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    # For a worker identity: what an admin grants it (coordinator/grants.py); None: none.
+    worker_grant: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +90,11 @@ class Worker(db.Model):  # type: ignore[name-defined]
     # Whether the worker runs its jobs confined (worker key ``sandbox``). A worker that
     # does not say is taken to be unconfined: operators must see it, not assume safety.
     sandboxed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # From its identity's grant (coordinator/grants.py), copied at registration and when
+    # an admin changes it: whose jobs it may run (None: anybody's) and whether its
+    # captured probe outputs may be served to drop-ins.
+    allowed_clients: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    probe_trusted: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # What an operator reads about the worker, small enough for every console refresh
     # (revision 0007): per binary its path, version and hardware checks; its mounts,
     # operating system, and the slots and labels its own config asked for.
@@ -116,6 +124,8 @@ class Worker(db.Model):  # type: ignore[name-defined]
             "state": self.state,
             "drained": bool(self.drained),
             "sandboxed": bool(self.sandboxed),
+            "allowed_clients": self.allowed_clients,
+            "probe_trusted": bool(self.probe_trusted),
             "slots": self.slots,
             "labels": self.labels,
             "binaries": sorted(info.get("binaries") or self.capabilities),

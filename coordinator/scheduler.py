@@ -49,6 +49,7 @@ class Wanted(Protocol):
     preferred_labels: list[str]
     needs: dict[str, Any] | None
     pinned_worker: str | None
+    requester: str
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Offer:
     path_variables: set[str]
     caps: dict[str, dict[str, set[str]] | None]
     free: int
+    # Whose jobs the worker may run (its grant); None: anybody's.
+    clients: frozenset[str] | None = None
 
     @classmethod
     def of(cls, worker: Worker, free: int) -> Offer:
@@ -67,12 +70,18 @@ class Offer:
             name: capabilities.offered({"capabilities": info} if info else None)
             for name, info in (worker.capabilities or {}).items()
         }
-        return cls(worker.worker_id, set(worker.labels), set(worker.path_variables), caps, free)
+        allowed = worker.allowed_clients
+        clients = frozenset(allowed) if allowed is not None else None
+        return cls(
+            worker.worker_id, set(worker.labels), set(worker.path_variables), caps, free, clients
+        )
 
     def lacks(self, job: Wanted) -> list[str]:
         """What this worker lacks to run ``job`` (empty when it can run it)."""
         if job.pinned_worker and job.pinned_worker != self.worker_id:
             return [f"it is pinned to worker {job.pinned_worker}"]
+        if self.clients is not None and job.requester not in self.clients:
+            return [f"a grant to run {job.requester}'s jobs"]
         if job.binary not in self.caps:
             return [f"binary {job.binary}"]
         lacking = [f"path ${v}" for v in job.path_variables if v not in self.path_variables]

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, delete, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator import keystore, quotas
+from coordinator import keystore, lifecycle, quotas, scheduler
 from coordinator.addresses import in_networks
 from coordinator.db import db
 from coordinator.errors import BadRequest, Conflict, NotFound
-from coordinator.models import User
+from coordinator.grants import Grant
+from coordinator.models import Job, Nonce, User, Worker
 from dffmpeg import signing
-from dffmpeg.wire import Role
+from dffmpeg.wire import JobState, Role
 
 ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
@@ -87,8 +89,41 @@ def list_users() -> list[User]:
     return list(db.session.execute(db.select(User).order_by(User.client_id)).scalars())
 
 
+def tombstone(client_id: str) -> str:
+    """The name a deleted identity's jobs are kept under. ``#`` is not allowed in an
+    identity, so no identity made later, of any name, can own them."""
+    return f"#{secrets.token_hex(6)}:{client_id}"[:64]
+
+
+def _fail_held_jobs(worker_id: str) -> None:
+    """What a deleted worker identity holds will never be reported: lost now."""
+    held = db.select(Job.id).where(
+        Job.worker_id == worker_id, Job.state.in_(scheduler.ACTIVE_STATES)
+    )
+    for job_id in list(db.session.execute(held).scalars()):
+        lifecycle.transition(
+            job_id,
+            [JobState.ASSIGNED, JobState.RUNNING, JobState.CANCELING],
+            JobState.FAILED,
+            "worker lost (its identity was deleted)",
+            failure="worker_lost",
+        )
+
+
 def delete_user(client_id: str) -> None:
+    """Forget the identity. Its jobs stay in the history (admins see them) under a
+    tombstone name: a new identity of the same name never sees them, nor their output.
+    Its nonces and, for a worker, its worker row go with it."""
     user = get_user(client_id)
+    if user.role == Role.WORKER.value:
+        _fail_held_jobs(client_id)
+    gone = tombstone(client_id)
+    db.session.execute(update(Job).where(Job.requester == client_id).values(requester=gone))
+    db.session.execute(update(Job).where(Job.worker_id == client_id).values(worker_id=gone))
+    db.session.execute(delete(Nonce).where(Nonce.client_id == client_id))
+    worker = db.session.get(Worker, client_id)
+    if worker is not None:
+        db.session.delete(worker)
     db.session.delete(user)
     db.session.commit()
 
@@ -143,3 +178,24 @@ def set_quota(
     user.quotas = own or None
     db.session.commit()
     return get_quota(client_id, defaults)
+
+
+def get_grant(client_id: str) -> Grant:
+    return Grant.of(get_user(client_id).worker_grant)
+
+
+def set_grant(client_id: str, grant: Grant | None) -> dict[str, Any]:
+    """What the worker identity is granted (None: no grant). A registered worker of it
+    follows at once; its slots and labels are cut at its next registration."""
+    user = get_user(client_id)
+    if user.role != Role.WORKER.value:
+        raise BadRequest(f"{client_id} is not a worker identity")
+    user.worker_grant = grant.to_dict() if grant is not None else None
+    effective = grant if grant is not None else Grant()
+    worker = db.session.get(Worker, client_id)
+    if worker is not None:
+        worker.allowed_clients = effective.clients
+        worker.probe_trusted = effective.trust_probes
+        worker.slots, worker.labels = effective.cut(client_id, worker.slots, list(worker.labels))
+    db.session.commit()
+    return {"client_id": client_id, "grant": effective.to_dict()}

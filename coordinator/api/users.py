@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
 
-from coordinator import users
+from coordinator import grants, users
 from coordinator.api.parse import field, json_body, str_list
 from coordinator.auth import requires
 from coordinator.errors import Conflict
@@ -76,3 +76,25 @@ def set_quota(client_id: str) -> ResponseReturnValue:
     """Set limits: ``{name: value}``; a value of null goes back to the default."""
     defaults = current_app.config["DFFMPEG"].default_quotas
     return jsonify(users.set_quota(client_id, json_body(), defaults))
+
+
+@bp.get("/<client_id>/grant")
+@requires(Role.ADMIN)
+def show_grant(client_id: str) -> ResponseReturnValue:
+    """What a worker identity is granted (coordinator/grants.py)."""
+    return jsonify({"client_id": client_id, "grant": users.get_grant(client_id).to_dict()})
+
+
+@bp.put("/<client_id>/grant")
+@requires(Role.ADMIN)
+def set_grant(client_id: str) -> ResponseReturnValue:
+    """Replace the grant: ``{labels, max_slots, clients, trust_probes}``, each optional
+    (null: not restricted)."""
+    return jsonify(users.set_grant(client_id, grants.parse(json_body())))
+
+
+@bp.delete("/<client_id>/grant")
+@requires(Role.ADMIN)
+def clear_grant(client_id: str) -> ResponseReturnValue:
+    """No grant: the worker is believed for what it registers."""
+    return jsonify(users.set_grant(client_id, None))

@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import JSON, Row, bindparam, case, select, update
 from sqlalchemy.orm import defer
 
-from coordinator import held, lifecycle, quotas, scheduler, workerinfo, workers
+from coordinator import held, lifecycle, quotas, scheduler, users, workerinfo, workers
 from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
@@ -209,13 +209,20 @@ def register() -> ResponseReturnValue:
     path_variables = _path_variables(data, [])
     now = now_utc()
     worker_id = g.user.client_id
+    grant = users.get_grant(worker_id)  # read before the new row joins the session
     worker = db.session.get(Worker, worker_id)
     if worker is None:
         worker = Worker(worker_id=worker_id, registered_at=now)
         db.session.add(worker)
     worker.state = "online"
-    # An admin's live change of slots or labels outlives the worker's restart.
-    worker.slots, worker.labels = workerinfo.effective(slots, labels, worker.overrides)
+    # Believed only as far as an admin granted (coordinator/grants.py); an admin's live
+    # change of slots or labels outlives the worker's restart.
+    granted_slots, granted_labels = grant.cut(worker_id, slots, labels)
+    worker.slots, worker.labels = workerinfo.effective(
+        granted_slots, granted_labels, worker.overrides
+    )
+    worker.allowed_clients = grant.clients
+    worker.probe_trusted = grant.trust_probes
     worker.binaries = binaries
     worker.capabilities = _capabilities(binaries)
     worker.info = {
