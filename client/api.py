@@ -63,8 +63,33 @@ class Response:
         return data
 
 
+@dataclass(frozen=True)
+class Tls:
+    """How an ``https://`` coordinator is trusted: a private CA (``ca_file``; default the
+    system's CAs) and, where the coordinator (its proxy) asks for one, our certificate."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def context(self) -> Any:
+        import ssl  # only for https: the drop-in's plain-HTTP start never loads it
+
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
 class Api:
-    def __init__(self, base_url: str, client_id: str, hmac_key: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        hmac_key: str,
+        timeout: float = 30.0,
+        tls: Tls | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"coordinator_url {base_url!r} must be http(s)://host[:port]")
@@ -75,13 +100,16 @@ class Api:
         self.client_id = client_id
         self._key = hmac_key
         self.timeout = timeout
+        self.tls = tls or Tls()
+        self._tls_context: Any = None
         self._local = threading.local()
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: ClientConfig, timeout: float = 30.0) -> Api:
-        return cls(config.coordinator_url, config.client_id, config.hmac_key, timeout)
+        tls = Tls(config.ca_file, config.client_cert_file, config.client_key_file)
+        return cls(config.coordinator_url, config.client_id, config.hmac_key, timeout, tls)
 
     def _connection(self, timeout: float) -> Any:
         conn: Any = getattr(self._local, "conn", None)
@@ -89,7 +117,11 @@ class Api:
             if self.scheme == "https":
                 import http.client
 
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
+                if self._tls_context is None:
+                    self._tls_context = self.tls.context()
+                conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=timeout, context=self._tls_context
+                )
             else:
                 conn = PlainConnection(self.host, self.port, timeout)
             self._local.conn = conn

@@ -36,6 +36,7 @@ def open_downlink(
         coordinator_url=config.coordinator_url,
         hmac_key=config.hmac_key,
         brokers=config.brokers,
+        tls_context=api.tls.context() if api.scheme == "https" else None,
     )
     worker = role == "worker"
     downlink = Downlink(endpoint, config.transports, call, handshake=worker)

@@ -167,6 +167,19 @@ def _paths(data: Mapping[str, Any]) -> dict[str, str]:
     return {name: root for name, (root, _) in _path_entries(data).items()}
 
 
+def _file(data: Mapping[str, Any], key: str, base: Path | None) -> str | None:
+    """A file named by ``key``, relative to the config file's directory; it must exist."""
+    value = data.get(key)
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist")
+    return str(path)
+
+
 def _key_file(data: Mapping[str, Any], base: Path | None) -> str | None:
     """The absolute path of ``hmac_key_file``, if the key comes from a file."""
     key_file = data.get("hmac_key_file")
@@ -257,6 +270,11 @@ class ClientConfig:
     source: str | None = field(default=None, metadata=yaml_keys())
     # Where ``hmac_key_file`` lies (the worker hides it from its jobs); not a key itself.
     key_file: str | None = field(default=None, metadata=yaml_keys())
+    # TLS to an https:// coordinator: the CA to trust instead of the system's, and our
+    # certificate where the coordinator's proxy asks for one (docs/security-model.md#tls).
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
     # Defaults for every job this client submits (see docs/lifecycle.md).
     require_labels: list[str] = field(default_factory=list)
     prefer_labels: list[str] = field(default_factory=list)
@@ -286,6 +304,9 @@ class ClientConfig:
             brokers=BrokerSettings.from_dict(data),
             source=source,
             key_file=_key_file(data, base),
+            ca_file=_file(data, "ca_file", base),
+            client_cert_file=_file(data, "client_cert_file", base),
+            client_key_file=_file(data, "client_key_file", base),
             require_labels=_str_list(data, "require_labels", []),
             prefer_labels=_str_list(data, "prefer_labels", []),
             priority=int(data.get("priority", 0)),

@@ -28,7 +28,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dffmpeg import signing
 from dffmpeg.config import BrokerSettings
@@ -157,6 +157,9 @@ class Endpoint:
     coordinator_url: str = ""
     hmac_key: str = ""
     brokers: BrokerSettings = field(default_factory=BrokerSettings)
+    # For an https:// coordinator: an ``ssl.SSLContext`` (the party's ca_file and
+    # certificate), or None for the system's defaults.
+    tls_context: Any = None
 
 
 class Transport(ABC):

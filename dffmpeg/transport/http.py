@@ -114,8 +114,16 @@ class Stream(Transport):
         headers = signing.sign_headers(
             self.endpoint.identity, self.endpoint.hmac_key, "GET", path, b""
         )
-        factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = factory(self._host, self._port, timeout=KEEPALIVE_SECONDS * 3)
+        conn: http.client.HTTPConnection
+        if self._https:
+            conn = http.client.HTTPSConnection(
+                self._host,
+                self._port,
+                timeout=KEEPALIVE_SECONDS * 3,
+                context=self.endpoint.tls_context,
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=KEEPALIVE_SECONDS * 3)
         with self._lock:
             self._conn = conn
         conn.request("GET", path, headers=headers)
