@@ -47,3 +47,40 @@ def test_timestamp_window() -> None:
     assert not signing.timestamp_fresh("1000", 30, now=1031)
     assert not signing.timestamp_fresh("1000", 30, now=969)
     assert not signing.timestamp_fresh("soon", 30, now=1000)
+
+
+ANSWER_BODY = b'{"job": {"job_id": "0ee55e8392bc4f6d8a1b2c3d4e5f6a7b", "state": "pending"}}'
+
+
+def test_worked_answer_example_matches_the_document() -> None:
+    import hashlib
+
+    body_hash = hashlib.sha256(ANSWER_BODY).hexdigest()
+    canonical = signing.answer_canonical(201, NONCE, body_hash)
+    sig = signing.answer_signature(KEY, 201, NONCE, ANSWER_BODY)
+    doc = DOC.read_text()
+    assert ANSWER_BODY.decode() in doc
+    assert canonical.decode() in doc
+    match = re.search(r"answer signature: `([0-9a-f]{64})`", doc)
+    assert match is not None and match.group(1) == sig
+
+
+def test_an_answer_is_valid_only_for_its_request_status_and_body() -> None:
+    sig = signing.answer_signature(KEY, 200, NONCE, b"{}")
+    assert signing.answer_valid(KEY, 200, NONCE, b"{}", sig)
+    assert not signing.answer_valid(KEY, 201, NONCE, b"{}", sig)
+    assert not signing.answer_valid(KEY, 200, "f" * 32, b"{}", sig)
+    assert not signing.answer_valid(KEY, 200, NONCE, b"{ }", sig)
+    assert not signing.answer_valid(KEY + "x", 200, NONCE, b"{}", sig)
+    assert not signing.answer_valid(KEY, 200, NONCE, b"{}", None)
+    streamed = signing.answer_signature(KEY, 200, NONCE, None)
+    assert signing.answer_valid(KEY, 200, NONCE, None, streamed)
+    assert not signing.answer_valid(KEY, 200, NONCE, b"", streamed)
+
+
+def test_a_sealed_notification_opens_only_with_its_key_and_address() -> None:
+    sealed = signing.seal(KEY, ("to", "w1", "ping"), b'{"key": "ping"}')
+    assert signing.unseal(KEY, ("to", "w1", "ping"), sealed) == b'{"key": "ping"}'
+    assert signing.unseal(KEY, ("to", "w2", "ping"), sealed) is None
+    assert signing.unseal("other", ("to", "w1", "ping"), sealed) is None
+    assert signing.unseal(KEY, ("to", "w1", "ping"), b'{"key": "ping"}') is None
