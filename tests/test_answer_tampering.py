@@ -144,22 +144,24 @@ def test_a_worker_never_runs_an_assignment_it_cannot_verify(coord: Coordinator) 
             )
         return None
 
-    with relay(coord.url, rewrite) as proxy:
-        with coord.worker("proxied", ["tamper"], coordinator_url=url_of(proxy),
-                          paths={"Media": str(coord.root / "media")}):  # fmt: skip
-            api, _ = coord.client("victim")
-            job = api.call(
-                "POST", "/jobs",
-                json_body={"binary": "ffmpeg", "args": ["-version"],
-                           "required_labels": ["tamper"], "mode": "background"},
-            )["job"]  # fmt: skip
-            deadline = time.monotonic() + 8
-            while time.monotonic() < deadline and proxy.tampered < 2:
-                time.sleep(0.1)
-            time.sleep(1)
-            assert proxy.tampered >= 1
-            assert not injected.exists()
-            assert coord.job(job["job_id"])["state"] in ("pending", "assigned")
+    media = {"Media": str(coord.root / "media")}
+    with (
+        relay(coord.url, rewrite) as proxy,
+        coord.worker("proxied", ["tamper"], coordinator_url=url_of(proxy), paths=media),
+    ):
+        api, _ = coord.client("victim")
+        job = api.call(
+            "POST", "/jobs",
+            json_body={"binary": "ffmpeg", "args": ["-version"],
+                       "required_labels": ["tamper"], "mode": "background"},
+        )["job"]  # fmt: skip
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and proxy.tampered < 2:
+            time.sleep(0.1)
+        time.sleep(1)
+        assert proxy.tampered >= 1
+        assert not injected.exists()
+        assert coord.job(job["job_id"])["state"] in ("pending", "assigned")
     log = (coord.root / "proxied.log").read_text()
     assert "answer refused" in log
 
