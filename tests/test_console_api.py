@@ -164,10 +164,13 @@ def test_heartbeat_load_is_kept_clean(api: Identities) -> None:
         "cpu_percent": 37.5,
         "memory_percent": 61.2,
         "cpus": 8,
-        "load_1m": float("nan"),  # JSON allows it through Python; it must not stay
+        "load_1m": "high",  # not a number: dropped
         "junk": "x" * 10_000,
         "gpus": [{"vendor": "nvidia", "name": "n" * 500, "encoder_sessions": 2}] * 20,
     }
+    # NaN is no number a body may carry (coordinator/api/parse.py): refused whole.
+    nan = api.worker.post("/api/v1/workers/heartbeat", json_body={"load": {"cpus": float("nan")}})
+    assert nan.status_code == 400
     reply = api.worker.post("/api/v1/workers/heartbeat", json_body={"load": load})
     assert reply.status_code == 200
     shown = api.admin.get("/api/v1/workers").get_json()["workers"][0]["load"]
