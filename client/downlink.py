@@ -33,7 +33,7 @@ def open_downlink(
     endpoint = Endpoint(
         identity=config.client_id,
         role=role,
-        coordinator_url=config.coordinator_url,
+        coordinator_url=api.base_url,  # the address requests go to now
         hmac_key=config.hmac_key,
         brokers=config.brokers,
     )

@@ -16,7 +16,9 @@ from coordinator import api, auth, errors, health, held, openapi, publish, quota
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
+from coordinator.services import BackgroundServices
 from coordinator.serving import ServingMonitor
+from coordinator.storage import StorageMonitor
 from coordinator.wakeups import DatabaseWakeups
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
 
@@ -85,7 +87,10 @@ def create_app(
     app.extensions["dffmpeg.draining"] = threading.Event()
     # Told by the request loop when this instance cannot serve everyone; the janitor
     # writes it to the database and judges no lease until parties had time to renew.
-    app.extensions["dffmpeg.serving"] = ServingMonitor()
+    serving = ServingMonitor()
+    app.extensions["dffmpeg.serving"] = serving
+    # Told of every request or sweep the database failed (coordinator/storage.py).
+    app.extensions["dffmpeg.storage"] = StorageMonitor(settings.database_url, serving)
     # The request loop asks this about a request whose body is still on its way.
     app.extensions["dffmpeg.precheck"] = functools.partial(auth.precheck, app)
     app.extensions["dffmpeg.held"] = held.HeldRequests(settings.held_threads)
@@ -98,17 +103,24 @@ def create_app(
         with app.app_context():
             schema.ensure_current()
     monitoring.count_database_errors(app)
+    # Every background thread of this app has one owner, which starts and stops them
+    # together (coordinator/services.py).
+    services = BackgroundServices()
+    app.extensions["dffmpeg.services"] = services
     with app.app_context():
         wakeups = DatabaseWakeups(database.engine, notifier)
     app.extensions["dffmpeg.wakeups"] = wakeups
     if start_janitor if start_wakeups is None else start_wakeups:
-        wakeups.start()
+        services.add("database wake-ups", wakeups)
     janitor = Janitor(app)
     app.extensions["dffmpeg.janitor"] = janitor
     if start_janitor:
-        janitor.start()
+        services.add("janitor", janitor)
     # Broker connections and the stream hub (nothing when only HTTP long-poll is enabled;
     # off for one-shot tools such as dffmpeg-admin).
     if start_transports:
-        publish.install(app, settings, notifier)
+        fanout = publish.install(app, settings, notifier)
+        if fanout is not None:
+            services.add("broker fan-out", fanout)
+    services.start()
     return app

@@ -3,8 +3,10 @@
 ``/health`` is liveness: 200 while the process serves requests, 503 while it drains.
 It also carries the coordinator's clock and signing window, so ``dffmpeg-client doctor``
 can measure a clock skew before it signs anything. ``/health/ready`` is readiness: 200
-only while the database answers at the schema this coordinator needs and the process
-is not draining; 503 otherwise, with the reason.
+only while the database answers at the schema this coordinator needs, can be written
+(a SQLite volume that is read-only or full, or a write that failed for such a reason
+and has not been followed by one that went through: coordinator/storage.py), and the
+process is not draining; 503 otherwise, with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import schema
+from coordinator import schema, storage
 from coordinator.db import db
 
 bp = Blueprint("health", __name__)
@@ -54,4 +56,10 @@ def ready() -> ResponseReturnValue:
     if current != head:
         reason = f"database schema is at revision {current}, this coordinator needs {head}"
         return jsonify({"status": "unavailable", "reason": reason}), 503
+    settings = current_app.config["DFFMPEG"]
+    monitor: storage.StorageMonitor = current_app.extensions["dffmpeg.storage"]
+    fault = storage.volume_problem(settings.database_url) or monitor.current()
+    if fault is not None:
+        reason = storage.describe(fault, settings.database_url)
+        return jsonify({"status": "unavailable", "reason": reason, "kind": fault.kind}), 503
     return jsonify({"status": "ready", "schema": current})

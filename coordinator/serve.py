@@ -75,8 +75,7 @@ def _post_worker_init(worker: Any) -> None:
         if isinstance(app, Flask):
             app.extensions["dffmpeg.draining"].set()
             app.extensions["dffmpeg.notifier"].shutdown()
-            app.extensions["dffmpeg.janitor"].stop()
-            app.extensions["dffmpeg.wakeups"].stop()
+            app.extensions["dffmpeg.services"].stop()
         original(sig, frame)
 
     worker.handle_exit = handle_exit

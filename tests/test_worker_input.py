@@ -13,7 +13,7 @@ from typing import Any
 
 from client.api import Response
 from dffmpeg.wire import Frame, FrameKind, encode_frames, status_frame
-from worker.executor import JobExecution
+from worker.executor import JobExecution, JobRules
 
 
 class ScriptedApi:
@@ -43,7 +43,8 @@ def test_malformed_frames_do_not_end_the_input_thread() -> None:
             encode_frames([Frame(FrameKind.SIGNAL, 2, str(int(signal.SIGTERM)).encode())]),
         ]
         api = ScriptedApi(bodies)
-        execution = JobExecution(api, {"job_id": "j1", "binary": "sleep", "args": []}, {}, {})  # type: ignore[arg-type]
+        assignment = {"job_id": "j1", "binary": "sleep", "args": []}
+        execution = JobExecution(api, assignment, JobRules(binaries={}, paths={}))  # type: ignore[arg-type]
         execution.process = process
         execution._relay_input(process.stdin)
         # The signal after the malformed frames was delivered...

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, bindparam, case, select, update
 
-from coordinator import held, lifecycle, quotas, scheduler, workers
+from coordinator import held, lifecycle, quotas, retries, scheduler, workers
 from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
@@ -144,20 +144,23 @@ _SHORTEN_LEASE = (
 )
 
 
-def renew_lease(worker_id: str) -> Row[Any]:
+def renew_lease(worker_id: str, always: bool = False) -> Row[Any]:
     """Extend the calling worker's lease; its row (state, slots, drained), or 409 when it
     must register.
 
     Runs for every heartbeat and every poll of every worker, so it is two plain
     statements rather than a loaded, flushed and expired ORM object. The update's
     condition keeps a worker the janitor declared offline offline (see
-    ``current_worker``).
+    ``current_worker``). A poll within ``RENEW_AFTER`` of the last renewal writes
+    nothing; a heartbeat (``always``) always renews: the one a worker sends after its
+    last job ended is what turns its short lease into the idle one, and skipping it
+    would leave the short lease to run out while the worker waits the idle interval.
     """
     row = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
     if row is None or row.state == "offline":
         raise Conflict("worker is not registered")
     now = now_utc()
-    if row.last_seen_at is not None and now - row.last_seen_at < RENEW_AFTER:
+    if not always and row.last_seen_at is not None and now - row.last_seen_at < RENEW_AFTER:
         # A busy worker polls many times a second: one write per second is plenty for
         # a lease of several seconds.
         db.session.commit()
@@ -220,6 +223,9 @@ def register() -> ResponseReturnValue:
             "worker": worker.to_dict(),
             "lease_seconds": _lease().total_seconds(),
             "idle_lease_seconds": _idle_lease().total_seconds(),
+            # How long the worker keeps its jobs and their output while it cannot reach
+            # us (or we cannot reach the database): docs/operations.md.
+            "outage_grace_seconds": current_app.config["DFFMPEG"].outage_grace_seconds,
         }
     )
 
@@ -242,20 +248,13 @@ def _forget_previous_life(worker_id: str) -> None:
                 worker_id=None,
             )
         else:
-            lifecycle.transition(
-                job_id,
-                [JobState.RUNNING, JobState.CANCELING],
-                JobState.FAILED,
-                "worker lost (it restarted)",
-                held_by=worker_id,
-                failure="worker_lost",
-            )
+            retries.worker_lost(job_id, worker_id, "worker lost (it restarted)")
 
 
 @bp.post("/heartbeat")
 @requires(Role.WORKER)
 def heartbeat() -> ResponseReturnValue:
-    return jsonify({"state": renew_lease(g.user.client_id).state})
+    return jsonify({"state": renew_lease(g.user.client_id, always=True).state})
 
 
 @bp.post("/paths")
