@@ -284,7 +284,7 @@ class Api:
             if answer.status == 401:
                 return
             if answer.status >= 500:
-                raise Unreachable(f"unsigned HTTP {answer.status} (a proxy in between?)")
+                raise Unreachable(f"unsigned HTTP {answer.status}{_claimed_error(answer)}")
             raise AnswerRefused(answer.status, f"unsigned HTTP {answer.status}")
         if not signing.answer_valid(self._key, answer.status, nonce, answer.body, signature):
             raise AnswerRefused(answer.status, "its signature does not match")
@@ -338,10 +338,12 @@ class Api:
         return response
 
     def _retry(self, deadline: float, delay: float) -> bool:
-        """Wait ``delay`` if another attempt fits before ``deadline``."""
-        if self._aborted.is_set() or time.monotonic() + delay > deadline:
+        """Wait ``delay`` (at most until ``deadline``, for a last attempt then); False
+        when the time is up."""
+        remaining = deadline - time.monotonic()
+        if self._aborted.is_set() or remaining <= 0:
             return False
-        self._aborted.wait(delay)
+        self._aborted.wait(min(delay, remaining))
         return not self._aborted.is_set()
 
     def unsigned_get(self, path: str, timeout: float | None = None) -> Response:
@@ -376,6 +378,19 @@ def _error(response: Response) -> ApiError:
     message = str(body.get("message", f"HTTP {response.status}"))
     cls = AuthError if response.status in (401, 403) else ApiError
     return cls(response.status, code, message, body)
+
+
+def _claimed_error(answer: Response) -> str:
+    """The error code an unsigned 5xx names, to show (never to act on): the coordinator
+    answers unsigned when it could not even check who asked, e.g. its database is away;
+    a proxy in between answers unsigned too."""
+    try:
+        code = answer.json().get("error")
+    except ValueError:
+        code = None
+    if isinstance(code, str) and code.replace("_", "").isalpha() and len(code) <= 40:
+        return f" ({code})"
+    return " (a proxy in between?)"
 
 
 def _retry_after(response: Response, delays: Backoff) -> float:

@@ -12,7 +12,18 @@ from typing import Any
 
 from flask import Flask, has_app_context
 
-from coordinator import api, auth, errors, health, held, openapi, publish, quotas, schema
+from coordinator import (
+    api,
+    auth,
+    errors,
+    health,
+    held,
+    openapi,
+    publish,
+    quotas,
+    schema,
+    storage,
+)
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
@@ -99,7 +110,7 @@ def create_app(
     app.register_blueprint(openapi.bp)
     api.register(app)
 
-    if check_schema:
+    if check_schema and not storage.on_read_only_volume(settings.database_url):
         with app.app_context():
             schema.ensure_current()
     monitoring.count_database_errors(app)

@@ -44,6 +44,12 @@ def health() -> ResponseReturnValue:
 def ready() -> ResponseReturnValue:
     if _draining():
         return jsonify({"status": "draining", "reason": "the coordinator is shutting down"}), 503
+    settings = current_app.config["DFFMPEG"]
+    # The volume first: on a read-only one even reading may fail, and then the reason
+    # is the volume, not an unreachable database.
+    fault = storage.volume_problem(settings.database_url)
+    if fault is not None:
+        return _storage_fault(fault)
     head = schema.head_revision()
     try:
         current = schema.stamped_revision(db.engine)
@@ -56,10 +62,13 @@ def ready() -> ResponseReturnValue:
     if current != head:
         reason = f"database schema is at revision {current}, this coordinator needs {head}"
         return jsonify({"status": "unavailable", "reason": reason}), 503
-    settings = current_app.config["DFFMPEG"]
     monitor: storage.StorageMonitor = current_app.extensions["dffmpeg.storage"]
-    fault = storage.volume_problem(settings.database_url) or monitor.current()
-    if fault is not None:
-        reason = storage.describe(fault, settings.database_url)
-        return jsonify({"status": "unavailable", "reason": reason, "kind": fault.kind}), 503
+    fault = monitor.current()
+    if fault is not None and fault.kind != storage.BUSY:  # contention passes by itself
+        return _storage_fault(fault)
     return jsonify({"status": "ready", "schema": current})
+
+
+def _storage_fault(fault: storage.Fault) -> ResponseReturnValue:
+    reason = storage.describe(fault, current_app.config["DFFMPEG"].database_url)
+    return jsonify({"status": "unavailable", "reason": reason, "kind": fault.kind}), 503

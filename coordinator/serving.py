@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -43,6 +44,7 @@ from coordinator.db import db, now_utc
 from coordinator.models import ServingState
 
 log = logging.getLogger(__name__)
+LOG_SECONDS = 30.0
 
 _LATEST = select(func.max(ServingState.impaired_at))
 
@@ -61,6 +63,7 @@ class ServingMonitor:
         self._lock = threading.Lock()
         self._noted: tuple[datetime, str] | None = None  # not yet written out
         self._last: datetime | None = None  # the latest of this instance, written or not
+        self._logged: dict[str, float] = {}  # reason -> when last logged (janitor thread)
 
     def impaired(self, reason: str) -> None:
         """This instance cannot serve everyone right now. Cheap; never blocks on I/O."""
@@ -80,7 +83,11 @@ class ServingMonitor:
         if noted is None:
             return None
         at, reason = noted
-        log.warning("this coordinator could not serve every request: %s", reason)
+        now = time.monotonic()
+        if now - self._logged.get(reason, -LOG_SECONDS) >= LOG_SECONDS:
+            # Once per reason and half minute: a fault lasting minutes is noted every sweep.
+            self._logged[reason] = now
+            log.warning("this coordinator could not serve every request: %s", reason)
         try:
             result = db.session.execute(
                 update(ServingState)

@@ -155,6 +155,23 @@ def volume_problem(database_url: str) -> Fault | None:
     return None
 
 
+def on_read_only_volume(database_url: str) -> bool:
+    """Whether an existing SQLite database lies on a volume mounted read-only.
+
+    A coordinator starting then does not refuse (as it does for a directory it may not
+    write for lack of permission, which is a set-up mistake): a volume remounted
+    read-only after an error is a fault that ends, and the coordinator serves 503,
+    naming it, until the volume is writable again, then carries on by itself.
+    """
+    path = sqlite_file(database_url)
+    if path is None or not path.exists():
+        return False
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def describe(fault: Fault, database_url: str) -> str:
     """What a party and the log are told: the kind in words, naming the volume of a
     SQLite database (the operator's next step is on that volume)."""
@@ -190,19 +207,17 @@ class StorageMonitor:
     def failed(self, fault: Fault) -> str:
         """A request or sweep failed for ``fault``; returns the message for the party."""
         message = describe(fault, self.database_url)
-        self.serving.impaired(f"database {fault.kind}")
         now = time.monotonic()
         with self._lock:
             self._fault = (now_utc(), fault)
             due = now - self._logged.get(fault.kind, -LOG_SECONDS) >= LOG_SECONDS
             if due:
                 self._logged[fault.kind] = now
+        # Noted after the fault's time: the write of this impairment proves it over.
+        self.serving.impaired(f"database {fault.kind}")
         if due:
-            log.error(
-                "database unavailable: %s (%s); requests are answered 503 until it is back",
-                message,
-                fault.detail,
-            )
+            shown = message if fault.detail in message else f"{message} ({fault.detail})"
+            log.error("database unavailable: %s; requests are answered 503 until it is back", shown)
         return message
 
     def wrote(self, noted_at: datetime) -> None:
