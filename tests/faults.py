@@ -294,12 +294,14 @@ def fault_cluster(
     client_extra: dict[str, Any] | None = None,
     worker_extra: dict[str, Any] | None = None,
     urls: Sequence[str] | None = None,
+    ports: Sequence[int] | None = None,
 ) -> Iterator[FaultCluster]:
     """Coordinator instances on ``database_url``, workers, a client config for callers.
 
     ``worker_urls[i]`` and ``client_urls`` list instance numbers in failover order
     (default: every party knows only the first instance); ``urls`` replaces the
-    addresses the parties are given (e.g. a proxy in between), one per instance.
+    addresses the parties are given (e.g. a proxy in between), one per instance;
+    ``ports`` chooses the instances' ports (default: free ones).
     """
     (root / "runs").mkdir(parents=True)
     (root / "bin").mkdir()
@@ -313,7 +315,7 @@ def fault_cluster(
     keys = _add_users(database_url, workers)
     coordinators = []
     for i in range(instances):
-        port = free_port()
+        port = ports[i] if ports is not None else free_port()
         config = write_yaml(
             root / f"coordinator{i}.yaml",
             {
