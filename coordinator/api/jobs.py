@@ -99,8 +99,8 @@ _READ_STATE = select(Job.state, Job.attempt, Job.retries_left, Job.output_seen).
 _OUTPUT_SEEN = (
     update(Job.__table__)
     .where(
-        Job.__table__.c.id == bindparam("job_id"),
-        Job.__table__.c.attempt == bindparam("attempt"),
+        Job.__table__.c.id == bindparam("b_job"),
+        Job.__table__.c.attempt == bindparam("b_attempt"),
     )
     .values(output_seen=True)
 )
@@ -410,7 +410,7 @@ def read_output(job_id: str) -> ResponseReturnValue:
             # A job that may run again once its worker is lost: first record that this
             # run's output reached the requester (then it never runs again).
             marked = db.session.execute(
-                _OUTPUT_SEEN, {"job_id": job_id, "attempt": row.attempt}
+                _OUTPUT_SEEN, {"b_job": job_id, "b_attempt": row.attempt}
             ).rowcount  # type: ignore[attr-defined]
             db.session.commit()
             if not marked:
