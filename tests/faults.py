@@ -36,6 +36,7 @@ echo "$1" >> {runs}
 i=0
 while [ "$i" -lt "$2" ]; do
   printf 'out %s %d \\000\\377\\n' "$1" "$i"
+  [ -n "$5" ] && head -c "$5" /dev/zero | tr '\\000' p
   printf 'progress %s %d\\r' "$1" "$i" >&2
   i=$((i + 1))
   sleep "$4"
@@ -182,11 +183,13 @@ class FaultCluster:
         finally:
             api.close()
 
-    def callers(self, specs: Sequence[tuple[int, int]], step: float = 0.25) -> list[Caller]:
+    def callers(
+        self, specs: Sequence[tuple[int, int]], step: float = 0.25, padding: int = 0
+    ) -> list[Caller]:
         """Start one drop-in per (steps, exit code), in order, a moment apart."""
         callers = []
         for number, (steps, code) in enumerate(specs):
-            caller = Caller(f"job{number}-{os.urandom(3).hex()}", steps, code, step)
+            caller = Caller(f"job{number}-{os.urandom(3).hex()}", steps, code, step, padding)
             caller.start(self)
             callers.append(caller)
             time.sleep(0.05)
@@ -209,6 +212,7 @@ class Caller:
     steps: int
     code: int
     step: float
+    padding: int = 0  # bytes of "p" after each stdout line
     proc: subprocess.Popen[bytes] | None = None
     stdout: bytes = b""
     stderr: bytes = b""
@@ -219,7 +223,10 @@ class Caller:
 
     @property
     def expected_stdout(self) -> bytes:
-        return b"".join(f"out {self.marker} {i} ".encode() + b"\0\xff\n" for i in range(self.steps))
+        pad = b"p" * self.padding
+        return b"".join(
+            f"out {self.marker} {i} ".encode() + b"\0\xff\n" + pad for i in range(self.steps)
+        )
 
     @property
     def expected_stderr(self) -> bytes:
@@ -235,6 +242,7 @@ class Caller:
                 str(self.steps),
                 str(self.code),
                 str(self.step),
+                *([str(self.padding)] if self.padding else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -19,6 +19,7 @@ the coordinator away for 120 s, runs with ``DFFMPEG_FAULTS_FULL=1``.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pytest
 
 from tests import databases
 from tests.faults import Timing, check_all, fault_cluster, registrations
+from tests.helpers import wait_until
 
 # (database, fault of the short outage, fault of the long one)
 CASES = [
@@ -95,3 +97,30 @@ def test_coordinator_away_120s_at_the_default_settings(tmp_path: Path) -> None:
         pytest.skip("the full-length fault runs need DFFMPEG_FAULTS_FULL=1 (minutes)")
     away = outages(tmp_path, "sqlite", Timing.defaults(), [("kill", 120.0)], pause=1.0)
     assert away[0] >= 120
+
+
+@pytest.mark.timeout(180)
+def test_output_during_an_outage_is_spooled_and_delivered_once(tmp_path: Path) -> None:
+    """Two jobs write 12 MiB each while the coordinator is away: beyond the worker's
+    memory share (8 MiB a job) their output waits on disk, in private files, and
+    reaches the callers whole and in order once the coordinator is back."""
+    timing = Timing.fast()
+    with (
+        databases.fresh_database("sqlite", tmp_path) as url,
+        fault_cluster(tmp_path, url, timing) as cluster,
+    ):
+        callers = cluster.callers([(24, 0), (24, 7)], step=0.1, padding=512 * 1024)
+        cluster.wait_running(2, submitted=2)
+        coordinator = cluster.coordinators[0]
+        coordinator.kill()
+        spooled = wait_until(
+            lambda: list(tmp_path.glob("w*-state/spool/*.spool")), timeout=30, interval=0.1
+        )
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in spooled)
+        assert stat.S_IMODE(spooled[0].parent.stat().st_mode) == 0o700
+        time.sleep(2 * timing.worker_lease)
+        coordinator.start()
+        check_all(cluster, callers, timeout=120)
+        assert len(callers[0].stdout) > 12 * 1024 * 1024
+        assert not list(tmp_path.glob("w*-state/spool/*.spool"))  # removed with the jobs
+        assert [registrations(log) for log in cluster.worker_logs] == [1, 1]

@@ -20,15 +20,15 @@ def chunks(count: int, size: int = 1000) -> list[tuple[FrameKind, bytes]]:
 
 
 def test_output_beyond_the_memory_share_goes_to_disk_in_order(tmp_path: Path) -> None:
-    directory = prepare_directory(str(tmp_path / "spool"))
+    directory = prepare_directory(str(tmp_path / "spool"), "w1")
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    buffer = OutputBuffer(max_buffered=10_000, spool=lambda: SpoolFile(directory, "job1"))
+    buffer = OutputBuffer(max_buffered=10_000, spool=lambda: SpoolFile(directory, "w1-job1"))
     buffer.reader_started()
     sent = chunks(200)  # 200 KB, twenty times the memory share
     for kind, data in sent:
         buffer.put(kind, data)  # never blocks: nobody takes anything yet
     files = list(directory.glob(f"*{SUFFIX}"))
-    assert [f.name for f in files] == [f"job1{SUFFIX}"]
+    assert [f.name for f in files] == [f"w1-job1{SUFFIX}"]
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert buffer.spooled_total >= 190_000
     buffer.reader_finished()
@@ -43,7 +43,7 @@ def test_output_beyond_the_memory_share_goes_to_disk_in_order(tmp_path: Path) ->
 
 
 def test_output_arriving_while_the_spool_drains_keeps_its_place(tmp_path: Path) -> None:
-    directory = prepare_directory(str(tmp_path))
+    directory = prepare_directory(str(tmp_path), "w1")
     buffer = OutputBuffer(max_buffered=3000, spool=lambda: SpoolFile(directory, "j"))
     buffer.reader_started()
     sent = chunks(40)
@@ -77,10 +77,11 @@ def test_without_a_spool_a_full_buffer_holds_the_child_back() -> None:
 
 
 def test_leftovers_of_a_previous_run_are_removed(tmp_path: Path) -> None:
-    (tmp_path / f"old{SUFFIX}").write_bytes(b"x")
+    (tmp_path / f"w1-old{SUFFIX}").write_bytes(b"x")
+    (tmp_path / f"w2-running{SUFFIX}").write_bytes(b"another worker's")
     (tmp_path / "other.txt").write_bytes(b"keep")
-    prepare_directory(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["other.txt"]
+    prepare_directory(str(tmp_path), "w1")
+    assert sorted(os.listdir(tmp_path)) == ["other.txt", f"w2-running{SUFFIX}"]
 
 
 def test_undeliverable_output_is_reported_once_and_drained() -> None:

@@ -96,7 +96,7 @@ class WorkerAgent:
             allow_network=self.config.allow_network,
             allow_filters=frozenset(f.lower() for f in self.config.allow_filters),
         )
-        self.spool_dir = prepare_directory(self.config.spool_directory)
+        self.spool_dir = prepare_directory(self.config.spool_directory, self.config.client_id)
         self.mounts.available()
         # Transport first: the worker goes online only once its transport passed the
         # reachability handshake (or it settled on HTTP long-poll).

@@ -295,7 +295,7 @@ class JobExecution:
 
     def _open_spool(self) -> SpoolFile:
         assert self.spool_dir is not None
-        return SpoolFile(self.spool_dir, self.job_id)
+        return SpoolFile(self.spool_dir, f"{self.api.client_id}-{self.job_id}")
 
     def _undeliverable(self, exc: Exception) -> None:
         """The output could not be delivered: stop the job, and report it as lost."""

@@ -6,8 +6,8 @@ what comes after goes, in order, to one spool file per job, which is read back (
 sent) once the coordinator takes output again. The file lives in the worker's
 ``spool_dir`` (default ``spool`` under its state directory), a directory only the
 worker's user may enter (0700), and is itself 0600: it holds the job's bytes. It is
-removed when the job's output is all sent or the job ends; a worker that starts
-removes what a previous life left (those jobs are gone).
+removed when the job ends; a worker that starts removes what a previous life of it
+left (those jobs are gone). Files are named ``<worker>-<job>.spool``.
 
 Records are ``kind`` (1 byte), ``length`` (4 bytes, big-endian), then the bytes. One
 thread appends (under the buffer's lock) and one reads; the file is truncated to zero
@@ -30,12 +30,13 @@ _HEAD = struct.Struct(">BI")
 SUFFIX = ".spool"
 
 
-def prepare_directory(directory: str) -> Path:
-    """Create the spool directory (0700) and remove files a previous run left there."""
+def prepare_directory(directory: str, owner: str) -> Path:
+    """Create the spool directory (0700) and remove the files a previous run of the
+    worker ``owner`` left there (another worker's, sharing the directory, stay)."""
     path = Path(directory)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
-    for leftover in path.glob(f"*{SUFFIX}"):
+    for leftover in path.glob(f"{owner}-*{SUFFIX}"):
         with contextlib.suppress(OSError):
             leftover.unlink()
     return path
