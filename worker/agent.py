@@ -96,7 +96,17 @@ class WorkerAgent:
             allow_network=self.config.allow_network,
             allow_filters=frozenset(f.lower() for f in self.config.allow_filters),
         )
-        self.spool_dir = prepare_directory(self.config.spool_directory, self.config.client_id)
+        try:
+            self.spool_dir = prepare_directory(self.config.spool_directory, self.config.client_id)
+        except OSError as exc:
+            # Not a reason to refuse work: only an outage longer than the memory share
+            # lasts would need it, and then the jobs wait on their pipes instead.
+            log.warning(
+                "no spool directory (%s): during an outage output waits in memory only; "
+                "set spool_dir (or state_dir) to a directory this user may write",
+                exc,
+            )
+            self.spool_dir = None
         self.mounts.available()
         # Transport first: the worker goes online only once its transport passed the
         # reachability handshake (or it settled on HTTP long-poll).
