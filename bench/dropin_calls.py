@@ -100,7 +100,7 @@ def cluster(
                     "transports": transports,
                     **extra,
                 },
-            )  # fmt: skip
+            )
             for i, port in enumerate(ports)
         ]
         admin(configs[0], "db", "upgrade")
@@ -251,7 +251,8 @@ def main() -> None:
         lw, rw = pair(
             [FFMPEG, "-hide_banner", "-version"], [dropin["ffmpeg"], "-hide_banner", "-version"]
         )
-        rows.append(("`ffmpeg -hide_banner -version` (fast probe), median", ms(statistics.median(lw)),
+        fast = "`ffmpeg -hide_banner -version` (fast probe), median"
+        rows.append((fast, ms(statistics.median(lw)),
                      ms(statistics.median(rw)),
                      f"{statistics.median(rw) / statistics.median(lw):.2f}x"))  # fmt: skip
         # Trivial jobs in a row, with every process's CPU.

@@ -84,12 +84,26 @@ def check_config(explicit: str | None, found: Findings) -> Result:
 
 
 def check_reachable(found: Findings) -> Result:
+    """Every address of ``coordinator_url`` answers ``/health`` (with several, a party
+    fails over between them: one that cannot be reached is a failure waiting to happen)."""
     title = "coordinator reachable"
     assert found.api is not None and found.config is not None
-    url = found.config.coordinator_url
+    config = found.config
+    answers = []
+    for url in config.coordinator_urls:
+        api = found.api if url == config.coordinator_url else Api(url, config.client_id, "", 10)
+        result = _reachable(api, url, found, first=url == config.coordinator_url)
+        if not result.ok:
+            return result
+        answers.append(result.detail)
+    return _passed("reachable", title, "; ".join(answers))
+
+
+def _reachable(api: Api, url: str, found: Findings, first: bool) -> Result:
+    title = "coordinator reachable"
     started = time.monotonic()
     try:
-        reply = found.api.unsigned_get("/health", timeout=5)
+        reply = api.unsigned_get("/health", timeout=5)
     except Unreachable as exc:
         return _failed(
             "reachable",
@@ -99,11 +113,16 @@ def check_reachable(found: Findings) -> Result:
             "(systemctl status dffmpeg-coordinator) and listens on an address this "
             "machine can reach (its 'host' key), and firewalls in between",
         )
+    finally:
+        if not first:
+            api.close()
     elapsed = (time.monotonic() - started) * 1000
     try:
-        found.health = reply.json()
+        health = reply.json()
     except ValueError:
-        found.health = {}
+        health = {}
+    if first:
+        found.health = health
     if reply.status == 503:
         return _failed(
             "reachable",
@@ -111,7 +130,7 @@ def check_reachable(found: Findings) -> Result:
             f"{url} is draining (shutting down)",
             "wait for the coordinator to come back, or point coordinator_url at another one",
         )
-    if reply.status != 200 or "status" not in found.health:
+    if reply.status != 200 or "status" not in health:
         return _failed(
             "reachable",
             title,

@@ -33,10 +33,10 @@ def open_downlink(
     endpoint = Endpoint(
         identity=config.client_id,
         role=role,
-        coordinator_url=config.coordinator_url,
+        coordinator_url=api.base_url,  # the address requests go to now
         hmac_key=config.hmac_key,
         brokers=config.brokers,
-        tls_context=api.tls.context() if api.scheme == "https" else None,
+        tls_context=api.tls.context() if api.address.scheme == "https" else None,
     )
     worker = role == "worker"
     downlink = Downlink(endpoint, config.transports, call, handshake=worker)

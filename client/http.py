@@ -47,17 +47,25 @@ class PlainReply:
 class PlainConnection:
     """Same surface as the part of ``http.client.HTTPConnection`` that ``Api`` uses."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, timeout: float, connect_timeout: float | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        # Connecting may be bounded tighter than reading an answer (a long-poll).
+        self.connect_timeout = connect_timeout
         self.sock: socket.socket | None = None
         self._file: Any = None
         self._reply: PlainReply | None = None
         self.reused = False
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.host, self.port), self.timeout)
+        limit = self.timeout
+        if self.connect_timeout is not None:
+            limit = min(limit, self.connect_timeout)
+        self.sock = socket.create_connection((self.host, self.port), limit)
+        self.sock.settimeout(self.timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._file = self.sock.makefile("rb")
         self.reused = False

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from client.api import AnswerRefused, Api, ApiError, AuthError, Unreachable
+from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS
 from dffmpeg.exitcodes import ExitCode
 from dffmpeg.text import printable
 
@@ -29,8 +30,9 @@ from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, decode_frames, e
 # The output long-poll is short enough that a dead client's lease runs out soon after
 # (the coordinator extends the lease when a poll arrives, not while it waits).
 OUTPUT_WAIT_SECONDS = 5.0
-# How long to keep trying when the coordinator goes away in the middle of a job.
-RECONNECT_SECONDS = 60.0
+# How long to keep trying when the coordinator goes away in the middle of a job, until
+# the coordinator said how long it allows (its ``outage_grace_seconds``).
+RECONNECT_SECONDS = DEFAULT_OUTAGE_GRACE_SECONDS
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # At most this many 64 KiB stdin chunks wait to be sent, and one request carries at most
 # MAX_INPUT_BATCH bytes.
@@ -61,6 +63,12 @@ def explain(exc: Exception) -> ClusterFailure:
         return exc
     if isinstance(exc, Unreachable):
         return ClusterFailure(ExitCode.COORDINATOR_UNREACHABLE, f"coordinator unreachable: {exc}")
+    if isinstance(exc, ApiError) and exc.status == 503:
+        # Reachable, but unable to serve (its database is away, its volume full...):
+        # for the caller the same as unreachable, with the coordinator's own words.
+        return ClusterFailure(
+            ExitCode.COORDINATOR_UNREACHABLE, f"coordinator unavailable: {exc.message}"
+        )
     if isinstance(exc, AnswerRefused):
         return ClusterFailure(ExitCode.PROTOCOL_ERROR, f"coordinator {exc.message}")
     if isinstance(exc, AuthError):
@@ -97,9 +105,10 @@ def outcome_of(status: dict[str, Any]) -> Outcome:
 class InputRelay:
     """Sends stdin bytes, EOF and signals to the job, in order, from one thread."""
 
-    def __init__(self, api: Api, job_id: str) -> None:
+    def __init__(self, api: Api, job_id: str, grace: float = RECONNECT_SECONDS) -> None:
         self.api = api
         self.job_id = job_id
+        self.grace = grace
         self._queue: queue.SimpleQueue[tuple[FrameKind, bytes] | None] = queue.SimpleQueue()
         self._seq = 0
         self.stdin_bytes = 0  # read from our stdin so far (and so lost to a local rerun)
@@ -162,7 +171,7 @@ class InputRelay:
                     f"/jobs/{self.job_id}/input",
                     body=encode_frames(frames),
                     content_type=CONTENT_TYPE_FRAMES,
-                    retry_for=RECONNECT_SECONDS,
+                    retry_for=self.grace,
                 )
             except ApiError as exc:
                 if exc.status == 409:
@@ -190,8 +199,11 @@ class JobSession:
         stderr_fd: int = 2,
         on_status: Callable[[dict[str, Any]], None] | None = None,
         downlink: Downlink | None = None,
+        grace: float = RECONNECT_SECONDS,
     ) -> None:
         self.api = api
+        # How long every request keeps trying while the coordinator is away.
+        self.grace = grace
         # Notifications from the negotiated transport; None: plain HTTP long-poll.
         self.downlink = downlink
         self.job_id = job_id
@@ -199,7 +211,7 @@ class JobSession:
         self.stderr_fd = stderr_fd
         self.after = 0
         self.on_status = on_status
-        self.relay = InputRelay(api, job_id)
+        self.relay = InputRelay(api, job_id, grace)
         self.signals_received: list[int] = []
         self.stopping_signal: int | None = None
         self._stdout_broken = False
@@ -274,7 +286,7 @@ class JobSession:
                     f"/jobs/{self.job_id}/output",
                     params={"after": self.after, "wait": OUTPUT_WAIT_SECONDS if long_poll else 0},
                     timeout=OUTPUT_WAIT_SECONDS + 30,
-                    retry_for=RECONNECT_SECONDS,
+                    retry_for=self.grace,
                 )
                 got = False
                 for frame in decode_frames(response.body):

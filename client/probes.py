@@ -19,15 +19,17 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def answer_probe(api: Api, binary: str, probe: ProbeCall) -> int | None:
+def answer_probe(api: Api, binary: str, probe: ProbeCall, retry_for: float = 0.0) -> int | None:
     """Write the captured output and return its exit code; None to run it as a job.
 
-    Any failure to get the capture (not reported by any worker, coordinator down,
-    credentials refused) also returns None: the job path then gives the real answer or
-    the documented cluster failure, and the local fallback if one is configured.
+    A coordinator that cannot be reached (restarting) is waited for ``retry_for``
+    seconds. Any failure to get the capture (not reported by any worker, coordinator
+    down, credentials refused) also returns None: the job path then gives the real
+    answer or the documented cluster failure, and the local fallback if one is
+    configured.
     """
     try:
-        data = api.call("GET", f"/probes/{binary}/{probe.option}", timeout=10)
+        data = api.call("GET", f"/probes/{binary}/{probe.option}", timeout=10, retry_for=retry_for)
         stdout = base64.b64decode(data["stdout"], validate=True)
         stderr = base64.b64decode(data["stderr"], validate=True)
         exit_code = int(data["exit_code"])

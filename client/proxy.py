@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from typing import Any
 
 from client.fastprobe import INFO_PRIORITY, is_information_call, recognise
@@ -110,13 +111,18 @@ def main() -> int:
         _record_config_error(binary)
         return int(ExitCode.CONFIG_ERROR)
     probe = recognise(args)
+    connect_retry = None
     if probe is not None:
         from client.probes import answer_probe
 
-        code = answer_probe(api, binary, probe)
+        started = time.monotonic()
+        code = answer_probe(api, binary, probe, retry_for=config.connect_retry_seconds)
         if code is not None:
             _report_past_runs(api, config)
             return code
+        # A wait for the coordinator spent here is not spent again by the submission.
+        spent = time.monotonic() - started
+        connect_retry = max(0.0, config.connect_retry_seconds - spent)
     from client.submit import build_request, run
 
     local = fallback_binary(config, binary)
@@ -132,7 +138,13 @@ def main() -> int:
     request = build_request(config, binary, args)
     if is_information_call(args):
         request.priority = max(request.priority, INFO_PRIORITY)  # ahead of transcodes
-    return run(api, request, fallback=fallback if local else None, config=config)
+    return run(
+        api,
+        request,
+        fallback=fallback if local else None,
+        config=config,
+        connect_retry=connect_retry,
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from client import incidents, reporting
 from client.api import Api
 from client.downlink import open_downlink
 from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
-from dffmpeg.config import ClientConfig
+from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS, ClientConfig
 from dffmpeg.exitcodes import ExitCode
 from dffmpeg.paths import map_args, to_variables
 
@@ -29,9 +30,15 @@ class JobRequest:
     preferred_labels: list[str] = field(default_factory=list)
     queue_timeout: float | None = None
     wait_for_worker: bool = False
+    retry_on_worker_loss: int = 0
+    # One per submission, so that sending it again (its answer was lost, or the
+    # coordinator restarted under it) finds the job instead of making a second one.
+    idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "idempotency_key": self.idempotency_key,
+            "retry_on_worker_loss": self.retry_on_worker_loss,
             "required_labels": self.required_labels,
             "preferred_labels": self.preferred_labels,
             "queue_timeout": self.queue_timeout,
@@ -64,6 +71,7 @@ def build_request(
         preferred_labels=list(config.prefer_labels),
         queue_timeout=config.queue_timeout,
         wait_for_worker=config.wait_for_worker,
+        retry_on_worker_loss=config.retry_on_worker_loss,
     )
 
 
@@ -85,10 +93,26 @@ def current_directory() -> str:
     return real
 
 
-def submit(api: Api, request: JobRequest) -> str:
-    reply = api.call("POST", "/jobs", json_body=request.to_json())
-    job_id: str = reply["job"]["job_id"]
-    return job_id
+@dataclass
+class Submitted:
+    job_id: str
+    # How long the coordinator lets parties keep trying while it is away.
+    grace: float = DEFAULT_OUTAGE_GRACE_SECONDS
+
+
+def submit(api: Api, request: JobRequest, retry_for: float = 0.0) -> str:
+    return submit_job(api, request, retry_for).job_id
+
+
+def submit_job(api: Api, request: JobRequest, retry_for: float = 0.0) -> Submitted:
+    """Submit ``request``, sending it again for ``retry_for`` seconds while the
+    coordinator cannot be reached or its database is unavailable (the idempotency key
+    makes every attempt the same submission)."""
+    reply = api.call("POST", "/jobs", json_body=request.to_json(), retry_for=retry_for)
+    grace = reply.get("outage_grace_seconds")
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace > 0:
+        grace = DEFAULT_OUTAGE_GRACE_SECONDS
+    return Submitted(str(reply["job"]["job_id"]), float(grace))
 
 
 def run(
@@ -97,6 +121,7 @@ def run(
     stdin_fd: int | None = 0,
     fallback: Callable[[str], int] | None = None,
     config: ClientConfig | None = None,
+    connect_retry: float | None = None,
 ) -> int:
     """Submit ``request``, relay its streams and signals, return the exit code to use.
 
@@ -106,6 +131,8 @@ def run(
     With ``config`` its ``transports`` are negotiated for following the job, and a
     fallback or a cluster exit code is recorded in its state directory; what earlier
     runs recorded is reported once the submission got through (client/incidents.py).
+    The submission waits ``connect_retry`` seconds (default: the config's
+    ``connect_retry_seconds``) for a coordinator that cannot be reached.
     """
     directory = incidents.directory_of(config) if config is not None else None
     reporter = reporting.Reporter(api, directory) if directory is not None else None
@@ -115,7 +142,7 @@ def run(
             incidents.record(directory, kind, code, request.binary)
 
     try:
-        return _run(api, request, stdin_fd, fallback, config, record, reporter)
+        return _run(api, request, stdin_fd, fallback, config, record, reporter, connect_retry)
     finally:
         if reporter is not None:
             reporter.finish()
@@ -129,14 +156,20 @@ def _run(
     config: ClientConfig | None,
     record: Callable[[str, int], None],
     reporter: reporting.Reporter | None,
+    connect_retry: float | None,
 ) -> int:
     session: JobSession | None = None
     try:
-        job_id = submit(api, request)
+        # A coordinator that restarts is waited for, a moment (connect_retry_seconds),
+        # before the local binary runs instead (or the cluster failure is reported).
+        wait = config.connect_retry_seconds if config is not None else 0.0
+        submitted = submit_job(
+            api, request, retry_for=wait if connect_retry is None else connect_retry
+        )
         if reporter is not None:
             reporter.start_if_pending()  # we reached the coordinator: tell it the past
         downlink = open_downlink(api, config, "client") if config is not None else None
-        session = JobSession(api, job_id, downlink=downlink)
+        session = JobSession(api, submitted.job_id, downlink=downlink, grace=submitted.grace)
         session.forward_signals()
         session.relay_input(stdin_fd)
         outcome = session.follow()

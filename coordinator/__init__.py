@@ -12,11 +12,25 @@ from typing import Any
 
 from flask import Flask, has_app_context
 
-from coordinator import api, auth, errors, health, held, keystore, openapi, publish, quotas, schema
+from coordinator import (
+    api,
+    auth,
+    errors,
+    health,
+    held,
+    keystore,
+    openapi,
+    publish,
+    quotas,
+    schema,
+    storage,
+)
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
+from coordinator.services import BackgroundServices
 from coordinator.serving import ServingMonitor
+from coordinator.storage import StorageMonitor
 from coordinator.wakeups import DatabaseWakeups
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
 
@@ -87,7 +101,10 @@ def create_app(
     app.extensions["dffmpeg.keystore"] = keystore.KeystoreHolder(settings.secret_key_file)
     # Told by the request loop when this instance cannot serve everyone; the janitor
     # writes it to the database and judges no lease until parties had time to renew.
-    app.extensions["dffmpeg.serving"] = ServingMonitor()
+    serving = ServingMonitor()
+    app.extensions["dffmpeg.serving"] = serving
+    # Told of every request or sweep the database failed (coordinator/storage.py).
+    app.extensions["dffmpeg.storage"] = StorageMonitor(settings.database_url, serving)
     # The request loop asks this about a request whose body is still on its way.
     app.extensions["dffmpeg.precheck"] = functools.partial(auth.precheck, app)
     app.extensions["dffmpeg.held"] = held.HeldRequests(settings.held_threads)
@@ -96,21 +113,28 @@ def create_app(
     app.register_blueprint(openapi.bp)
     api.register(app)
 
-    if check_schema:
+    if check_schema and not storage.on_read_only_volume(settings.database_url):
         with app.app_context():
             schema.ensure_current()
     monitoring.count_database_errors(app)
+    # Every background thread of this app has one owner, which starts and stops them
+    # together (coordinator/services.py).
+    services = BackgroundServices()
+    app.extensions["dffmpeg.services"] = services
     with app.app_context():
         wakeups = DatabaseWakeups(database.engine, notifier)
     app.extensions["dffmpeg.wakeups"] = wakeups
     if start_janitor if start_wakeups is None else start_wakeups:
-        wakeups.start()
+        services.add("database wake-ups", wakeups)
     janitor = Janitor(app)
     app.extensions["dffmpeg.janitor"] = janitor
     if start_janitor:
-        janitor.start()
+        services.add("janitor", janitor)
     # Broker connections and the stream hub (nothing when only HTTP long-poll is enabled;
     # off for one-shot tools such as dffmpeg-admin).
     if start_transports:
-        publish.install(app, settings, notifier)
+        fanout = publish.install(app, settings, notifier)
+        if fanout is not None:
+            services.add("broker fan-out", fanout)
+    services.start()
     return app

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, has_request_context, request
 from sqlalchemy import bindparam, event, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from coordinator import keystore, quotas
 from coordinator.db import db, now_utc
@@ -126,6 +126,10 @@ def precheck(app: Flask, method: str, target: str, headers: Mapping[str, str]) -
                 _NONCE_SEEN, {"client_id": found.client_id, "nonce": found.nonce}
             ).first()
             db.session.commit()
+        except SQLAlchemyError:
+            # The database is unavailable: read the body, and the request itself is
+            # answered 503 (coordinator/storage.py), which the party retries.
+            return None
         finally:
             db.session.remove()
     if user is None or seen is not None:
@@ -194,7 +198,9 @@ def authenticate() -> Caller:
 
 
 def _nonce_committed(_session: Any) -> None:
-    if has_request_context():
+    # A commit after a rollback does not carry the nonce (the rollback took it back):
+    # it stays pending, and ``settle_nonce`` stores it.
+    if has_request_context() and not g.get("nonce_lost"):
         g.pop("nonce_pending", None)
 
 
@@ -229,6 +235,10 @@ def settle_nonce(response: Response) -> Response:
         db.session.commit()
     except IntegrityError:
         # A replay of this failed request got in first; neither changed anything.
+        db.session.rollback()
+    except SQLAlchemyError:
+        # The database failed the request (a 503) and fails this too. The request
+        # changed nothing, so a replay of it could do no more than its own retry does.
         db.session.rollback()
     return response
 

@@ -1,12 +1,19 @@
-"""JSON errors for every failure the API can report."""
+"""JSON errors for every failure the API can report.
+
+A failure of the database itself (``coordinator.storage``) is a 503
+``database_unavailable`` with ``Retry-After``: the request changed nothing and may be
+sent again. Anything else unexpected is a 500 and logged with its traceback.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
+
+from coordinator import storage
 
 
 class ApiError(Exception):
@@ -69,7 +76,11 @@ class IdTooShort(ApiError):
     code = "id_too_short"
 
 
-def _body(status: int, code: str, message: str, **details: Any) -> ResponseReturnValue:
+DATABASE_UNAVAILABLE = "database_unavailable"
+RETRY_AFTER_SECONDS = 1
+
+
+def _body(status: int, code: str, message: str, **details: Any) -> tuple[Response, int]:
     return jsonify({"error": code, "message": message, **details}), status
 
 
@@ -86,5 +97,15 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> ResponseReturnValue:
+        fault = storage.classify(exc)
+        if fault is not None:
+            # The database cannot be used right now: nothing of the request was kept
+            # (its transaction rolled back), and the party sends it again.
+            monitor: storage.StorageMonitor = app.extensions["dffmpeg.storage"]
+            message = monitor.failed(fault)
+            body, status = _body(
+                503, DATABASE_UNAVAILABLE, f"database unavailable: {message}", kind=fault.kind
+            )
+            return body, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
         app.logger.exception("unhandled error")
         return _body(500, "internal_error", "internal error")

@@ -1,24 +1,36 @@
 """Periodic clean-up inside the coordinator.
 
 Every sweep is made of compare-and-set transitions and idempotent deletes, so any
-number of coordinator processes may run it at the same time.
+number of coordinator processes may run it at the same time. Besides judging leases
+and time-outs it does the maintenance that keeps the database's size bounded: the
+retention purge (coordinator/retention.py) and, on SQLite, a checkpoint that truncates
+the write-ahead log every ``MAINTENANCE_SECONDS`` (coordinator/storage.py).
+
+A sweep that fails because the database cannot be used is reported to the
+``StorageMonitor`` (one log line per kind and half minute, not a traceback every
+sweep), which also notes the impairment: leases are judged again only a whole lease
+after the database was last seen failing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 
 from flask import Flask
 from sqlalchemy import update
 
-from coordinator import lifecycle, retention, samples, serving
+from coordinator import lifecycle, retention, retries, samples, serving, storage
 from coordinator.db import db, now_utc
 from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState
 
 log = logging.getLogger(__name__)
+
+# The SQLite write-ahead log is truncated at most this often.
+MAINTENANCE_SECONDS = 30.0
 
 
 class Janitor:
@@ -26,13 +38,20 @@ class Janitor:
         self.app = app
         self.interval = app.config["DFFMPEG"].janitor_seconds
         self.serving: serving.ServingMonitor = app.extensions["dffmpeg.serving"]
+        self.storage: storage.StorageMonitor = app.extensions["dffmpeg.storage"]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # The latest impairment of any instance, read at the start of each sweep.
         self._impaired_at: datetime | None = None
         self._sampled: datetime | None = None  # the minute whose end was last recorded
+        self._maintained_at: float | None = None  # monotonic
 
     def start(self) -> None:
+        # This instance may be starting after an outage of any length, during which no
+        # party could renew a lease: the first leases judged are those the parties had
+        # the whole of to renew against the running coordinator (coordinator.serving).
+        self.serving.impaired("coordinator started")
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="janitor", daemon=True)
         self._thread.start()
 
@@ -46,13 +65,19 @@ class Janitor:
             try:
                 with self.app.app_context():
                     self.sweep()
-            except Exception:
-                log.exception("janitor sweep failed")
+            except Exception as exc:
+                fault = storage.classify(exc)
+                if fault is None:
+                    log.exception("janitor sweep failed")
+                else:
+                    self.storage.failed(fault)  # logged there, at most twice a minute
 
     def sweep(self) -> None:
         # First: what this instance noted since the last sweep reaches the database, and
         # no lease is judged before parties had a whole lease since any impairment.
-        self.serving.flush()
+        written = self.serving.flush()
+        if written is not None:
+            self.storage.wrote(written)  # that write went through: the database is back
         self._impaired_at = self.serving.latest()
         self.expire_workers()
         self.release_lost_jobs()
@@ -61,7 +86,19 @@ class Janitor:
         self.expire_queued()
         self.cancel_abandoned_jobs()
         self.sample()
+        self.maintain()
+
+    def maintain(self, force: bool = False) -> None:
+        """The retention purge (every sweep: it reads little when there is nothing to
+        do), and on SQLite the write-ahead log's truncation when ``MAINTENANCE_SECONDS``
+        have passed since the last one (the first sweep always does it)."""
         self.purge()
+        now = time.monotonic()
+        last = self._maintained_at
+        if not force and last is not None and now - last < MAINTENANCE_SECONDS:
+            return
+        self._maintained_at = now
+        storage.checkpoint(db.engine)
 
     def _may_judge(self, lease: timedelta, now: datetime) -> bool:
         return serving.may_judge(lease, self._impaired_at, now)
@@ -157,7 +194,8 @@ class Janitor:
         db.session.commit()
 
     def release_lost_jobs(self) -> None:
-        """Jobs held by offline workers: requeue unstarted ones, fail running ones."""
+        """Jobs held by offline workers: requeue unstarted ones, fail running ones (or
+        queue them again, coordinator/retries.py)."""
         stmt = (
             db.select(Job.id, Job.state, Job.worker_id)
             .join(Worker, Worker.worker_id == Job.worker_id)
@@ -191,14 +229,7 @@ class Janitor:
                     failure="canceled",
                 )
             else:
-                lifecycle.transition(
-                    job_id,
-                    [JobState.RUNNING],
-                    JobState.FAILED,
-                    "worker lost",
-                    held_by=worker_id,
-                    failure="worker_lost",
-                )
+                retries.worker_lost(job_id, worker_id, "worker lost")
         if rows:
             self.app.extensions["dffmpeg.notifier"].notify("jobs")
 

@@ -98,8 +98,10 @@ def may_see(caller: Caller | None, requester: str, worker_id: str | None) -> boo
 
 def cancel(job: Job, by: str) -> dict[str, Any]:
     """Cancel ``job``: pending and assigned jobs at once, running ones by their worker
-    (``canceling`` until it confirms). Canceling a canceling job again is no error;
-    a finished one is ``WrongState``. Returns the job as the API shows it."""
+    (``canceling`` until it confirms). Idempotent: canceling a canceling or canceled job
+    again is no error (a cancel sent again because its answer was lost must not fail);
+    a job that completed or failed is ``WrongState``. Returns the job as the API shows
+    it."""
     reason = f"canceled by {by}"
     worker_id = job.worker_id
     if not (
@@ -113,7 +115,7 @@ def cancel(job: Job, by: str) -> dict[str, Any]:
         or lifecycle.transition(job.id, [JobState.RUNNING], JobState.CANCELING, reason)
     ):
         db.session.refresh(job)
-        if job.state != JobState.CANCELING.value:
+        if job.state not in (JobState.CANCELING.value, JobState.CANCELED.value):
             raise WrongState(f"job is already {job.state}", state=job.state)
     if worker_id:
         current_app.extensions["dffmpeg.notifier"].notify(f"worker:{worker_id}")

@@ -168,6 +168,8 @@ class Job(db.Model):  # type: ignore[name-defined]
         Index("ix_jobs_requester_started", "requester", "started_at"),
         # GET /metrics counts jobs by state and binary from this index alone (0006).
         Index("ix_jobs_state_binary", "state", "binary"),
+        # A submit sent again with the same key finds its job (0007).
+        Index("ix_jobs_requester_idempotency", "requester", "idempotency_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -211,6 +213,16 @@ class Job(db.Model):  # type: ignore[name-defined]
     # at submission (coordinator/arguments.py), for listing and searching (revision 0007).
     input_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     output_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The requester's key for this submission (client/submit.py); a submit sent again
+    # with it answers with this job (revision 0009).
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # ``retry_on_worker_loss``: how many more times the job may be queued again when its
+    # worker is lost before any of its output reached the requester; ``attempt`` counts
+    # the runs; ``output_seen`` is set once output was handed to the requester, which
+    # rules out another run (coordinator/retries.py).
+    retries_left: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    output_seen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,6 +250,7 @@ class Job(db.Model):  # type: ignore[name-defined]
             "progress": self.progress,
             "input_name": self.input_name,
             "output_name": self.output_name,
+            "attempt": self.attempt,
         }
 
     def assignment(self) -> dict[str, Any]:

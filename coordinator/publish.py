@@ -101,6 +101,7 @@ class Fanout:
         # identity -> (key, when read), for sealing; this thread only.
         self._keys: dict[str, tuple[str, float]] = {}
         self._thread = threading.Thread(target=self._run, name="publish", daemon=True)
+        self._closed = False
 
     def start(self) -> None:
         for publisher in self.publishers.values():
@@ -108,10 +109,18 @@ class Fanout:
         self._thread.start()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._queue.put(None)
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         for publisher in self.publishers.values():
             publisher.close()
+
+    def stop(self) -> None:
+        """``close``, under the name the coordinator's service owner calls."""
+        self.close()
 
     def __call__(self, keys: tuple[str, ...]) -> None:
         self._queue.put(keys)
@@ -196,7 +205,8 @@ class Fanout:
 
 
 def install(app: Flask, settings: CoordinatorConfig, notifier: Notifier) -> Fanout | None:
-    """Start publishing if any transport besides plain HTTP long-poll is enabled."""
+    """The fan-out, if any transport besides plain HTTP long-poll is enabled; subscribed
+    to ``notifier`` but not started (the coordinator's service owner starts it)."""
     publishers: dict[str, Publisher] = {}
     if "stream" in settings.transports:
         publishers["stream"] = LocalHub()
@@ -208,5 +218,4 @@ def install(app: Flask, settings: CoordinatorConfig, notifier: Notifier) -> Fano
     fanout = Fanout(app, publishers)
     app.extensions["dffmpeg.fanout"] = fanout
     notifier.subscribe(fanout)
-    fanout.start()
     return fanout

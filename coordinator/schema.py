@@ -80,11 +80,17 @@ def engine_options(url: str) -> dict[str, Any]:
     return options
 
 
+# A completed checkpoint truncates the write-ahead log to at most this much (the
+# janitor's checkpoints truncate it to nothing: coordinator/storage.py).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     cursor.close()
 
 

@@ -23,7 +23,7 @@ from gunicorn.app.base import BaseApplication
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import keystore, schema
+from coordinator import keystore, schema, storage
 from coordinator.metrics_dir import MetricsDirectory
 from coordinator.models import User
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
@@ -77,8 +77,7 @@ def _post_worker_init(worker: Any) -> None:
         if isinstance(app, Flask):
             app.extensions["dffmpeg.draining"].set()
             app.extensions["dffmpeg.notifier"].shutdown()
-            app.extensions["dffmpeg.janitor"].stop()
-            app.extensions["dffmpeg.wakeups"].stop()
+            app.extensions["dffmpeg.services"].stop()
         original(sig, frame)
 
     worker.handle_exit = handle_exit
@@ -89,7 +88,22 @@ def _post_worker_init(worker: Any) -> None:
 def prepare_database(settings: CoordinatorConfig) -> None:
     """Create or check the schema once, before any worker process starts, and make sure
     the stored keys can be opened (a missing secret is one clear line, not a 401 for
-    every caller)."""
+    every caller).
+
+    On a SQLite volume mounted read-only the check is left to ``/health/ready``: the
+    coordinator serves 503 naming the volume until it is writable (coordinator/
+    storage.py), instead of refusing to start.
+    """
+    if storage.on_read_only_volume(settings.database_url):
+        path = storage.sqlite_file(settings.database_url)
+        assert path is not None
+        logging.getLogger(__name__).error(
+            "the database volume %s (holding %s) is read-only: every request is answered "
+            "503 until it is writable again",
+            path.parent,
+            path.name,
+        )
+        return
     schema.check_location(settings.database_url)
     engine = create_engine(settings.database_url, **schema.engine_options(settings.database_url))
     try:

@@ -17,9 +17,15 @@ be refused, or when request bodies could not be buffered. ``impaired`` only note
 time in memory (it runs on the loop's thread and must not block); the janitor's thread
 writes it out at the start of every sweep (``flush``), before it judges any lease.
 
-The same rule serves any other reason a party could not reach the coordinator (its
-restart, a database outage): record an impairment for the period and every lease
-judgement after it waits.
+The same rule serves every other reason a party could not reach the coordinator:
+
+* **its start**: a coordinator that starts may follow an outage of any length, during
+  which every lease ran out unrenewable; the janitor notes an impairment when it
+  starts, so the first lease judged is one the parties had the whole of to renew
+  against the running coordinator (``Janitor.start``);
+* **a database fault**: every request or sweep that fails because the database cannot
+  be used notes one (``coordinator.storage``), so leases are judged only a whole lease
+  after the database was last seen failing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -37,6 +44,7 @@ from coordinator.db import db, now_utc
 from coordinator.models import ServingState
 
 log = logging.getLogger(__name__)
+LOG_SECONDS = 30.0
 
 _LATEST = select(func.max(ServingState.impaired_at))
 
@@ -55,6 +63,7 @@ class ServingMonitor:
         self._lock = threading.Lock()
         self._noted: tuple[datetime, str] | None = None  # not yet written out
         self._last: datetime | None = None  # the latest of this instance, written or not
+        self._logged: dict[str, float] = {}  # reason -> when last logged (janitor thread)
 
     def impaired(self, reason: str) -> None:
         """This instance cannot serve everyone right now. Cheap; never blocks on I/O."""
@@ -63,14 +72,22 @@ class ServingMonitor:
             self._noted = (now, reason[:64])
             self._last = now
 
-    def flush(self) -> None:
-        """Write the latest noted impairment to this instance's row (janitor thread)."""
+    def flush(self) -> datetime | None:
+        """Write the latest noted impairment to this instance's row (janitor thread).
+
+        Returns when the impairment written was noted (None: nothing to write): the
+        write itself shows the database took a write at that moment or later.
+        """
         with self._lock:
             noted, self._noted = self._noted, None
         if noted is None:
-            return
+            return None
         at, reason = noted
-        log.warning("this coordinator could not serve every request: %s", reason)
+        now = time.monotonic()
+        if now - self._logged.get(reason, -LOG_SECONDS) >= LOG_SECONDS:
+            # Once per reason and half minute: a fault lasting minutes is noted every sweep.
+            self._logged[reason] = now
+            log.warning("this coordinator could not serve every request: %s", reason)
         try:
             result = db.session.execute(
                 update(ServingState)
@@ -87,6 +104,7 @@ class ServingMonitor:
                 if self._noted is None:
                     self._noted = noted
             raise
+        return at
 
     def latest(self) -> datetime | None:
         """The last time any instance (this one included, written or not) was impaired."""

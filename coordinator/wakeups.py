@@ -122,19 +122,31 @@ class DatabaseWakeups:
                     # Nobody to wake, nothing to read. A baseline left stale meanwhile
                     # costs at most one extra check for the next waiter, never a miss.
                     self.poll()
-            except SQLAlchemyError:
-                self._report()
+            except SQLAlchemyError as exc:
+                self._report(exc)
                 self._stop.wait(min(1.0, self.interval * 10))
-            except self.engine.dialect.loaded_dbapi.Error:  # the poll's own connection
+            except self.engine.dialect.loaded_dbapi.Error as exc:  # the poll's own connection
                 self._drop_connection()
-                self._report()
+                self._report(exc)
                 self._stop.wait(min(1.0, self.interval * 10))
 
-    def _report(self) -> None:
+    def _report(self, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_SECONDS:
             self._last_error_log = now
-            log.exception("cross-process wake-ups failed; waiters fall back to re-checks")
+            if isinstance(exc, SQLAlchemyError) or type(exc).__module__.split(".")[0] in (
+                "sqlite3",
+                "pymysql",
+                "psycopg",
+            ):
+                # The database is away (restarting, unreachable, full): one line is enough,
+                # the storage monitor says the rest.
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                log.warning(
+                    "cross-process wake-ups failed (%s); waiters fall back to re-checks", first
+                )
+            else:
+                log.exception("cross-process wake-ups failed; waiters fall back to re-checks")
 
     def flush(self) -> None:
         """Bump every queued counter in one transaction."""

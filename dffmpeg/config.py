@@ -255,13 +255,23 @@ def _local_fallback(data: Mapping[str, Any]) -> str | dict[str, str] | None:
     )
 
 
+# A coordinator restart usually takes a few seconds: a drop-in started meanwhile waits
+# this long for it before it gives up (or runs the local binary).
+DEFAULT_CONNECT_RETRY_SECONDS = 10.0
+# How often a lost job may run again (``retry_on_worker_loss``), at most.
+MAX_RETRIES_ON_LOSS = 10
+
+
 @dataclass
 class ClientConfig:
     """What the client, the drop-in and the console read (``client`` keys)."""
 
     client_id: str
     hmac_key: str = field(metadata=yaml_keys("hmac_key", "hmac_key_file"))
-    coordinator_url: str
+    # The first coordinator address (the one log lines and the transports name).
+    coordinator_url: str = field(metadata=yaml_keys())
+    # Every address, in failover order (``coordinator_url``: one URL or a list).
+    coordinator_urls: list[str] = field(default_factory=list, metadata=yaml_keys("coordinator_url"))
     paths: dict[str, str] = field(default_factory=dict)
     transports: list[str] = field(default_factory=lambda: ["http"])
     brokers: BrokerSettings = field(
@@ -286,6 +296,16 @@ class ClientConfig:
     # Where the drop-in keeps what it must tell the coordinator later (local fallbacks
     # and cluster failures, see client/incidents.py); None: ``default_state_dir()``.
     state_dir: str | None = None
+    # How long a submission waits for an unreachable coordinator before the drop-in
+    # falls back to ``local_fallback`` or exits 200 (docs/operations.md).
+    connect_retry_seconds: float = DEFAULT_CONNECT_RETRY_SECONDS
+    # How many times a job whose worker was lost before any of its output reached us
+    # may be run again elsewhere (0: never; docs/lifecycle.md).
+    retry_on_worker_loss: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.coordinator_urls:
+            self.coordinator_urls = [self.coordinator_url]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClientConfig:
@@ -295,10 +315,12 @@ class ClientConfig:
         for key in ("client_id", "coordinator_url"):
             if not data.get(key):
                 raise ConfigError(f"{key} is required")
+        urls = _coordinator_urls(data)
         return cls(
             client_id=str(data["client_id"]),
             hmac_key=_hmac_key(data, base),
-            coordinator_url=str(data["coordinator_url"]).rstrip("/"),
+            coordinator_url=urls[0],
+            coordinator_urls=urls,
             paths=_paths(data),
             transports=_str_list(data, "transports", ["http"]),
             brokers=BrokerSettings.from_dict(data),
@@ -315,7 +337,38 @@ class ClientConfig:
             forward_env=_str_list(data, "forward_env", DEFAULT_FORWARD_ENV),
             local_fallback=_local_fallback(data),
             state_dir=_absolute_or_none(data, "state_dir", base),
+            connect_retry_seconds=_seconds(
+                data, "connect_retry_seconds", DEFAULT_CONNECT_RETRY_SECONDS
+            ),
+            retry_on_worker_loss=_count(data, "retry_on_worker_loss", MAX_RETRIES_ON_LOSS),
         )
+
+
+def _coordinator_urls(data: Mapping[str, Any]) -> list[str]:
+    """``coordinator_url``: one URL, or a list of them in failover order."""
+    raw = data["coordinator_url"]
+    urls = [raw] if isinstance(raw, str) else list(raw)
+    if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+        raise ConfigError("coordinator_url must be a URL or a list of URLs")
+    cleaned = [u.strip().rstrip("/") for u in urls]
+    if len(set(cleaned)) != len(cleaned):
+        raise ConfigError("coordinator_url names the same coordinator twice")
+    return cleaned
+
+
+def _seconds(data: Mapping[str, Any], key: str, default: float) -> float:
+    """A duration that may be 0 (no waiting at all)."""
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ConfigError(f"{key} must be a number of seconds, 0 or more")
+    return float(value)
+
+
+def _count(data: Mapping[str, Any], key: str, maximum: int) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ConfigError(f"{key} must be an integer from 0 to {maximum}")
+    return value
 
 
 def _absolute_or_none(data: Mapping[str, Any], key: str, base: Path | None) -> str | None:
@@ -366,6 +419,13 @@ class WorkerConfig(ClientConfig):
     allow_filters: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     job_user: str | int | None = None
+    # Where a job's output waits on disk while the coordinator cannot take it and the
+    # memory share is used up; None: ``spool`` under the state directory.
+    spool_dir: str | None = None
+
+    @property
+    def spool_directory(self) -> str:
+        return self.spool_dir or os.path.join(self.state_dir or str(default_state_dir()), "spool")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerConfig:
@@ -396,6 +456,9 @@ class WorkerConfig(ClientConfig):
             allow_filters=_str_list(data, "allow_filters", []),
             devices=_absolute_list(data, "devices"),
             job_user=_job_user(data),
+            spool_dir=_absolute_or_none(
+                data, "spool_dir", Path(data[PATH_KEY]).parent if data.get(PATH_KEY) else None
+            ),
         )
 
 
@@ -429,6 +492,8 @@ def _job_user(data: Mapping[str, Any]) -> str | None:
 
 
 DEFAULT_ALLOWED_BINARIES = ["ffmpeg", "ffprobe"]
+# What parties assume before a coordinator told them its ``outage_grace_seconds``.
+DEFAULT_OUTAGE_GRACE_SECONDS = 300.0
 # Loopback only: metrics name workers and clients, so other networks are opted in.
 DEFAULT_METRICS_NETWORKS = ["127.0.0.0/8", "::1/128"]
 
@@ -485,6 +550,10 @@ class CoordinatorConfig:
     # The secret identity keys are stored encrypted with (docs/security-model.md#keys-at-rest).
     # Default: beside the config file, else beside the SQLite database file.
     secret_key_file: str = ""
+    # How long parties keep trying while this coordinator (or its database) is away:
+    # workers keep running and spooling their jobs, drop-ins keep waiting, requests are
+    # retried; beyond it they give up (docs/operations.md).
+    outage_grace_seconds: float = DEFAULT_OUTAGE_GRACE_SECONDS
     brokers: BrokerSettings = field(
         default_factory=BrokerSettings, metadata=yaml_keys("mqtt", "rabbitmq")
     )
@@ -531,6 +600,9 @@ class CoordinatorConfig:
                 data, "metrics_allowed_networks", DEFAULT_METRICS_NETWORKS
             ),
             secret_key_file=_secret_file(data, source, url),
+            outage_grace_seconds=_positive(
+                data, "outage_grace_seconds", DEFAULT_OUTAGE_GRACE_SECONDS
+            ),
             brokers=BrokerSettings.from_dict(data),
             source=source,
         )

@@ -13,6 +13,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -149,3 +150,91 @@ def private_postgres() -> Iterator[PrivatePostgres]:
                 server.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@dataclass
+class PrivateMariaDB:
+    """A MariaDB server of the test's own, which the test may stop and start."""
+
+    root: Path
+    port: int
+    server: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mysql+pymysql://root@127.0.0.1:{self.port}/dffmpeg?charset=utf8mb4"
+
+    def start(self) -> None:
+        log = (self.root / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                self.server,
+                "--no-defaults",
+                f"--datadir={self.root / 'data'}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.root / 'sock'}",
+                f"--pid-file={self.root / 'pid'}",
+                "--user=mysql",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mariadbd did not start: {self.root / 'server.log'}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # a normal shutdown: connections are closed, data flushed
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def private_mariadb() -> Iterator[PrivateMariaDB]:
+    """mariadb-install-db into a fresh directory and a server on a free port, with a
+    ``dffmpeg`` database; stopped and deleted afterwards. The shared MariaDB on 3306 is
+    never touched."""
+    install, server = shutil.which("mariadb-install-db"), shutil.which("mariadbd")
+    if server is None and os.path.exists("/usr/sbin/mariadbd"):
+        server = "/usr/sbin/mariadbd"
+    require(install is not None and server is not None, "MariaDB server binaries")
+    assert install is not None and server is not None
+    require(os.getuid() == 0, "root (to run mariadbd as the mysql user)")
+    root = Path(tempfile.mkdtemp(prefix="dffmpeg-mariadb-"))
+    account = pwd.getpwnam("mysql")
+    os.chown(root, account.pw_uid, account.pw_gid)
+    database = PrivateMariaDB(root, free_port(), server)
+    try:
+        subprocess.run(
+            [install, f"--datadir={root / 'data'}", "--user=mysql",
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        database.start()
+        try:
+            admin = create_engine(
+                f"mysql+pymysql://root@127.0.0.1:{database.port}/mysql",
+                isolation_level="AUTOCOMMIT",
+            )
+            with admin.connect() as conn:
+                conn.execute(text("CREATE DATABASE dffmpeg CHARACTER SET utf8mb4"))
+            admin.dispose()
+            yield database
+        finally:
+            database.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -185,13 +185,18 @@ def test_wrong_state_is_a_conflict(api: Identities) -> None:
     reply = api.worker.post(f"/api/v1/jobs/{job_id}/accept")
     assert reply.status_code == 409
     assert api.client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    # A cancel sent again (its answer was lost) is answered like the first and changes
+    # nothing: cancel is idempotent.
     again = api.client.post(f"/api/v1/jobs/{job_id}/cancel")
-    assert again.status_code == 409
-    assert again.get_json()["error"] == "wrong_state"
-    assert again.get_json()["state"] == "canceled"
+    assert again.status_code == 200
+    assert again.get_json()["job"]["state"] == "canceled"
     job = api.client.get(f"/api/v1/jobs/{job_id}").get_json()["job"]
     assert job["state"] == "canceled"
     assert [e["to"] for e in job["events"]] == ["pending", "canceled"]
+    # Finishing a job that is over is a conflict naming its state.
+    w = api.worker.post(f"/api/v1/jobs/{job_id}/finish", json_body={"exit_code": 0})
+    assert w.status_code == 409
+    assert (w.get_json()["error"], w.get_json()["state"]) == ("wrong_state", "canceled")
 
 
 def test_unknown_route_is_json_404(api: Identities) -> None:

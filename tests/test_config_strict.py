@@ -206,6 +206,8 @@ def test_every_component_accepts_its_documented_keys() -> None:
             "wait_for_worker": False,
             "forward_env": ["LANG"],
             "local_fallback": "/usr/bin/ffmpeg",
+            "connect_retry_seconds": 10,
+            "retry_on_worker_loss": 1,
             "mqtt": {"url": "mqtt://u:p@b:1883", "prefix": "d", "ca_file": None},
             "rabbitmq": {"url": "amqp://u:p@b:5672/v", "exchange": "d", "ca_file": None},
         }
@@ -224,6 +226,7 @@ def test_every_component_accepts_its_documented_keys() -> None:
             "allow_filters": ["ladspa"],
             "devices": ["/dev/dri"],
             "job_user": "nobody",
+            "spool_dir": "/var/lib/dffmpeg/spool",
         }
     )
     CoordinatorConfig.from_dict(
@@ -244,7 +247,43 @@ def test_every_component_accepts_its_documented_keys() -> None:
             "gunicorn_workers": 1,
             "gunicorn_threads": 32,
             "recheck_seconds": 10,
+            "outage_grace_seconds": 300,
         }
     )
     long_form = {"M": {"path": "/m", "writable": False}, "T": "/t"}
     assert ClientConfig.from_dict({**CLIENT, "paths": long_form}).paths == {"M": "/m", "T": "/t"}
+
+
+def test_coordinator_url_may_list_several_coordinators() -> None:
+    many = {**CLIENT, "coordinator_url": ["http://a:8000/", "http://b:8000"]}
+    config = ClientConfig.from_dict(many)
+    assert config.coordinator_urls == ["http://a:8000", "http://b:8000"]
+    assert config.coordinator_url == "http://a:8000"  # the first, for messages
+    assert WorkerConfig.from_dict(many).coordinator_urls == config.coordinator_urls
+    assert ClientConfig.from_dict(CLIENT).coordinator_urls == [CLIENT["coordinator_url"]]
+    for bad, message in [
+        ([], "coordinator_url is required"),
+        (["http://a:1", "http://a:1/"], "names the same coordinator twice"),
+        (["http://a:1", 5], "expected a list of strings"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            ClientConfig.from_dict({**CLIENT, "coordinator_url": bad})
+
+
+def test_outage_settings_are_checked() -> None:
+    defaults = ClientConfig.from_dict(CLIENT)
+    assert (defaults.connect_retry_seconds, defaults.retry_on_worker_loss) == (10.0, 0)
+    assert ClientConfig.from_dict({**CLIENT, "connect_retry_seconds": 0}).connect_retry_seconds == 0
+    assert CoordinatorConfig.from_dict({}).outage_grace_seconds == 300
+    for key, value in [
+        ("connect_retry_seconds", -1),
+        ("retry_on_worker_loss", 11),
+        ("retry_on_worker_loss", -1),
+        ("retry_on_worker_loss", True),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            ClientConfig.from_dict({**CLIENT, key: value})
+    with pytest.raises(ConfigError, match="outage_grace_seconds"):
+        CoordinatorConfig.from_dict({"outage_grace_seconds": 0})
+    worker = WorkerConfig.from_dict({**CLIENT, "state_dir": "/var/lib/w"})
+    assert worker.spool_directory == "/var/lib/w/spool"

@@ -67,9 +67,15 @@ def test_not_found_ambiguous_too_short_and_wrong_state_differ(app: Flask, api: I
     assert "at least 6" in short.get_json()["message"]
 
     assert api.client.post(f"/api/v1/jobs/{first[:8]}/cancel").status_code == 200
+    # Canceling again is idempotent; canceling a finished job is the wrong state.
     again = api.client.post(f"/api/v1/jobs/{first[:8]}/cancel")
-    assert (again.status_code, again.get_json()["error"]) == (409, "wrong_state")
-    assert again.get_json()["state"] == "canceled"
+    assert (again.status_code, again.get_json()["job"]["state"]) == (200, "canceled")
+    with app.app_context():
+        db.session.get(Job, second).state = "completed"  # type: ignore[union-attr]
+        db.session.commit()
+    done = api.client.post(f"/api/v1/jobs/{second[:8]}/cancel")
+    assert (done.status_code, done.get_json()["error"]) == (409, "wrong_state")
+    assert done.get_json()["state"] == "completed"
     assert len({ambiguous.get_json()["message"], missing.get_json()["message"]}) == 2
 
 

@@ -43,8 +43,8 @@ def test_malformed_frames_do_not_end_the_input_thread() -> None:
             encode_frames([Frame(FrameKind.SIGNAL, 2, str(int(signal.SIGTERM)).encode())]),
         ]
         api = ScriptedApi(bodies)
-        rules = JobRules(binaries={}, paths={})
-        execution = JobExecution(api, {"job_id": "j1", "binary": "sleep", "args": []}, rules)  # type: ignore[arg-type]
+        assignment = {"job_id": "j1", "binary": "sleep", "args": []}
+        execution = JobExecution(api, assignment, JobRules(binaries={}, paths={}))  # type: ignore[arg-type]
         execution.process = process
         execution._relay_input(process.stdin)
         # The signal after the malformed frames was delivered...

@@ -9,18 +9,19 @@ deregisters and ends the loops.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from client.api import Api, ApiError, AuthError, Unreachable
 from client.downlink import open_downlink
 from dffmpeg import __version__
-from dffmpeg.config import WorkerConfig
+from dffmpeg.backoff import Backoff
+from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS, WorkerConfig
 from dffmpeg.transport.session import Downlink
 from worker.capabilities import probe_binaries
 from worker.executor import JobExecution, JobRules, Runner
@@ -29,10 +30,13 @@ from worker.mounts import MountMonitor
 from worker.namespaces import MountGuard, NamespaceError
 from worker.process import Unconfined
 from worker.sandbox import Policy, Sandbox, SandboxError
+from worker.spool import prepare_directory
 
 log = logging.getLogger(__name__)
 
 POLL_WAIT_SECONDS = 20.0
+# The coordinator's default worker lease, until it tells us its own.
+DEFAULT_LEASE_SECONDS = 15.0
 # With a broker or stream transport: how often to read anyway (catches up on anything a
 # notification could not bring, e.g. a change made through another coordinator).
 CATCHUP_SECONDS = 60.0
@@ -48,6 +52,7 @@ class WorkerAgent:
         self.api = api
         self.jobs: dict[str, JobExecution] = {}
         self._jobs_lock = threading.Lock()
+        self._confirming: set[str] = set()  # cancels of jobs not ours, being confirmed
         self._draining = threading.Event()  # no new jobs
         self._stopped = threading.Event()  # all threads should end
         self._threads: list[threading.Thread] = []
@@ -55,8 +60,16 @@ class WorkerAgent:
         self._registered_at = 0.0
         self.binaries: dict[str, dict[str, Any]] = {}
         # The lease the coordinator grants while we hold no job (it says so when we
-        # register; 0 from one that does not).
+        # register; 0 from one that does not), the short one while we hold a job, and
+        # how long it lets us keep trying while it is away.
         self._idle_lease = 0.0
+        self._lease = DEFAULT_LEASE_SECONDS
+        self.grace = DEFAULT_OUTAGE_GRACE_SECONDS
+        # Retries of the loops while the coordinator is away (dffmpeg/backoff.py): never
+        # more than a quarter of the lease apart, so a coordinator that comes back hears
+        # from us well within it.
+        self._backoff = Backoff.for_lease(self._lease)
+        self.spool_dir: Path | None = None
         self._renewed_at = 0.0  # monotonic send time of the last request that renewed
         self._poll_ok = False  # the last poll (or registration) reached the coordinator
         # The coordinator's last renewal was made while we held nothing, so it granted
@@ -92,6 +105,17 @@ class WorkerAgent:
             allow_network=self.config.allow_network,
             allow_filters=frozenset(f.lower() for f in self.config.allow_filters),
         )
+        try:
+            self.spool_dir = prepare_directory(self.config.spool_directory, self.config.client_id)
+        except OSError as exc:
+            # Not a reason to refuse work: only an outage longer than the memory share
+            # lasts would need it, and then the jobs wait on their pipes instead.
+            log.warning(
+                "no spool directory (%s): during an outage output waits in memory only; "
+                "set spool_dir (or state_dir) to a directory this user may write",
+                exc,
+            )
+            self.spool_dir = None
         self.mounts.available()
         # Transport first: the worker goes online only once its transport passed the
         # reachability handshake (or it settled on HTTP long-poll).
@@ -135,7 +159,7 @@ class WorkerAgent:
         return sandbox
 
     def _open_downlink(self) -> Downlink | None:
-        delay = 0.5
+        backoff = Backoff(initial=0.5, maximum=10.0)
         while not self._stopped.is_set():
             if self._draining.is_set():
                 raise StoppedBeforeOnline("stopped before reaching the coordinator")
@@ -149,8 +173,7 @@ class WorkerAgent:
                 raise
             except (Unreachable, ApiError) as exc:
                 log.warning("cannot negotiate a transport yet (%s); retrying", exc)
-                self._stopped.wait(delay)
-                delay = min(delay * 2, 10.0)
+                self._stopped.wait(backoff.next_delay())
         return None
 
     def register(self, unless_since: float | None = None) -> None:
@@ -166,7 +189,7 @@ class WorkerAgent:
             self._register()
 
     def _register(self) -> None:
-        delay = 0.5
+        backoff = Backoff(initial=0.5, maximum=self._backoff.maximum)
         while not self._stopped.is_set():
             if self._draining.is_set() and not self._registered_at:
                 raise StoppedBeforeOnline("stopped before reaching the coordinator")
@@ -177,18 +200,21 @@ class WorkerAgent:
                 self._idle_lease_held = not self.running_jobs()  # registration: idle lease
                 self._poll_ok = True  # the coordinator is reachable: polls count as renewals
                 self._idle_lease = float(answer.get("idle_lease_seconds") or 0)
-                log.info(
-                    "registered with %s as %s", self.config.coordinator_url, self.config.client_id
+                self._lease = float(answer.get("lease_seconds") or DEFAULT_LEASE_SECONDS)
+                self.grace = float(
+                    answer.get("outage_grace_seconds") or DEFAULT_OUTAGE_GRACE_SECONDS
                 )
+                self._backoff = Backoff.for_lease(self._lease)
+                log.info("registered with %s as %s", self.api.base_url, self.config.client_id)
                 if self._draining.is_set():
                     self._announce_drain()
                 return
             except AuthError:
                 raise
             except (Unreachable, ApiError) as exc:
+                delay = backoff.next_delay()
                 log.warning("cannot register yet (%s); retrying in %.1fs", exc, delay)
                 self._stopped.wait(delay)
-                delay = min(delay * 2, 10.0)
 
     def registration(self) -> dict[str, Any]:
         return {
@@ -320,19 +346,20 @@ class WorkerAgent:
             self.api.request("POST", "/workers/heartbeat", json_body=body, timeout=10)
             self._renewed_at = max(self._renewed_at, sent)
             self._idle_lease_held = idle and not self.running_jobs()
+            self._backoff.reset()
         except ApiError as exc:
             if exc.status == 409:  # the coordinator forgot us, or declared us lost
                 self.register(unless_since=sent)
-            else:
+            else:  # e.g. a 503: the coordinator's database is away
                 log.warning("heartbeat refused: %s", exc)
-                self._stopped.wait(min(self.heartbeat_interval(), 5.0))
+                self._stopped.wait(min(self.heartbeat_interval(), self._backoff.next_delay()))
         except Unreachable as exc:
             log.warning("heartbeat failed: %s", exc)
-            self._stopped.wait(min(self.heartbeat_interval(), 5.0))
+            self._stopped.wait(min(self.heartbeat_interval(), self._backoff.next_delay()))
 
     def _poll_loop(self) -> None:
         # Runs while draining too: cancellations of running jobs still arrive this way.
-        delay = 0.5
+        backoff = Backoff.for_lease(self._lease)
         while not self._stopped.is_set():
             downlink = self.downlink
             long_poll = downlink is None or downlink.long_poll
@@ -351,7 +378,7 @@ class WorkerAgent:
                     params={"wait": POLL_WAIT_SECONDS if long_poll else 0},
                     timeout=POLL_WAIT_SECONDS + 30,
                 )
-                delay = 0.5
+                backoff = Backoff.for_lease(self._lease)  # the lease may have changed
                 self._poll_ok = True
                 self._renewed_at = max(self._renewed_at, sent)
             except ApiError as exc:
@@ -360,14 +387,12 @@ class WorkerAgent:
                     self.register(unless_since=sent)
                     continue
                 log.warning("poll refused: %s", exc)
-                self._stopped.wait(delay)
-                delay = min(delay * 2, 10.0)
+                self._stopped.wait(backoff.next_delay())
                 continue
             except Unreachable as exc:
                 self._poll_ok = False
                 log.warning("poll failed: %s", exc)
-                self._stopped.wait(delay)
-                delay = min(delay * 2, 10.0)
+                self._stopped.wait(backoff.next_delay())
                 continue
             for job_id in work.get("cancel", []):
                 self._cancel(job_id)
@@ -400,7 +425,14 @@ class WorkerAgent:
             if job_id in self.jobs or self._stopped.is_set():
                 return
             assert self.rules is not None  # set by start()
-            execution = JobExecution(self.api, assignment, self.rules, self.runner)
+            execution = JobExecution(
+                self.api,
+                assignment,
+                self.rules,
+                self.runner,
+                grace=self.grace,
+                spool_dir=self.spool_dir,
+            )
             self.jobs[job_id] = execution
         self._idle_lease_held = False
         threading.Thread(target=execution.run, name=f"job-{job_id[:8]}", daemon=True).start()
@@ -412,6 +444,27 @@ class WorkerAgent:
         if execution is not None:
             execution.cancel()
         else:
-            # Not ours any more (e.g. we restarted): tell the coordinator it is over.
-            with contextlib.suppress(ApiError, Unreachable):
-                self.api.request("POST", f"/jobs/{job_id}/finish", json_body={"exit_code": 143})
+            # Not ours any more (e.g. we restarted): confirm the cancel, so the slot is
+            # free at once instead of when the janitor gives up on the confirmation.
+            with self._jobs_lock:
+                if job_id in self._confirming:
+                    return
+                self._confirming.add(job_id)
+            threading.Thread(
+                target=self._confirm_cancel, args=(job_id,), name="confirm", daemon=True
+            ).start()
+
+    def _confirm_cancel(self, job_id: str) -> None:
+        try:
+            self.api.request(
+                "POST",
+                f"/jobs/{job_id}/finish",
+                json_body={"exit_code": 143},
+                retry_for=self.grace,
+                timeout=10,
+            )
+        except (ApiError, Unreachable) as exc:
+            log.warning("cancel of job %s not confirmed: %s", job_id, exc)
+        finally:
+            with self._jobs_lock:
+                self._confirming.discard(job_id)

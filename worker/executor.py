@@ -13,9 +13,11 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from client.api import Api, ApiError, Unreachable
+from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS
 from dffmpeg.exitcodes import from_returncode
 from dffmpeg.paths import StreamRewriter, output_rewriter, to_variables, unmap_args
 from dffmpeg.wire import (
@@ -39,6 +41,7 @@ from worker.guard import (
 from worker.process import Unconfined
 from worker.relay import FrameSender, OutputBuffer, read_pipe
 from worker.sandbox import private_path
+from worker.spool import SpoolFile
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,6 @@ INPUT_WAIT_SECONDS = 20.0
 # coordinator a held request; input sent meanwhile waits in the database and arrives
 # with the first read, at most this much later.
 INPUT_DELAY_SECONDS = 0.2
-RETRY_SECONDS = 60.0
 CANCEL_GRACE_SECONDS = 5.0
 # Variables of the worker's own environment a job's process gets: finding its libraries
 # and drivers (set by the operator, e.g. for VAAPI or CUDA), never the worker's secrets.
@@ -116,14 +118,28 @@ class Prepared:
 
 
 class JobExecution:
+    """One job on this worker, from its accept to its finish.
+
+    Every request it makes is retried (connection failures, the coordinator's 503s)
+    for ``grace`` seconds, the coordinator's ``outage_grace_seconds``: an outage that
+    short loses nothing, the process keeps running and its output waits in memory and
+    then in ``spool_dir`` (worker/spool.py). Output that cannot be delivered even so
+    stops the job, and its finish says so: the coordinator never records as completed
+    a job whose caller did not get all of its output.
+    """
+
     def __init__(
         self,
         api: Api,
         assignment: Mapping[str, Any],
         rules: JobRules,
         runner: Runner | None = None,
+        grace: float = DEFAULT_OUTAGE_GRACE_SECONDS,
+        spool_dir: Path | None = None,
     ) -> None:
         self.api = api
+        self.grace = grace
+        self.spool_dir = spool_dir
         self.rules = rules
         self.runner: Runner = runner if runner is not None else Unconfined()
         self.job_id: str = assignment["job_id"]
@@ -210,7 +226,7 @@ class JobExecution:
     def run(self) -> None:
         """Accept, run and report the job. Never raises."""
         try:
-            self.api.request("POST", f"/jobs/{self.job_id}/accept", retry_for=RETRY_SECONDS)
+            self.api.request("POST", f"/jobs/{self.job_id}/accept", retry_for=self.grace)
         except (ApiError, Unreachable) as exc:
             log.warning("job %s not accepted: %s", self.job_id, exc)
             self._done.set()
@@ -244,7 +260,7 @@ class JobExecution:
         log.info("job %s started: pid %s", self.job_id, self.process.pid)
         if self._canceled.is_set():  # canceled while it was starting
             threading.Thread(target=self._kill_group, name="cancel", daemon=True).start()
-        buffer = OutputBuffer()
+        buffer = OutputBuffer(spool=self._open_spool if self.spool_dir is not None else None)
         readers = []
         for stream, kind in (
             (self.process.stdout, FrameKind.STDOUT),
@@ -265,16 +281,33 @@ class JobExecution:
         for reader in readers:
             reader.start()
         threading.Thread(target=self._feed_input, name="input", daemon=True).start()
-        sender = FrameSender(buffer, self._send_output)
-        sender.run()  # returns once both pipes reached EOF and everything was sent
+        sender = FrameSender(buffer, self._send_output, self._undeliverable)
+        try:
+            sender.run()  # returns once both pipes reached EOF and everything was sent
+        finally:
+            buffer.close()  # the spool file, if any, goes with the job
         returncode = self.process.wait()
         self._done.set()
-        if sender.error is not None:
-            log.warning("job %s: output not delivered: %s", self.job_id, sender.error)
         result: dict[str, Any] = {"exit_code": from_returncode(returncode)}
         if self._aborted is not None:
             result["aborted"] = self._aborted
         self._finish(result)
+
+    def _open_spool(self) -> SpoolFile:
+        assert self.spool_dir is not None
+        return SpoolFile(self.spool_dir, f"{self.api.client_id}-{self.job_id}")
+
+    def _undeliverable(self, exc: Exception) -> None:
+        """The output could not be delivered: stop the job, and report it as lost."""
+        if isinstance(exc, ApiError) and exc.status == 409:
+            # The job is over on the coordinator (canceled, or declared lost): nobody
+            # reads this output any more.
+            log.warning("job %s ended on the coordinator; stopping its process", self.job_id)
+            self._aborted = self._aborted or "the job ended on the coordinator"
+            self.cancel()
+            return
+        log.warning("job %s: output not delivered (%s); stopping it", self.job_id, exc)
+        self.abort(f"output could not be delivered: {exc}"[:200])
 
     def _write_private(self, files: Mapping[str, bytes]) -> None:
         place = self._private_place()
@@ -288,14 +321,14 @@ class JobExecution:
             f"/jobs/{self.job_id}/output",
             body=encode_frames(frames),
             content_type=CONTENT_TYPE_FRAMES,
-            retry_for=RETRY_SECONDS,
+            retry_for=self.grace,
         )
 
     def _finish(self, result: dict[str, Any]) -> None:
         self._finished.set()
         try:
             self.api.request(
-                "POST", f"/jobs/{self.job_id}/finish", json_body=result, retry_for=RETRY_SECONDS
+                "POST", f"/jobs/{self.job_id}/finish", json_body=result, retry_for=self.grace
             )
         except (ApiError, Unreachable) as exc:
             log.warning("job %s: finish not recorded: %s", self.job_id, exc)
@@ -323,7 +356,7 @@ class JobExecution:
                     f"/jobs/{self.job_id}/input",
                     params={"after": after, "wait": INPUT_WAIT_SECONDS},
                     timeout=INPUT_WAIT_SECONDS + 30,
-                    retry_for=RETRY_SECONDS,
+                    retry_for=self.grace,
                 )
             except ApiError as exc:
                 if exc.status == 409:

@@ -2,14 +2,18 @@
 
 Each pipe is read with ``os.read`` on raw bytes: never line by line, never decoded, so
 ``\\r``-only progress lines and binary stdout flow without filling the pipe. Reader
-threads put chunks on one queue in arrival order; one sender thread drains it, batching
-whatever arrived while the previous request was in flight. When the coordinator is slow
-the buffer fills to ``max_buffered`` bytes and the readers wait, which back-pressures
-the child through its pipes instead of growing memory.
+threads put chunks on one buffer in arrival order; one sender thread drains it, batching
+whatever arrived while the previous request was in flight.
+
+When the coordinator is slow or away, output piles up: the first ``max_buffered`` bytes
+in memory, the rest in the job's spool file on disk (worker/spool.py), in order, up to
+``max_spooled`` bytes. Only beyond that (or without a usable spool) do the readers wait,
+which back-pressures the child through its pipes instead of growing memory.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import deque
@@ -17,18 +21,38 @@ from collections.abc import Callable
 
 from dffmpeg.paths import StreamRewriter
 from dffmpeg.wire import Frame, FrameKind
+from worker.spool import SpoolFile
+
+log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 MAX_BATCH_BYTES = 1024 * 1024
+MEMORY_BYTES = 8 * 1024 * 1024
+SPOOL_BYTES = 4 * 1024 * 1024 * 1024
 
 
 class OutputBuffer:
-    def __init__(self, max_buffered: int = 8 * 1024 * 1024) -> None:
+    """Chunks in arrival order: in memory, then (once memory is full) in a spool file.
+
+    Every chunk in memory is older than every chunk in the spool: once one chunk was
+    spooled, the next ones are too, until the spool has been read empty.
+    """
+
+    def __init__(
+        self,
+        max_buffered: int = MEMORY_BYTES,
+        spool: Callable[[], SpoolFile] | None = None,
+        max_spooled: int = SPOOL_BYTES,
+    ) -> None:
         self.max_buffered = max_buffered
+        self.max_spooled = max_spooled
+        self._open_spool = spool
+        self._spool: SpoolFile | None = None
         self._chunks: deque[tuple[FrameKind, bytes]] = deque()
         self._size = 0
         self._open_readers = 0
         self._cond = threading.Condition()
+        self.spooled_total = 0  # bytes that ever went to disk (for logs and tests)
 
     def reader_started(self) -> None:
         with self._cond:
@@ -41,17 +65,46 @@ class OutputBuffer:
 
     def put(self, kind: FrameKind, data: bytes) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._size < self.max_buffered)
-            self._chunks.append((kind, data))
-            self._size += len(data)
+            while True:
+                spool = self._spool
+                if (spool is None or spool.empty) and self._size + len(data) <= max(
+                    self.max_buffered, len(data)
+                ):
+                    self._chunks.append((kind, data))
+                    self._size += len(data)
+                    break
+                if self._spool_room(len(data)) and self._spill(kind, data):
+                    break
+                self._cond.wait()  # memory and spool full: the child waits on its pipe
             self._cond.notify_all()
 
+    def _spool_room(self, size: int) -> bool:
+        if self._open_spool is None:
+            return False
+        pending = self._spool.pending_bytes if self._spool is not None else 0
+        return pending + size <= self.max_spooled
+
+    def _spill(self, kind: FrameKind, data: bytes) -> bool:
+        """Append to the spool file (opened on first use); False if it cannot be written."""
+        try:
+            if self._spool is None:
+                assert self._open_spool is not None
+                self._spool = self._open_spool()
+                log.info("output spooled to %s until the coordinator takes it", self._spool.path)
+            self._spool.append(kind, data)
+        except OSError as exc:
+            log.warning("cannot spool output (%s): the job waits for the coordinator", exc)
+            self._open_spool = None  # memory only from now on
+            return False
+        self.spooled_total += len(data)
+        return True
+
     def take(self) -> list[tuple[FrameKind, bytes]] | None:
-        """Everything buffered (up to a batch); None once all readers ended and it is empty."""
+        """The oldest chunks (up to a batch); None once all readers ended and nothing is left."""
         with self._cond:
-            self._cond.wait_for(lambda: self._chunks or self._open_readers == 0)
-            if not self._chunks:
-                return None
+            self._cond.wait_for(
+                lambda: self._chunks or not self._spool_empty() or not self._open_readers
+            )
             batch: list[tuple[FrameKind, bytes]] = []
             size = 0
             while self._chunks and size < MAX_BATCH_BYTES:
@@ -59,8 +112,34 @@ class OutputBuffer:
                 batch.append((kind, data))
                 size += len(data)
             self._size -= size
+            if not batch and not self._spool_empty():
+                assert self._spool is not None
+                try:
+                    batch = self._spool.read(MAX_BATCH_BYTES)
+                except OSError as exc:
+                    # The bytes on disk cannot be read back: this output is lost, and
+                    # the caller must not be told the job ran cleanly.
+                    raise SpoolLost(str(exc)) from exc
             self._cond.notify_all()
-            return batch
+            return batch or None
+
+    def _spool_empty(self) -> bool:
+        return self._spool is None or self._spool.empty
+
+    def close(self) -> None:
+        """Remove the spool file (the job is over, or its output is given up)."""
+        with self._cond:
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
+            self._open_spool = None
+            self._chunks.clear()
+            self._size = 0
+            self._cond.notify_all()
+
+
+class SpoolLost(OSError):
+    """Spooled output could not be read back."""
 
 
 def read_pipe(
@@ -96,17 +175,34 @@ def read_pipe(
 
 
 class FrameSender:
-    """Numbers output frames 1, 2, 3... and sends each batch with ``send``, in order."""
+    """Numbers output frames 1, 2, 3... and sends each batch with ``send``, in order.
 
-    def __init__(self, buffer: OutputBuffer, send: Callable[[list[Frame]], None]) -> None:
+    ``send`` retries on its own for as long as it may (the coordinator's outage
+    grace); when it raises, the output cannot be delivered any more: ``error`` says
+    why, ``on_error`` is told (the job is stopped), and what is still buffered is read
+    and dropped so the child never blocks on a full pipe.
+    """
+
+    def __init__(
+        self,
+        buffer: OutputBuffer,
+        send: Callable[[list[Frame]], None],
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.buffer = buffer
         self.send = send
+        self.on_error = on_error
         self.seq = 0
         self.error: Exception | None = None
 
     def run(self) -> None:
         while True:
-            batch = self.buffer.take()
+            try:
+                batch = self.buffer.take()
+            except SpoolLost as exc:
+                self._failed(exc)
+                self.buffer.close()
+                continue
             if batch is None:
                 return
             frames = []
@@ -118,7 +214,13 @@ class FrameSender:
             try:
                 self.send(frames)
             except Exception as exc:
-                self.error = exc
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+            if self.on_error is not None:
+                self.on_error(exc)
 
 
 def _merge(batch: list[tuple[FrameKind, bytes]]) -> list[tuple[FrameKind, bytes]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from coordinator import (
     arguments,
@@ -19,6 +21,7 @@ from coordinator import (
     lifecycle,
     progress,
     quotas,
+    retries,
     scheduler,
     streams,
 )
@@ -90,6 +93,19 @@ _FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
     Job.id == bindparam("job_id")
 )
 _HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
+_READ_STATE = select(Job.state, Job.attempt, Job.retries_left, Job.output_seen).where(
+    Job.id == bindparam("job_id")
+)
+# The requester was handed output of this run: it may never run again (coordinator/
+# retries.py). Conditional on the run read, so a requeue in between is noticed.
+_OUTPUT_SEEN = (
+    update(Job.__table__)
+    .where(
+        Job.__table__.c.id == bindparam("b_job"),
+        Job.__table__.c.attempt == bindparam("b_attempt"),
+    )
+    .values(output_seen=True)
+)
 _RENEW_CLIENT = (
     update(Job.__table__)
     .where(Job.__table__.c.id == bindparam("job_id"))
@@ -133,10 +149,37 @@ def final_status(job_id: str) -> dict[str, Any]:
     }
 
 
+# What an idempotency key looks like (client/submit.py makes 32 hex digits).
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
+MAX_RETRIES_ON_LOSS = 10
+_BY_KEY = select(Job).where(
+    Job.requester == bindparam("requester"), Job.idempotency_key == bindparam("key")
+)
+
+
+def _submitted(job: Job, status: int) -> ResponseReturnValue:
+    return jsonify({"job": job.to_dict(), "outage_grace_seconds": _grace()}), status
+
+
+def _grace() -> float:
+    return float(_config().outage_grace_seconds)
+
+
 @bp.post("")
 @requires(Role.CLIENT, Role.ADMIN)
 def submit() -> ResponseReturnValue:
+    """Queue a job. With ``idempotency_key`` a submit sent again (its answer was lost)
+    answers 200 with the job the first one made, whatever the rest of its body."""
     data = json_body()
+    key = field(data, "idempotency_key", (str, type(None)), None)
+    if key is not None:
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise BadRequest("field 'idempotency_key' must be 8 to 64 letters, digits, '-' or '_'")
+        earlier = db.session.execute(
+            _BY_KEY, {"requester": g.user.client_id, "key": key}
+        ).scalar_one_or_none()
+        if earlier is not None:
+            return _submitted(earlier, 200)
     limits = g.user.limits
     binary = field(data, "binary", str)
     allowed = _config().allowed_binaries
@@ -173,6 +216,7 @@ def submit() -> ResponseReturnValue:
     wait_for_worker = field(data, "wait_for_worker", bool, False)
     required_labels = str_list(data, "required_labels", [])
     preferred_labels = str_list(data, "preferred_labels", [])
+    retries = int_field(data, "retry_on_worker_loss", 0, 0, MAX_RETRIES_ON_LOSS)
     quotas.check(limits, "max_label_bytes", quotas.size_of(required_labels + preferred_labels))
     pending = db.session.execute(_PENDING_OF, {"requester": g.user.client_id}).scalar_one()
     if pending >= limits["max_pending"]:
@@ -202,6 +246,10 @@ def submit() -> ResponseReturnValue:
         created_at=now,
         updated_at=now,
         client_lease_expires_at=now + _client_lease() if mode == "active" else None,
+        idempotency_key=key,
+        retries_left=retries,
+        attempt=1,
+        output_seen=False,
     )
     # Checked before the insert commits: the job's values are still in memory then,
     # where afterwards reading them would reload the row.
@@ -209,7 +257,17 @@ def submit() -> ResponseReturnValue:
     reply = job.to_dict()
     db.session.add(job)
     lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # The same key, sent again while the first submit was still on its way in.
+        db.session.rollback()
+        earlier = db.session.execute(
+            _BY_KEY, {"requester": g.user.client_id, "key": key}
+        ).scalar_one_or_none()
+        if key is None or earlier is None:
+            raise
+        return _submitted(earlier, 200)
     instruments().job_submitted(binary)
     if lacking is not None:
         # No online worker could ever take it: fail at once, naming what is missing.
@@ -223,7 +281,7 @@ def submit() -> ResponseReturnValue:
         db.session.refresh(job)
         reply = job.to_dict()
     notifier().notify("jobs")
-    return jsonify({"job": reply}), 201
+    return jsonify({"job": reply, "outage_grace_seconds": _grace()}), 201
 
 
 MAX_PAGE = 500
@@ -335,8 +393,18 @@ def read_output(job_id: str) -> ResponseReturnValue:
         # finish, so frames read after a final state was seen are complete. The other
         # order loses output on MariaDB/PostgreSQL, where each statement of a
         # READ COMMITTED transaction sees a later moment than the one before.
-        state = JobState(db.session.execute(_HOLDER, {"job_id": job_id}).one().state)
+        row = db.session.execute(_READ_STATE, {"job_id": job_id}).one()
+        state = JobState(row.state)
         frames = streams.read_output(job_id, after)
+        if frames and is_requester and row.retries_left > 0 and not row.output_seen:
+            # A job that may run again once its worker is lost: first record that this
+            # run's output reached the requester (then it never runs again).
+            marked = db.session.execute(
+                _OUTPUT_SEEN, {"b_job": job_id, "b_attempt": row.attempt}
+            ).rowcount  # type: ignore[attr-defined]
+            db.session.commit()
+            if not marked:
+                return None  # queued again meanwhile: these frames were the lost run's
         if state.terminal and streams.complete(frames):
             # Everything was read and nothing more can come: the final status rides
             # along, so a short job's client needs no second request to learn it.
@@ -382,9 +450,16 @@ def accept(job_id: str) -> ResponseReturnValue:
         held_by=g.user.client_id,
         started_at=now_utc(),
     ):
-        job = db.session.get(Job, job_id)
-        raise WrongState("job cannot be accepted", state=job.state if job else None)
+        now = db.session.execute(_HOLDER, {"job_id": job_id}).one()
+        db.session.commit()
+        if now.worker_id == g.user.client_id and now.state in _ACCEPTED:
+            # An accept sent again (the answer to the first was lost): it is ours.
+            return jsonify({"state": now.state})
+        raise WrongState("job cannot be accepted", state=now.state)
     return jsonify({"state": JobState.RUNNING.value})
+
+
+_ACCEPTED = (JobState.RUNNING.value, JobState.CANCELING.value)
 
 
 @bp.post("/<job_id>/output")
@@ -466,14 +541,8 @@ def finish(job_id: str) -> ResponseReturnValue:
         raise BadRequest("one of 'exit_code' or 'error' is required")
     worker_id = g.user.client_id
     if aborted is not None:
-        done = lifecycle.transition(
-            job_id,
-            [JobState.RUNNING, JobState.CANCELING],
-            JobState.FAILED,
-            f"worker lost ({aborted[:200]})",
-            held_by=worker_id,
-            exit_code=exit_code,
-            failure="worker_lost",
+        done = bool(
+            retries.worker_lost(job_id, worker_id, f"worker lost ({aborted[:200]})", exit_code)
         )
     elif error is not None:
         done = lifecycle.transition(
@@ -503,9 +572,35 @@ def finish(job_id: str) -> ResponseReturnValue:
             failure="canceled",
         )
     if not done:
-        job = db.session.get(Job, job_id)
-        raise WrongState("job cannot be finished", state=job.state if job else None)
+        recorded = db.session.execute(_RECORDED, {"job_id": job_id}).one()
+        db.session.commit()
+        if recorded.worker_id == worker_id and _same_end(recorded, error, exit_code, aborted):
+            # A finish sent again (the answer to the first was lost): already recorded.
+            return jsonify({"ok": True})
+        raise WrongState("job cannot be finished", state=recorded.state)
     # Only this worker gained a free slot: waking every worker's poll would make each
     # of them run a claim that cannot change anything.
     notifier().notify(f"output:{job_id}", f"worker:{worker_id}")
     return jsonify({"ok": True})
+
+
+_RECORDED = select(Job.state, Job.worker_id, Job.exit_code, Job.failure).where(
+    Job.id == bindparam("job_id")
+)
+
+
+def _same_end(recorded: Any, error: str | None, exit_code: int | None, aborted: str | None) -> bool:
+    """Whether the job already ended as this finish would have ended it."""
+    state = recorded.state
+    if aborted is not None:
+        return (state, recorded.failure, recorded.exit_code) == (
+            JobState.FAILED.value,
+            "worker_lost",
+            exit_code,
+        )
+    if error is not None:
+        return (state, recorded.failure) == (JobState.FAILED.value, "start_failed")
+    return recorded.exit_code == exit_code and (state, recorded.failure) in (
+        (JobState.COMPLETED.value, None),
+        (JobState.CANCELED.value, "canceled"),
+    )

@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import JSON, Row, bindparam, case, select, update
 from sqlalchemy.orm import defer
 
-from coordinator import held, lifecycle, quotas, scheduler, users, workerinfo, workers
+from coordinator import held, lifecycle, quotas, retries, scheduler, users, workerinfo, workers
 from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
@@ -152,20 +152,25 @@ _SHORTEN_LEASE = (
 )
 
 
-def renew_lease(worker_id: str, load: dict[str, Any] | None = None) -> Row[Any]:
+def renew_lease(
+    worker_id: str, load: dict[str, Any] | None = None, always: bool = False
+) -> Row[Any]:
     """Extend the calling worker's lease; its row (state, slots, drained), or 409 when it
     must register. ``load``: a heartbeat's load sample, stored with the renewal.
 
     Runs for every heartbeat and every poll of every worker, so it is two plain
     statements rather than a loaded, flushed and expired ORM object. The update's
     condition keeps a worker the janitor declared offline offline (see
-    ``current_worker``).
+    ``current_worker``). A poll within ``RENEW_AFTER`` of the last renewal writes
+    nothing; a heartbeat (``always``) always renews: the one a worker sends after its
+    last job ended is what turns its short lease into the idle one, and skipping it
+    would leave the short lease to run out while the worker waits the idle interval.
     """
     row = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
     if row is None or row.state == "offline":
         raise Conflict("worker is not registered")
     now = now_utc()
-    if row.last_seen_at is not None and now - row.last_seen_at < RENEW_AFTER:
+    if not always and row.last_seen_at is not None and now - row.last_seen_at < RENEW_AFTER:
         # A busy worker polls many times a second: one write per second is plenty for
         # a lease of several seconds.
         if load is not None:
@@ -247,6 +252,9 @@ def register() -> ResponseReturnValue:
             "worker": worker.to_dict(),
             "lease_seconds": _lease().total_seconds(),
             "idle_lease_seconds": _idle_lease().total_seconds(),
+            # How long the worker keeps its jobs and their output while it cannot reach
+            # us (or we cannot reach the database): docs/operations.md.
+            "outage_grace_seconds": current_app.config["DFFMPEG"].outage_grace_seconds,
         }
     )
 
@@ -269,23 +277,17 @@ def _forget_previous_life(worker_id: str) -> None:
                 worker_id=None,
             )
         else:
-            lifecycle.transition(
-                job_id,
-                [JobState.RUNNING, JobState.CANCELING],
-                JobState.FAILED,
-                "worker lost (it restarted)",
-                held_by=worker_id,
-                failure="worker_lost",
-            )
+            retries.worker_lost(job_id, worker_id, "worker lost (it restarted)")
 
 
 @bp.post("/heartbeat")
 @requires(Role.WORKER)
 def heartbeat() -> ResponseReturnValue:
-    """Renew the lease; a ``load`` sample in the body is kept for operators."""
+    """Renew the lease (always: see ``renew_lease``); a ``load`` sample in the body is
+    kept for operators."""
     raw = json_body().get("load")
     load = workerinfo.clean_load(raw, now_utc()) if raw is not None else None
-    return jsonify({"state": renew_lease(g.user.client_id, load).state})
+    return jsonify({"state": renew_lease(g.user.client_id, load, always=True).state})
 
 
 @bp.post("/paths")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from dffmpeg import signing
+from dffmpeg.backoff import Backoff
 from dffmpeg.config import BrokerSettings
 
 Address = tuple[str, ...]
@@ -282,21 +283,10 @@ class Publisher(ABC):
     def publish(self, address: Address, payload: bytes) -> None: ...
 
 
-class Backoff:
-    """Reconnect delays: 0.2 s doubling to ``ceiling``, reset after a success."""
-
-    def __init__(self, first: float = 0.2, ceiling: float = 10.0) -> None:
-        self.first = first
-        self.ceiling = ceiling
-        self.delay = first
-
-    def next(self) -> float:
-        delay = self.delay
-        self.delay = min(self.delay * 2, self.ceiling)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
+def reconnect_backoff() -> Backoff:
+    """Broker and stream reconnects: the shared policy (dffmpeg/backoff.py), 0.2 s
+    doubling to 10 s, with jitter so parties do not all come back at once."""
+    return Backoff(initial=0.2, maximum=10.0)
 
 
 Sleep = Callable[[float], bool]

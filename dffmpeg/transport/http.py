@@ -17,7 +17,7 @@ import threading
 from urllib.parse import urlencode, urlsplit
 
 from dffmpeg import signing
-from dffmpeg.transport.base import Backoff, Endpoint, Transport, TransportError
+from dffmpeg.transport.base import Endpoint, Transport, TransportError, reconnect_backoff
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Stream(Transport):
         return reply
 
     def _run(self) -> None:
-        backoff = Backoff()
+        backoff = reconnect_backoff()
         while not self._stopped.is_set():
             if self._paused.is_set():
                 self._stopped.wait(0.05)
@@ -159,7 +159,7 @@ class Stream(Transport):
                 if not self._stopped.is_set() and generation == self._generation:
                     log.warning("stream transport disconnected: %s", exc)
                     self._connected.clear()
-                    self._stopped.wait(backoff.next())
+                    self._stopped.wait(backoff.next_delay())
             finally:
                 with self._lock:
                     conn, self._conn = self._conn, None

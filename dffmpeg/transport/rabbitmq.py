@@ -30,13 +30,13 @@ from dffmpeg.transport.base import (
     ALL,
     JOBS,
     Address,
-    Backoff,
     Endpoint,
     Publisher,
     Transport,
     TransportError,
     addresses_for,
     message,
+    reconnect_backoff,
     segment,
     to,
 )
@@ -152,7 +152,7 @@ class RabbitTransport(Transport):
     # -- on the connection thread ----------------------------------------------------
 
     def _run(self) -> None:
-        backoff = Backoff()
+        backoff = reconnect_backoff()
         while not self._stopped.is_set():
             if self._paused.is_set():
                 self._stopped.wait(0.05)
@@ -178,7 +178,7 @@ class RabbitTransport(Transport):
                     with contextlib.suppress(*CONNECTION_ERRORS):
                         conn.close()
             if not self._stopped.is_set():
-                self._stopped.wait(backoff.next())
+                self._stopped.wait(backoff.next_delay())
 
     def _setup(self) -> None:
         assert self._conn is not None
@@ -267,7 +267,7 @@ class RabbitPublisher(Publisher):
             self._queue.put((address, payload))
 
     def _run(self) -> None:
-        backoff = Backoff()
+        backoff = reconnect_backoff()
         while not self._stopped.is_set():
             conn = None
             try:
@@ -287,7 +287,7 @@ class RabbitPublisher(Publisher):
                     with contextlib.suppress(*CONNECTION_ERRORS):
                         conn.close()
             if not self._stopped.is_set():
-                self._stopped.wait(backoff.next())
+                self._stopped.wait(backoff.next_delay())
 
     def _pump(self, conn: pika.BlockingConnection, channel: Any) -> None:
         while not self._stopped.is_set():

@@ -1,0 +1,82 @@
+"""Every request is safe to retry: lost answers change nothing twice.
+
+A proxy between the parties and the coordinator forwards every request but loses the
+first answer to a submit, an accept, an output upload, an input upload, a finish and a
+cancel (it closes the connection instead, as a network failure at that moment would).
+Each party sends the request again, and the coordinator must recognise it: one job per
+submission (the idempotency key), accepted once, its output stored once and in order,
+its end recorded once, a cancel answered like the first.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from client.api import Api
+from tests import databases
+from tests.answer_proxy import AnswerDroppingProxy, Rule
+from tests.faults import Timing, check_all, fault_cluster
+from tests.helpers import free_port
+
+JOB = r"/api/v1/jobs/[0-9a-f]{32}"
+RULES = [
+    Rule("submit", "POST", re.compile(r"/api/v1/jobs")),
+    Rule("accept", "POST", re.compile(JOB + "/accept")),
+    Rule("output", "POST", re.compile(JOB + "/output")),
+    Rule("input", "POST", re.compile(JOB + "/input")),
+    Rule("finish", "POST", re.compile(JOB + "/finish")),
+    Rule("cancel", "POST", re.compile(JOB + "/cancel")),
+]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_retried_requests_with_lost_answers_change_nothing_twice(tmp_path: Path, kind: str) -> None:
+    if kind not in databases.selected():
+        pytest.skip(f"{kind} is not among DFFMPEG_TEST_DATABASES")
+    port = free_port()
+    proxy = AnswerDroppingProxy(("127.0.0.1", port), RULES)
+    try:
+        with (
+            databases.fresh_database(kind, tmp_path) as url,
+            fault_cluster(
+                tmp_path, url, Timing.fast(), workers=1, urls=[proxy.url], ports=[port]
+            ) as cluster,
+        ):
+            callers = cluster.callers([(8, 0), (8, 3)], 0.25)
+            check_all(cluster, callers, timeout=90)
+            jobs = cluster.jobs()
+            assert sorted(j["args"][0] for j in jobs) == sorted(c.marker for c in callers)
+            for job in jobs:
+                moves = [e["to"] for e in job["events"]]
+                assert moves == ["pending", "assigned", "running", "completed"], job["events"]
+            # A cancel whose answer is lost is sent again and answered like the first.
+            client = Api(proxy.url, "c1", _key(cluster))
+            try:
+                body = {"binary": "faultjob", "args": ["never", "1", "0", "0"],
+                        "mode": "background", "wait_for_worker": True,
+                        "required_labels": ["nobody-has-this"]}  # fmt: skip
+                job_id = client.call("POST", "/jobs", json_body=body, retry_for=10)["job"]["job_id"]
+                canceled = client.call("POST", f"/jobs/{job_id}/cancel", retry_for=10)
+                assert canceled["job"]["state"] == "canceled"
+                events = client.call("GET", f"/jobs/{job_id}")["job"]["events"]
+                assert [e["to"] for e in events] == ["pending", "canceled"]
+            finally:
+                client.close()
+            # Every kind of request lost an answer once and was sent again.
+            assert sorted(proxy.dropped) == sorted(r.name for r in RULES)
+            for rule in RULES:
+                assert proxy.seen[rule.name] >= 2, (rule.name, proxy.seen)
+            assert len(cluster.jobs()) == 3
+    finally:
+        proxy.close()
+
+
+def _key(cluster: object) -> str:
+    import yaml
+
+    config = yaml.safe_load(cluster.client_config.read_text())  # type: ignore[attr-defined]
+    return str(config["hmac_key"])
