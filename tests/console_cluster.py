@@ -79,6 +79,8 @@ def console_coordinator(tmp: Path, workers: int = 3, **settings: Any) -> Iterato
             "host": "127.0.0.1",
             "port": port,
             "database_url": f"sqlite:///{tmp / 'coordinator.db'}",
+            # Named, so a second coordinator from a copy of this config opens the keys.
+            "secret_key_file": str(tmp / "coordinator.secret"),
             # Long leases: the seeded workers never heartbeat but must stay online.
             "worker_lease_seconds": 600,
             "worker_idle_lease_seconds": 600,

@@ -320,7 +320,10 @@ def fault_cluster(
     bin_dir = root / "dropin"
     bin_dir.mkdir()
     (bin_dir / BINARY).symlink_to(BIN / "dffmpeg-proxy")
-    keys = _add_users(database_url, workers)
+    # One secret for the identities made here and every instance (the default is beside
+    # each config, which is one place only for SQLite beside it).
+    secret = str(root / "coordinator.secret")
+    keys = _add_users(database_url, workers, secret)
     coordinators = []
     for i in range(instances):
         port = ports[i] if ports is not None else free_port()
@@ -330,6 +333,7 @@ def fault_cluster(
                 "host": "127.0.0.1",
                 "port": port,
                 "database_url": database_url,
+                "secret_key_file": secret,
                 "allowed_binaries": [BINARY],
                 "assign_timeout_seconds": 20,
                 **timing.coordinator(),
@@ -407,12 +411,14 @@ def _online(cluster: FaultCluster) -> int:
     return sum(1 for w in workers if w["state"] == "online")
 
 
-def _add_users(database_url: str, workers: int) -> dict[str, str]:
+def _add_users(database_url: str, workers: int, secret: str) -> dict[str, str]:
     """Create the schema and the identities in-process (faster than one CLI per user)."""
     from coordinator import create_app, users
     from coordinator.db import db
 
-    app = create_app({"database_url": database_url}, start_janitor=False)
+    app = create_app(
+        {"database_url": database_url, "secret_key_file": secret}, start_janitor=False
+    )
     with app.app_context():
         keys = {f"w{i}": users.add_user(f"w{i}", "worker")["hmac_key"] for i in range(workers)}
         keys["c1"] = users.add_user("c1", "client")["hmac_key"]
