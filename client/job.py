@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from client.api import AnswerRefused, Api, ApiError, AuthError, Unreachable
+from client.early_stdin import EarlyStdin
 from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS
 from dffmpeg.exitcodes import ExitCode
 from dffmpeg.text import printable
@@ -116,6 +117,10 @@ class InputRelay:
         # network instead of filling memory. Signals and EOF never wait.
         self._room = threading.Semaphore(STDIN_CHUNKS_IN_FLIGHT)
         self._thread = threading.Thread(target=self._send_loop, name="input", daemon=True)
+
+    def skip(self, frames: int) -> None:
+        """The first ``frames`` input frames were sent another way (with the submit)."""
+        self._seq += frames
 
     def start(self, stdin_fd: int | None) -> None:
         self._thread.start()
@@ -222,7 +227,11 @@ class JobSession:
         the caller did not signal us: running the command elsewhere is a clean first run."""
         return self.after == 0 and self.relay.stdin_bytes == 0 and not self.signals_received
 
-    def relay_input(self, stdin_fd: int | None) -> None:
+    def relay_input(self, stdin_fd: int | None, sent: EarlyStdin | None = None) -> None:
+        """Relay ``stdin_fd``; ``sent``: what of it went with the submission already
+        (input frames 1 and, if it ended, 2)."""
+        if sent is not None and sent.data:
+            self.relay.skip(2 if sent.eof else 1)
         self.relay.start(stdin_fd)
 
     def forward_signals(self) -> None:

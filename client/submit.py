@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 from client import incidents, reporting
 from client.api import Api
 from client.downlink import open_downlink
+from client.early_stdin import EarlyStdin, put_back, take_ready
 from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
 from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS, ClientConfig
 from dffmpeg.exitcodes import ExitCode
@@ -34,9 +36,16 @@ class JobRequest:
     # One per submission, so that sending it again (its answer was lost, or the
     # coordinator restarted under it) finds the job instead of making a second one.
     idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # What the caller's stdin held already (client/early_stdin.py).
+    stdin: EarlyStdin = field(default_factory=EarlyStdin)
 
     def to_json(self) -> dict[str, Any]:
+        early: dict[str, Any] = {}
+        if self.stdin.data:
+            early = {"stdin": base64.b64encode(self.stdin.data).decode()}
+            early["stdin_eof"] = self.stdin.eof
         return {
+            **early,
             "idempotency_key": self.idempotency_key,
             "retry_on_worker_loss": self.retry_on_worker_loss,
             "required_labels": self.required_labels,
@@ -148,6 +157,16 @@ def run(
             reporter.finish()
 
 
+def _putting_back(
+    fallback: Callable[[str], int], early: EarlyStdin, fd: int
+) -> Callable[[str], int]:
+    def run_elsewhere(reason: str) -> int:
+        put_back(early, fd)  # the local binary reads what we took, then the rest
+        return fallback(reason)
+
+    return run_elsewhere
+
+
 def _run(
     api: Api,
     request: JobRequest,
@@ -159,6 +178,9 @@ def _run(
     connect_retry: float | None,
 ) -> int:
     session: JobSession | None = None
+    request.stdin = take_ready(stdin_fd)
+    if fallback is not None and stdin_fd is not None and request.stdin.data:
+        fallback = _putting_back(fallback, request.stdin, stdin_fd)
     try:
         # A coordinator that restarts is waited for, a moment (connect_retry_seconds),
         # before the local binary runs instead (or the cluster failure is reported).
@@ -171,7 +193,7 @@ def _run(
         downlink = open_downlink(api, config, "client") if config is not None else None
         session = JobSession(api, submitted.job_id, downlink=downlink, grace=submitted.grace)
         session.forward_signals()
-        session.relay_input(stdin_fd)
+        session.relay_input(None if request.stdin.eof else stdin_fd, request.stdin)
         outcome = session.follow()
     except Exception as exc:  # every failure becomes one line and a documented code
         failure: ClusterFailure = explain(exc)

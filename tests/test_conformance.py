@@ -240,6 +240,19 @@ def test_keys_pass_through_in_real_time(cluster: Cluster, case: Path) -> None:
     assert (case / "remote" / "out.mkv").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("duration", ["0.04", "500"])
+def test_key_written_at_start_then_eof_reaches_a_short_job(cluster: Cluster, duration: str) -> None:
+    """Jellyfin's runtime-key check: start ffmpeg on a job of a few tens of milliseconds,
+    write ``?``, close stdin, read the key help from stderr. Local ffmpeg finds the byte
+    at its first look; through the drop-in it must too, however short the job."""
+    args = ["-hide_banner", "-f", "lavfi", "-i", f"nullsrc=s=1x1:d={duration}", "-f", "null", "-"]
+    loc, rem = both(cluster, "ffmpeg", lambda _side: args, input=b"?")
+    assert loc.returncode == rem.returncode == 0
+    assert b"key    function" in loc.stderr
+    assert b"key    function" in rem.stderr
+    assert stderr_shape(rem.stderr) == stderr_shape(loc.stderr)
+
+
 @pytest.mark.parametrize("form", ["quoted", "escaped"])
 def test_subtitle_burn_in_with_fonts_dir(cluster: Cluster, case: Path, form: str) -> None:
     fonts = case / "fonts"

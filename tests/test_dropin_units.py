@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from client.early_stdin import LIMIT, EarlyStdin, put_back, take_ready
 from client.fastprobe import ProbeCall, recognise
 from client.proxy import fallback_binary
 from dffmpeg.config import ClientConfig
+from tests.helpers import wait_until
 from worker.guard import forwarded_env
 
 
@@ -94,3 +101,63 @@ def test_information_calls_are_recognised() -> None:
     assert is_information_call(["-pix_fmts"])
     assert not is_information_call(["-i", "a.mkv", "-h"])
     assert not is_information_call(["-i", "a.mkv", "-f", "null", "-"])
+
+
+def test_ready_stdin_is_taken_without_waiting_and_put_back(tmp_path: Path) -> None:
+    """A pipe that holds bytes (and ended) is taken at once; an empty open pipe is not
+    waited for; ``put_back`` makes the same stdin read everything again, in order."""
+    read_end, write_end = os.pipe()
+    try:
+        assert take_ready(read_end) == EarlyStdin()  # open and empty: no wait, nothing
+        os.write(write_end, b"?")
+        os.close(write_end)
+        write_end = -1
+        early = take_ready(read_end)
+        assert early == EarlyStdin(b"?", eof=True)
+        put_back(early, read_end)
+        assert os.read(read_end, 10) == b"?"
+        assert os.read(read_end, 10) == b""
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    # A file is rewound, and more than the limit leaves the rest for the relay.
+    path = tmp_path / "input"
+    path.write_bytes(b"x" * (LIMIT + 10))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        early = take_ready(fd)
+        assert (len(early.data), early.eof) == (LIMIT, False)
+        put_back(early, fd)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+    finally:
+        os.close(fd)
+    # A pipe still being written (by another process, as a caller's is): what is there
+    # now goes, the rest is copied behind it.
+    writer = subprocess.Popen(
+        ["sh", "-c", "printf head; read _; printf tail"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    try:
+        fd = writer.stdout.fileno()
+        wait_until(lambda: take_peek(fd), timeout=10)
+        early = take_ready(fd)
+        assert early == EarlyStdin(b"head", eof=False)
+        put_back(early, fd)
+        writer.stdin.write(b"\n")
+        writer.stdin.close()
+        got = b""
+        while chunk := os.read(fd, 100):
+            got += chunk
+        assert got == b"headtail"
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+
+
+def take_peek(fd: int) -> bool:
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)

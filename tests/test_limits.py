@@ -151,6 +151,46 @@ def test_stored_stdin_past_the_limit(app: Flask, api: Identities) -> None:
     assert reply.status_code == 200 and reply.get_json() == {"added": 3}
 
 
+def test_stdin_sent_with_a_submit(app: Flask, api: Identities) -> None:
+    """The stdin a caller had already goes with its submit: stored as input frames 1
+    (and 2, the EOF) of the job, counted against ``max_stdin_bytes``; a bad field is a
+    400 and makes no job."""
+    import base64
+
+    from coordinator import streams
+
+    body = {**JOB, "stdin": base64.b64encode(b"?").decode(), "stdin_eof": True}
+    job_id = api.client.post("/api/v1/jobs", json_body=body).get_json()["job"]["job_id"]
+    with app.app_context():
+        frames = streams.read_input(job_id, 0)
+        db_remove(app)
+    assert frames == [Frame(FrameKind.STDIN, 1, b"?"), Frame(FrameKind.STDIN_EOF, 2, b"")]
+    # The client's own frames follow them.
+    path = f"/api/v1/jobs/{job_id}/input"
+    reply = api.client.post(path, data=stdin_frames(3, 1, 5), content_type=CONTENT_TYPE_FRAMES)
+    assert reply.status_code == 200 and reply.get_json() == {"added": 1}
+    before = jobs_of(app, "alice")
+    for bad in (
+        {"stdin": "not base64!"},
+        {"stdin": ""},
+        {"stdin": base64.b64encode(b"x" * (64 * 1024 + 1)).decode()},
+        {"stdin_eof": True},
+        {"stdin": 7},
+    ):
+        reply = api.client.post("/api/v1/jobs", json_body={**JOB, **bad})
+        assert reply.status_code == 400, (bad, reply.get_json())
+    set_quota(api, "alice", max_stdin_bytes=1024)
+    big = {**JOB, "stdin": base64.b64encode(b"x" * 2048).decode()}
+    refused(api.client.post("/api/v1/jobs", json_body=big), 413, "max_stdin_bytes")
+    assert jobs_of(app, "alice") == before
+
+
+def db_remove(app: Flask) -> None:
+    from coordinator.db import db
+
+    db.session.remove()
+
+
 def registration(probe_bytes: int, labels: list[str] | None = None) -> dict[str, Any]:
     probe = {"stdout": "A" * probe_bytes, "stderr": "", "exit_code": 0}
     return {

@@ -7,6 +7,7 @@ only way to produce one here is a stand-in for the API that returns it.
 
 from __future__ import annotations
 
+import base64
 import signal
 import subprocess
 from typing import Any
@@ -58,3 +59,34 @@ def test_malformed_frames_do_not_end_the_input_thread() -> None:
             process.wait()
         assert process.stdin is not None
         process.stdin.close()
+
+
+def test_stdin_of_the_assignment_is_written_as_the_process_starts() -> None:
+    """What the caller's stdin held at submit comes with the assignment: it is in the
+    process's stdin before any input long-poll, and the polls go on after it."""
+    process = subprocess.Popen(
+        ["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        api = ScriptedApi([])
+        assignment = {
+            "job_id": "j1",
+            "binary": "cat",
+            "args": [],
+            "stdin": base64.b64encode(b"?").decode(),
+            "stdin_eof": True,
+            "input_after": 2,
+        }
+        execution = JobExecution(api, assignment, JobRules(binaries={}, paths={}))  # type: ignore[arg-type]
+        execution.process = process
+        execution._relay_input(process.stdin)
+        assert process.stdout is not None
+        assert process.stdout.read() == b"?"  # written, and closed after it
+        assert process.wait(timeout=10) == 0
+        assert [call["params"]["after"] for call in api.calls] == [2]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()

@@ -3,6 +3,8 @@ streams, feed its stdin, deliver signals and cancellation, report its exit code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -346,7 +348,7 @@ class JobExecution:
                 process.stdin.close()
 
     def _relay_input(self, stdin: Any) -> None:
-        after = 0
+        stdin, after = self._write_early_stdin(stdin)
         if self._done.wait(INPUT_DELAY_SECONDS):
             return
         while not self._done.is_set():
@@ -383,6 +385,23 @@ class JobExecution:
                 stdin = self._apply_input(frame, stdin)
             if not frames and "retry-after" in response.headers:
                 self._done.wait(1.0)  # answered at once instead of held: not a busy loop
+
+    def _write_early_stdin(self, stdin: Any) -> tuple[Any, int]:
+        """Write the stdin that came with the assignment (what the caller's stdin held
+        when it submitted) as the process starts; the input stream goes on after it."""
+        after = self.assignment.get("input_after")
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            return stdin, 0
+        try:
+            data = base64.b64decode(self.assignment.get("stdin") or "", validate=True)
+        except (binascii.Error, ValueError):
+            log.warning("job %s: malformed stdin in the assignment ignored", self.job_id)
+            return stdin, 0
+        if data:
+            stdin = self._apply_input(Frame(FrameKind.STDIN, 0, data), stdin)
+        if self.assignment.get("stdin_eof") is True:
+            stdin = self._apply_input(Frame(FrameKind.STDIN_EOF, 0, b""), stdin)
+        return stdin, after
 
     def _apply_input(self, frame: Frame, stdin: Any) -> Any:
         process = self.process

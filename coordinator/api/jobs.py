@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import uuid
 from datetime import datetime, timedelta
@@ -42,7 +44,7 @@ from coordinator.api.parse import (
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
 from coordinator.errors import BadRequest, NotFound, WrongState
-from coordinator.models import Job, JobEvent, OutputChunk
+from coordinator.models import InputChunk, Job, JobEvent, OutputChunk
 from coordinator.observe import instruments
 from dffmpeg.paths import variables_used
 from dffmpeg.wire import (
@@ -64,6 +66,9 @@ MAX_CLIENT_PATHS_BYTES = 64 * 1024
 # Ten years: long enough for "wait for a worker", short enough for every date type.
 MAX_QUEUE_TIMEOUT = 10 * 365 * 86400
 MODES = ("active", "background")
+# stdin the caller already had when it submitted, sent with the submission (at most
+# this much): the worker writes it into the process's stdin as the process starts.
+MAX_SUBMIT_STDIN = 64 * 1024
 _PENDING_OF = select(func.count()).where(
     Job.requester == bindparam("requester"), Job.state == JobState.PENDING.value
 )
@@ -218,6 +223,8 @@ def submit() -> ResponseReturnValue:
     preferred_labels = str_list(data, "preferred_labels", [])
     retries = int_field(data, "retry_on_worker_loss", 0, 0, MAX_RETRIES_ON_LOSS)
     quotas.check(limits, "max_label_bytes", quotas.size_of(required_labels + preferred_labels))
+    early_stdin = _submitted_stdin(data)
+    quotas.check(limits, "max_stdin_bytes", len(early_stdin[0]))
     pending = db.session.execute(_PENDING_OF, {"requester": g.user.client_id}).scalar_one()
     if pending >= limits["max_pending"]:
         db.session.commit()
@@ -250,12 +257,18 @@ def submit() -> ResponseReturnValue:
         retries_left=retries,
         attempt=1,
         output_seen=False,
+        stdin_bytes=len(early_stdin[0]),
     )
     # Checked before the insert commits: the job's values are still in memory then,
     # where afterwards reading them would reload the row.
     lacking = None if wait_for_worker else scheduler.unmet_by_all(job)
     reply = job.to_dict()
     db.session.add(job)
+    # In the job's own transaction: a submit sent again finds both or neither.
+    for frame in _stdin_frames(*early_stdin):
+        db.session.add(
+            InputChunk(job_id=job.id, seq=frame.seq, kind=int(frame.kind), data=frame.data)
+        )
     lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
     try:
         db.session.commit()
@@ -282,6 +295,34 @@ def submit() -> ResponseReturnValue:
         reply = job.to_dict()
     notifier().notify("jobs")
     return jsonify({"job": reply, "outage_grace_seconds": _grace()}), 201
+
+
+def _submitted_stdin(data: dict[str, Any]) -> tuple[bytes, bool]:
+    """``stdin`` (base64, what the caller's stdin held at once) and ``stdin_eof`` (it
+    ended there) of a submission."""
+    encoded = field(data, "stdin", (str, type(None)), None)
+    eof = field(data, "stdin_eof", bool, False)
+    if encoded is None:
+        if eof:
+            raise BadRequest("field 'stdin_eof' needs field 'stdin'")
+        return b"", False
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("field 'stdin' must be base64") from None
+    if not raw or len(raw) > MAX_SUBMIT_STDIN:
+        raise BadRequest(f"field 'stdin' must hold 1 to {MAX_SUBMIT_STDIN} bytes")
+    return raw, eof
+
+
+def _stdin_frames(raw: bytes, eof: bool) -> list[Frame]:
+    """The input frames a submission's stdin stands for: seq 1 and, if it ended, 2."""
+    if not raw:
+        return []
+    frames = [Frame(FrameKind.STDIN, 1, raw)]
+    if eof:
+        frames.append(Frame(FrameKind.STDIN_EOF, 2, b""))
+    return frames
 
 
 MAX_PAGE = 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from typing import Any
 
@@ -10,14 +11,24 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import JSON, Row, bindparam, case, select, update
 from sqlalchemy.orm import defer
 
-from coordinator import held, lifecycle, quotas, retries, scheduler, users, workerinfo, workers
+from coordinator import (
+    held,
+    lifecycle,
+    quotas,
+    retries,
+    scheduler,
+    streams,
+    users,
+    workerinfo,
+    workers,
+)
 from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
 from coordinator.db import db, now_utc
 from coordinator.errors import BadRequest, Conflict
 from coordinator.models import Job, Worker
-from dffmpeg.wire import JobState, Role
+from dffmpeg.wire import FrameKind, JobState, Role
 
 bp = Blueprint("workers", __name__, url_prefix="/workers")
 
@@ -345,11 +356,33 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     jobs = list(db.session.execute(_NEWS_FOR, {"worker_id": worker_id}).scalars())
     # Read before the commit, which would expire the rows and reload each one.
     assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
+    with_stdin = [j.id for j in jobs if j.state == JobState.ASSIGNED.value and j.stdin_bytes]
     cancel = [j.id for j in jobs if j.state == JobState.CANCELING.value]
     db.session.commit()
+    for assignment, job_id in ((a, a["job_id"]) for a in assigned):
+        if job_id in with_stdin:
+            assignment.update(_stored_input(job_id))
     if assigned or cancel:
         return {"jobs": assigned, "cancel": cancel}
     return None
+
+
+def _stored_input(job_id: str) -> dict[str, Any]:
+    """The stdin stored for a job before its worker took it (often all of it, sent with
+    the submission), for the worker to write as the process starts: a short job that
+    reads a key and ends (Jellyfin's ``?`` check) would be over before an input
+    long-poll opened. ``input_after``: the input stream continues after this seq."""
+    frames = []
+    for frame in streams.read_input(job_id, 0):
+        if frame.kind == FrameKind.SIGNAL:
+            break  # delivered by the input long-poll, in its order
+        frames.append(frame)
+    data = b"".join(f.data for f in frames if f.kind == FrameKind.STDIN)
+    return {
+        "stdin": base64.b64encode(data).decode(),
+        "stdin_eof": any(f.kind == FrameKind.STDIN_EOF for f in frames),
+        "input_after": frames[-1].seq if frames else 0,
+    }
 
 
 @bp.get("/poll")
