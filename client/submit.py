@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,8 @@ class JobRequest:
     retry_on_worker_loss: int = 0
     # One per submission, so that sending it again (its answer was lost, or the
     # coordinator restarted under it) finds the job instead of making a second one.
-    idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # (Random hex as uuid4 would give, without importing uuid: it costs every call 1.5 ms.)
+    idempotency_key: str = field(default_factory=lambda: os.urandom(16).hex())
     # What the caller's stdin held already (client/early_stdin.py).
     stdin: EarlyStdin = field(default_factory=EarlyStdin)
 

@@ -8,7 +8,6 @@ flag, env ``DFFMPEG_<C>_CONFIG``, ``./dffmpeg-<c>.yaml``, ``~/.config/dffmpeg/<c
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,8 +80,24 @@ def load_raw(component: str, explicit: str | None = None, required: bool = True)
                 + ")"
             )
         return {}
-    data = read_yaml(path)
+    data = _read_client_config(path) if component == "client" else read_yaml(path)
     data.setdefault(PATH_KEY, str(path))
+    return data
+
+
+def _read_client_config(path: Path) -> dict[str, Any]:
+    """The client config, from the parsed copy of it when the file has not changed:
+    the drop-in then never imports PyYAML (dffmpeg/config_cache.py)."""
+    from dffmpeg import config_cache
+
+    directory = default_state_dir()
+    cached = config_cache.load(directory, path)
+    if cached is not None:
+        return cached
+    identity = config_cache.identity_of(path)  # before the read: a write meanwhile shows
+    data = read_yaml(path)
+    if identity is not None:
+        config_cache.store(directory, path, identity, data)
     return data
 
 
@@ -502,7 +517,11 @@ def _networks(data: Mapping[str, Any], key: str, default: list[str] | None = Non
     """A list of CIDRs, normalised (``10.0.0.7`` is ``10.0.0.7/32``); an error names the
     entry that is not one."""
     result = []
-    for text in _str_list(data, key, default or []):
+    texts = _str_list(data, key, default or [])
+    if texts:
+        import ipaddress  # here: the drop-in reads this module at every start
+
+    for text in texts:
         try:
             result.append(str(ipaddress.ip_network(text.strip(), strict=False)))
         except ValueError:
