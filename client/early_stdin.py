@@ -28,9 +28,14 @@ class EarlyStdin:
     data: bytes = b""
     eof: bool = False  # stdin ended right after ``data``
 
+    @property
+    def frames(self) -> int:
+        """Input frames it stands for: the bytes, then the EOF."""
+        return (1 if self.data else 0) + (1 if self.eof else 0)
+
 
 def take_ready(fd: int | None) -> EarlyStdin:
-    """What ``fd`` holds right now, without waiting; nothing unless it holds bytes."""
+    """What ``fd`` holds right now, without waiting: bytes, and whether it ended."""
     if fd is None:
         return EarlyStdin()
     try:
@@ -38,9 +43,9 @@ def take_ready(fd: int | None) -> EarlyStdin:
             return EarlyStdin()
         data = os.read(fd, LIMIT)
         if not data:
-            # Ended already (e.g. /dev/null): nothing to send early; the input relay
-            # reads the same end at once and sends it as usual.
-            return EarlyStdin()
+            # Ended already (/dev/null, what a service manager gives a media server's
+            # children): the EOF alone goes with the submission, no request of its own.
+            return EarlyStdin(b"", eof=True)
         eof = False
         if len(data) < LIMIT and _ready(fd):
             more = os.read(fd, LIMIT - len(data))

@@ -122,6 +122,14 @@ class InputRelay:
         """The first ``frames`` input frames were sent another way (with the submit)."""
         self._seq += frames
 
+    def resend(self, early: EarlyStdin) -> None:
+        """Send what was read early as the first input frames after all."""
+        if early.data:  # not counted in stdin_bytes: a local rerun gets them back
+            self._room.acquire()
+            self.put(FrameKind.STDIN, early.data)
+        if early.eof:
+            self.put(FrameKind.STDIN_EOF)
+
     def start(self, stdin_fd: int | None) -> None:
         self._thread.start()
         if stdin_fd is not None:
@@ -230,8 +238,8 @@ class JobSession:
     def relay_input(self, stdin_fd: int | None, sent: EarlyStdin | None = None) -> None:
         """Relay ``stdin_fd``; ``sent``: what of it went with the submission already
         (input frames 1 and, if it ended, 2)."""
-        if sent is not None and sent.data:
-            self.relay.skip(2 if sent.eof else 1)
+        if sent is not None:
+            self.relay.skip(sent.frames)
         self.relay.start(stdin_fd)
 
     def forward_signals(self) -> None:

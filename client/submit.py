@@ -42,8 +42,9 @@ class JobRequest:
     def to_json(self) -> dict[str, Any]:
         early: dict[str, Any] = {}
         if self.stdin.data:
-            early = {"stdin": base64.b64encode(self.stdin.data).decode()}
-            early["stdin_eof"] = self.stdin.eof
+            early["stdin"] = base64.b64encode(self.stdin.data).decode()
+        if self.stdin.eof:
+            early["stdin_eof"] = True
         return {
             **early,
             "idempotency_key": self.idempotency_key,
@@ -107,6 +108,8 @@ class Submitted:
     job_id: str
     # How long the coordinator lets parties keep trying while it is away.
     grace: float = DEFAULT_OUTAGE_GRACE_SECONDS
+    # Input frames the coordinator stored with the job (the stdin sent with it).
+    stdin_frames: int = 0
 
 
 def submit(api: Api, request: JobRequest, retry_for: float = 0.0) -> str:
@@ -121,7 +124,9 @@ def submit_job(api: Api, request: JobRequest, retry_for: float = 0.0) -> Submitt
     grace = reply.get("outage_grace_seconds")
     if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace > 0:
         grace = DEFAULT_OUTAGE_GRACE_SECONDS
-    return Submitted(str(reply["job"]["job_id"]), float(grace))
+    stored = reply.get("stdin_frames")
+    stored = stored if isinstance(stored, int) and not isinstance(stored, bool) else 0
+    return Submitted(str(reply["job"]["job_id"]), float(grace), stored)
 
 
 def run(
@@ -193,7 +198,11 @@ def _run(
         downlink = open_downlink(api, config, "client") if config is not None else None
         session = JobSession(api, submitted.job_id, downlink=downlink, grace=submitted.grace)
         session.forward_signals()
-        session.relay_input(None if request.stdin.eof else stdin_fd, request.stdin)
+        early = request.stdin
+        if submitted.stdin_frames != early.frames:
+            early = EarlyStdin()  # not stored (an older coordinator): sent as usual
+            session.relay.resend(request.stdin)
+        session.relay_input(None if request.stdin.eof else stdin_fd, early)
         outcome = session.follow()
     except Exception as exc:  # every failure becomes one line and a documented code
         failure: ClusterFailure = explain(exc)

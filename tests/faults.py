@@ -184,12 +184,21 @@ class FaultCluster:
             api.close()
 
     def callers(
-        self, specs: Sequence[tuple[int, int]], step: float = 0.25, padding: int = 0
+        self,
+        specs: Sequence[tuple[int, int]],
+        step: float = 0.25,
+        padding: int = 0,
+        late_eof: bool = False,
     ) -> list[Caller]:
-        """Start one drop-in per (steps, exit code), in order, a moment apart."""
+        """Start one drop-in per (steps, exit code), in order, a moment apart.
+
+        ``late_eof``: their stdin is a pipe that ends a moment into the job, an EOF the
+        drop-in relays with an input request (the EOF of a /dev/null stdin goes with
+        the submission)."""
         callers = []
         for number, (steps, code) in enumerate(specs):
-            caller = Caller(f"job{number}-{os.urandom(3).hex()}", steps, code, step, padding)
+            marker = f"job{number}-{os.urandom(3).hex()}"
+            caller = Caller(marker, steps, code, step, padding, late_eof)
             caller.start(self)
             callers.append(caller)
             time.sleep(0.05)
@@ -213,6 +222,7 @@ class Caller:
     code: int
     step: float
     padding: int = 0  # bytes of "p" after each stdout line
+    late_eof: bool = False  # stdin a pipe closed 0.5 s after the start (else /dev/null)
     proc: subprocess.Popen[bytes] | None = None
     stdout: bytes = b""
     stderr: bytes = b""
@@ -244,19 +254,36 @@ class Caller:
                 str(self.step),
                 *([str(self.padding)] if self.padding else []),
             ],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.late_eof else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=process_env(DFFMPEG_CLIENT_CONFIG=str(cluster.client_config)),
         )
+        if self.late_eof:
+            assert self.proc.stdin is not None
+            threading.Timer(0.5, self.proc.stdin.close).start()
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
 
     def _collect(self) -> None:
         assert self.proc is not None
-        self.stdout, self.stderr = self.proc.communicate()
+        if self.late_eof:  # communicate() would close stdin at once
+            assert self.proc.stdout is not None and self.proc.stderr is not None
+            errors = threading.Thread(target=self._read_stderr, daemon=True)
+            errors.start()
+            self.stdout = self.proc.stdout.read()
+            errors.join()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+        else:
+            self.stdout, self.stderr = self.proc.communicate()
         self.returncode = self.proc.returncode
         self.ended_at = time.monotonic()
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        self.stderr = self.proc.stderr.read()
 
     def wait(self, timeout: float) -> None:
         assert self._thread is not None

@@ -114,6 +114,7 @@ def test_ready_stdin_is_taken_without_waiting_and_put_back(tmp_path: Path) -> No
         write_end = -1
         early = take_ready(read_end)
         assert early == EarlyStdin(b"?", eof=True)
+        assert early.frames == 2
         put_back(early, read_end)
         assert os.read(read_end, 10) == b"?"
         assert os.read(read_end, 10) == b""
@@ -161,3 +162,15 @@ def test_ready_stdin_is_taken_without_waiting_and_put_back(tmp_path: Path) -> No
 def take_peek(fd: int) -> bool:
     readable, _, _ = select.select([fd], [], [], 0)
     return bool(readable)
+
+
+def test_an_empty_stdin_is_its_eof_alone() -> None:
+    """/dev/null (a service's children get it): the EOF goes with the submission."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        early = take_ready(fd)
+    finally:
+        os.close(fd)
+    assert early == EarlyStdin(b"", eof=True)
+    assert early.frames == 1
+    assert take_ready(None) == EarlyStdin()

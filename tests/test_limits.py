@@ -160,7 +160,9 @@ def test_stdin_sent_with_a_submit(app: Flask, api: Identities) -> None:
     from coordinator import streams
 
     body = {**JOB, "stdin": base64.b64encode(b"?").decode(), "stdin_eof": True}
-    job_id = api.client.post("/api/v1/jobs", json_body=body).get_json()["job"]["job_id"]
+    reply = api.client.post("/api/v1/jobs", json_body=body).get_json()
+    job_id = reply["job"]["job_id"]
+    assert reply["stdin_frames"] == 2
     with app.app_context():
         frames = streams.read_input(job_id, 0)
         db_remove(app)
@@ -169,16 +171,25 @@ def test_stdin_sent_with_a_submit(app: Flask, api: Identities) -> None:
     path = f"/api/v1/jobs/{job_id}/input"
     reply = api.client.post(path, data=stdin_frames(3, 1, 5), content_type=CONTENT_TYPE_FRAMES)
     assert reply.status_code == 200 and reply.get_json() == {"added": 1}
-    before = jobs_of(app, "alice")
+    made = jobs_of(app, "alice")
     for bad in (
         {"stdin": "not base64!"},
         {"stdin": ""},
         {"stdin": base64.b64encode(b"x" * (64 * 1024 + 1)).decode()},
-        {"stdin_eof": True},
+        {"stdin_eof": "yes"},
         {"stdin": 7},
     ):
         reply = api.client.post("/api/v1/jobs", json_body={**JOB, **bad})
         assert reply.status_code == 400, (bad, reply.get_json())
+    assert jobs_of(app, "alice") == made
+    # An empty stdin: its EOF alone, frame 1.
+    reply = api.client.post("/api/v1/jobs", json_body={**JOB, "stdin_eof": True}).get_json()
+    assert reply["stdin_frames"] == 1
+    with app.app_context():
+        frames = streams.read_input(reply["job"]["job_id"], 0)
+        db_remove(app)
+    assert frames == [Frame(FrameKind.STDIN_EOF, 1, b"")]
+    before = jobs_of(app, "alice")
     set_quota(api, "alice", max_stdin_bytes=1024)
     big = {**JOB, "stdin": base64.b64encode(b"x" * 2048).decode()}
     refused(api.client.post("/api/v1/jobs", json_body=big), 413, "max_stdin_bytes")

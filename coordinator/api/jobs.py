@@ -69,6 +69,7 @@ MODES = ("active", "background")
 # stdin the caller already had when it submitted, sent with the submission (at most
 # this much): the worker writes it into the process's stdin as the process starts.
 MAX_SUBMIT_STDIN = 64 * 1024
+_INPUT_FRAMES = select(func.count()).where(InputChunk.job_id == bindparam("job_id"))
 _PENDING_OF = select(func.count()).where(
     Job.requester == bindparam("requester"), Job.state == JobState.PENDING.value
 )
@@ -163,7 +164,10 @@ _BY_KEY = select(Job).where(
 
 
 def _submitted(job: Job, status: int) -> ResponseReturnValue:
-    return jsonify({"job": job.to_dict(), "outage_grace_seconds": _grace()}), status
+    # The frames of a submit sent again are the first one's (the same stdin, stored once).
+    stored = db.session.execute(_INPUT_FRAMES, {"job_id": job.id}).scalar_one()
+    reply = {"job": job.to_dict(), "outage_grace_seconds": _grace(), "stdin_frames": stored}
+    return jsonify(reply), status
 
 
 def _grace() -> float:
@@ -265,7 +269,8 @@ def submit() -> ResponseReturnValue:
     reply = job.to_dict()
     db.session.add(job)
     # In the job's own transaction: a submit sent again finds both or neither.
-    for frame in _stdin_frames(*early_stdin):
+    early_frames = _stdin_frames(*early_stdin)
+    for frame in early_frames:
         db.session.add(
             InputChunk(job_id=job.id, seq=frame.seq, kind=int(frame.kind), data=frame.data)
         )
@@ -294,7 +299,10 @@ def submit() -> ResponseReturnValue:
         db.session.refresh(job)
         reply = job.to_dict()
     notifier().notify("jobs")
-    return jsonify({"job": reply, "outage_grace_seconds": _grace()}), 201
+    # stdin_frames: the input frames stored with the job; a client sends its own after
+    # them (a coordinator without this field stored none: the client sends them all).
+    answer = {"job": reply, "outage_grace_seconds": _grace(), "stdin_frames": len(early_frames)}
+    return jsonify(answer), 201
 
 
 def _submitted_stdin(data: dict[str, Any]) -> tuple[bytes, bool]:
@@ -303,9 +311,7 @@ def _submitted_stdin(data: dict[str, Any]) -> tuple[bytes, bool]:
     encoded = field(data, "stdin", (str, type(None)), None)
     eof = field(data, "stdin_eof", bool, False)
     if encoded is None:
-        if eof:
-            raise BadRequest("field 'stdin_eof' needs field 'stdin'")
-        return b"", False
+        return b"", eof  # nothing, or an empty stdin (/dev/null): its EOF alone
     try:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
@@ -316,12 +322,10 @@ def _submitted_stdin(data: dict[str, Any]) -> tuple[bytes, bool]:
 
 
 def _stdin_frames(raw: bytes, eof: bool) -> list[Frame]:
-    """The input frames a submission's stdin stands for: seq 1 and, if it ended, 2."""
-    if not raw:
-        return []
-    frames = [Frame(FrameKind.STDIN, 1, raw)]
+    """The input frames a submission's stdin stands for: its bytes, then its EOF."""
+    frames = [Frame(FrameKind.STDIN, 1, raw)] if raw else []
     if eof:
-        frames.append(Frame(FrameKind.STDIN_EOF, 2, b""))
+        frames.append(Frame(FrameKind.STDIN_EOF, len(frames) + 1, b""))
     return frames
 
 
