@@ -211,6 +211,29 @@ def concurrent(argv: list[str], env: dict[str, str] | None, jobs: int, callers: 
     return jobs / (time.perf_counter() - start)
 
 
+def startup_breakdown(env: dict[str, str], dropin: str, runs: int) -> list[tuple[str, str]]:
+    """Mean CPU of each step of the drop-in's start, as separate processes: the
+    interpreter alone, with ``site``, with the modules of the probe path, with those of
+    the job path; then a whole fast probe and a whole trivial job for comparison."""
+    python = sys.executable
+    steps = [
+        ("interpreter without site (`python -S -c pass`)", [python, "-S", "-c", "pass"]),
+        ("interpreter with site (`python -c pass`)", [python, "-c", "pass"]),
+        ("+ the probe path's modules (`import client.proxy, client.probes`)",
+         [python, "-c", "import client.proxy, client.probes"]),
+        ("+ the job path's modules (`client.submit`)",
+         [python, "-c", "import client.proxy, client.probes, client.submit"]),
+        ("a whole fast probe (`ffmpeg -hide_banner -version`)",
+         [dropin, "-hide_banner", "-version"]),
+        ("a whole trivial job", [dropin, *TRIVIAL]),
+    ]  # fmt: skip
+    totals = [0.0] * len(steps)
+    for _ in range(runs):  # interleaved, so that noise falls on every step alike
+        for i, (_, argv) in enumerate(steps):
+            totals[i] += call(argv, env)[1]
+    return [(label, ms(total / runs)) for (label, _), total in zip(steps, totals, strict=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database", default="sqlite", choices=databases.KINDS)
@@ -302,6 +325,7 @@ def main() -> None:
         rows.append((f"`-c copy -f mpegts -` of a {size / 1e6:.1f} MB file to stdout",
                      f"{len(lout) / lw_ / 1e6:.0f} MB/s", f"{len(rout) / rw_ / 1e6:.0f} MB/s",
                      same))  # fmt: skip
+        breakdown = startup_breakdown(c.env, dropin["ffmpeg"], options.runs)
         load_after = os.getloadavg()[0]
     shutil.rmtree(root, ignore_errors=True)
     print(f"{options.database}, {options.transport}, {options.coordinators} coordinator(s); "
@@ -311,6 +335,11 @@ def main() -> None:
     print("|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print("\nThe drop-in's own CPU, step by step (mean of the runs):\n")
+    print("| step | CPU |")
+    print("|---|---|")
+    for label, value in breakdown:
+        print(f"| {label} | {value} |")
 
 
 if __name__ == "__main__":
