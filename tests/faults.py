@@ -416,9 +416,7 @@ def _add_users(database_url: str, workers: int, secret: str) -> dict[str, str]:
     from coordinator import create_app, users
     from coordinator.db import db
 
-    app = create_app(
-        {"database_url": database_url, "secret_key_file": secret}, start_janitor=False
-    )
+    app = create_app({"database_url": database_url, "secret_key_file": secret}, start_janitor=False)
     with app.app_context():
         keys = {f"w{i}": users.add_user(f"w{i}", "worker")["hmac_key"] for i in range(workers)}
         keys["c1"] = users.add_user("c1", "client")["hmac_key"]
