@@ -1,0 +1,134 @@
+"""Where a trivial job's time goes: requests, SQL statements and coordinator CPU per job.
+
+Starts the cluster of ``bench/dropin_calls.py`` (a real coordinator process on SQLite
+over HTTP, one real worker with its sandbox on), runs trivial jobs through the drop-in
+one after another, and reads the coordinator's statement log
+(``DFFMPEG_STATEMENT_LOG``, coordinator/statement_log.py) to say, per job: which
+requests each party made, how many SQL statements each route ran and how long they
+took, and how much CPU the coordinator's processes used (/proc/PID/stat, the gunicorn
+master and its workers). Prints Markdown for docs/performance.md. Not run by the tests.
+
+    .venv/bin/python -m bench.job_breakdown [--jobs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.dropin_calls import TRIVIAL, call, cluster, cpu_of, own_cpu
+from coordinator.statement_log import ENV
+
+
+@dataclass
+class RouteFigures:
+    requests: Counter[str] = field(default_factory=Counter)  # by the caller's role
+    statements: Counter[str] = field(default_factory=Counter)  # by kind
+    sql_ms: float = 0.0
+    cpu_ms: float = 0.0
+
+
+def read_log(path: Path) -> dict[str, RouteFigures]:
+    routes: dict[str, RouteFigures] = defaultdict(RouteFigures)
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if fields[0] == "SQL":
+            figures = routes[fields[1]]
+            figures.statements[fields[2]] += 1
+            figures.sql_ms += float(fields[3])
+        elif fields[0] == "REQUEST":
+            figures = routes[fields[1]]
+            figures.requests[fields[2]] += 1
+            figures.cpu_ms += float(fields[4])
+    return routes
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def table(routes: dict[str, RouteFigures], jobs: int) -> list[str]:
+    lines = [
+        "| route | requests per job (by role) | SQL statements per job (by kind) "
+        "| SQL time per job | request-thread CPU per job |",
+        "|---|---|---|---|---|",
+    ]
+    total_requests = total_statements = 0
+    total_sql = total_cpu = 0.0
+
+    def per_job(counter: Counter[str]) -> str:
+        return ", ".join(f"{kind} {n / jobs:.2f}" for kind, n in counter.most_common())
+
+    for route, f in sorted(routes.items(), key=lambda item: -sum(item[1].statements.values())):
+        requests, statements = sum(f.requests.values()), sum(f.statements.values())
+        total_requests += requests
+        total_statements += statements
+        total_sql += f.sql_ms
+        total_cpu += f.cpu_ms
+        name = "(outside a request: pre-check, janitor, wake-ups)" if route == "-" else route
+        lines.append(
+            f"| `{name}` | {requests / jobs:.2f} ({per_job(f.requests) or '-'}) "
+            f"| {statements / jobs:.1f} ({per_job(f.statements)}) "
+            f"| {f.sql_ms / jobs:.2f} ms | {f.cpu_ms / jobs:.2f} ms |"
+        )
+    lines.append(
+        f"| **total** | {total_requests / jobs:.2f} | {total_statements / jobs:.1f} "
+        f"| {total_sql / jobs:.2f} ms | {total_cpu / jobs:.2f} ms |"
+    )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    options = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="dffmpeg-bench-breakdown-"))
+    log = root / "statements.log"
+    media = root / "media"
+    media.mkdir()
+    # Every process of the cluster inherits it; only the coordinator reads it.
+    os.environ[ENV] = str(log)
+    load_before = loadavg()
+    with cluster(root / "c", media, "sqlite", "http", 1) as c:
+        dropin = str(c.bin_dir / "ffmpeg")
+        for _ in range(options.warmup):  # connections, caches, the worker's first jobs
+            call([dropin, *TRIVIAL], c.env)
+        time.sleep(0.5)  # let the last job's trailing requests land before the cut
+        log.write_text("")
+        coordinator_cpu = sum(cpu_of(p) for p in c.coordinators)
+        worker_cpu = own_cpu(c.worker)
+        walls, dropin_cpu = [], []
+        for _ in range(options.jobs):
+            wall, cpu, _ = call([dropin, *TRIVIAL], c.env)
+            walls.append(wall)
+            dropin_cpu.append(cpu)
+        coordinator_cpu = sum(cpu_of(p) for p in c.coordinators) - coordinator_cpu
+        worker_cpu = own_cpu(c.worker) - worker_cpu
+        routes = read_log(log)
+    load_after = loadavg()
+    shutil.rmtree(root, ignore_errors=True)
+    jobs = options.jobs
+    print(
+        f"{jobs} trivial jobs through the drop-in, one after another (SQLite, HTTP, one "
+        f"worker, sandbox on); load average {load_before} at the start, {load_after} at "
+        f"the end, {os.cpu_count()} cores\n"
+    )
+    print("\n".join(table(routes, jobs)))
+    print(
+        f"\nper job: coordinator CPU {coordinator_cpu / jobs * 1000:.1f} ms (every gunicorn "
+        f"process, /proc), worker CPU {worker_cpu / jobs * 1000:.1f} ms (the agent alone), "
+        f"drop-in CPU {statistics.mean(dropin_cpu) * 1000:.0f} ms, "
+        f"wall {statistics.median(walls) * 1000:.0f} ms (median)"
+    )
+
+
+if __name__ == "__main__":
+    main()
