@@ -64,7 +64,10 @@ def table(routes: dict[str, RouteFigures], jobs: int) -> list[str]:
     total_sql = total_cpu = 0.0
 
     def per_job(counter: Counter[str]) -> str:
-        return ", ".join(f"{kind} {n / jobs:.2f}" for kind, n in counter.most_common())
+        return ", ".join(f"{kind} {n / jobs:.2g}" for kind, n in counter.most_common())
+
+    def verbs(counter: Counter[str]) -> Counter[str]:
+        return Counter(kind.split()[0] for kind in counter.elements())
 
     for route, f in sorted(routes.items(), key=lambda item: -sum(item[1].statements.values())):
         requests, statements = sum(f.requests.values()), sum(f.statements.values())
@@ -75,7 +78,7 @@ def table(routes: dict[str, RouteFigures], jobs: int) -> list[str]:
         name = "(outside a request: pre-check, janitor, wake-ups)" if route == "-" else route
         lines.append(
             f"| `{name}` | {requests / jobs:.2f} ({per_job(f.requests) or '-'}) "
-            f"| {statements / jobs:.1f} ({per_job(f.statements)}) "
+            f"| {statements / jobs:.1f} ({per_job(verbs(f.statements))}) "
             f"| {f.sql_ms / jobs:.2f} ms | {f.cpu_ms / jobs:.2f} ms |"
         )
     lines.append(
@@ -85,10 +88,20 @@ def table(routes: dict[str, RouteFigures], jobs: int) -> list[str]:
     return lines
 
 
+def details(routes: dict[str, RouteFigures], jobs: int) -> list[str]:
+    """Each route's statements per job by verb and table, for finding repeated reads."""
+    lines = []
+    for route, f in sorted(routes.items(), key=lambda item: -sum(item[1].statements.values())):
+        kinds = ", ".join(f"{kind} {n / jobs:.2g}" for kind, n in f.statements.most_common())
+        lines.append(f"- `{'outside a request' if route == '-' else route}`: {kinds}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
     options = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dffmpeg-bench-breakdown-"))
     log = root / "statements.log"
@@ -96,13 +109,25 @@ def main() -> None:
     media.mkdir()
     # Every process of the cluster inherits it; only the coordinator reads it.
     os.environ[ENV] = str(log)
+    # The drop-ins' incident records (client/incidents.py) of this run only: what other
+    # programs on this machine recorded would be reported by our jobs.
+    os.environ["XDG_STATE_HOME"] = str(root / "state")
     load_before = loadavg()
     with cluster(root / "c", media, "sqlite", "http", 1) as c:
         dropin = str(c.bin_dir / "ffmpeg")
         for _ in range(options.warmup):  # connections, caches, the worker's first jobs
             call([dropin, *TRIVIAL], c.env)
         time.sleep(0.5)  # let the last job's trailing requests land before the cut
+        # What the coordinator burns with nothing to do (the worker's held poll, the
+        # wake-up poll, the janitor): part of every job's figure below, by its wall time.
+        idle_cpu = sum(cpu_of(p) for p in c.coordinators)
+        idle_start = time.perf_counter()
+        time.sleep(options.idle_seconds)
+        idle_rate = (sum(cpu_of(p) for p in c.coordinators) - idle_cpu) / (
+            time.perf_counter() - idle_start
+        )
         log.write_text("")
+        started = time.perf_counter()
         coordinator_cpu = sum(cpu_of(p) for p in c.coordinators)
         worker_cpu = own_cpu(c.worker)
         walls, dropin_cpu = [], []
@@ -111,6 +136,7 @@ def main() -> None:
             walls.append(wall)
             dropin_cpu.append(cpu)
         coordinator_cpu = sum(cpu_of(p) for p in c.coordinators) - coordinator_cpu
+        elapsed = time.perf_counter() - started
         worker_cpu = own_cpu(c.worker) - worker_cpu
         routes = read_log(log)
     load_after = loadavg()
@@ -122,9 +148,13 @@ def main() -> None:
         f"the end, {os.cpu_count()} cores\n"
     )
     print("\n".join(table(routes, jobs)))
+    print("\nStatements per job, by route, verb and table:\n")
+    print("\n".join(details(routes, jobs)))
     print(
         f"\nper job: coordinator CPU {coordinator_cpu / jobs * 1000:.1f} ms (every gunicorn "
-        f"process, /proc), worker CPU {worker_cpu / jobs * 1000:.1f} ms (the agent alone), "
+        f"process, /proc; of which idle {idle_rate * elapsed / jobs * 1000:.1f} ms: "
+        f"{idle_rate * 1000:.1f} ms of CPU a second with nothing to do), "
+        f"worker CPU {worker_cpu / jobs * 1000:.1f} ms (the agent alone), "
         f"drop-in CPU {statistics.mean(dropin_cpu) * 1000:.0f} ms, "
         f"wall {statistics.median(walls) * 1000:.0f} ms (median)"
     )

@@ -5,7 +5,7 @@ Off unless ``DFFMPEG_STATEMENT_LOG=PATH`` is set in the coordinator's environmen
 reads it). Nothing of a statement's text or parameters is written, only its kind, so
 the file holds no secrets. Lines, tab-separated:
 
-    SQL      METHOD ROUTE    KIND (SELECT, INSERT, UPDATE, DELETE, COMMIT...)   MS
+    SQL      METHOD ROUTE    KIND (the verb and first table: SELECT jobs, COMMIT...)   MS
     REQUEST  METHOD ROUTE    ROLE   STATUS   CPU_MS (the request thread's)   WALL_MS
 
 ``ROUTE`` is the URL rule (``/api/v1/jobs/<job_id>/output``), or ``-`` for statements
@@ -17,6 +17,7 @@ coordinator share a file without mixing their lines.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -45,8 +46,7 @@ class StatementLog:
     ) -> None:
         started = getattr(self._started, "at", None)
         elapsed = 0.0 if started is None else time.perf_counter() - started
-        kind = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
-        self.write("SQL", _route(), kind, f"{elapsed * 1000:.3f}")
+        self.write("SQL", _route(), statement_kind(statement), f"{elapsed * 1000:.3f}")
 
     def committed(self, _conn: Any) -> None:
         # The driver's own commit: not a cursor statement, so counted here.
@@ -73,6 +73,19 @@ class StatementLog:
                 f"{wall * 1000:.3f}",
             )
         return response
+
+
+# The first table a statement names: "SELECT jobs", "INSERT nonces", "UPDATE workers".
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+[\"`]?(\w+)", re.IGNORECASE)
+
+
+def statement_kind(statement: str) -> str:
+    words = statement.split(None, 1)
+    if not words:
+        return "?"
+    verb = words[0].upper()
+    table = _TABLE.search(statement)
+    return f"{verb} {table.group(1)}" if table else verb
 
 
 def _route() -> str:

@@ -420,3 +420,22 @@ def test_two_coordinators_never_double_assign_or_double_fail(
 
     with second.app_context():
         db.engine.dispose()
+
+
+def test_a_worker_registering_again_is_matched_by_its_new_capabilities(
+    api: Identities,
+) -> None:
+    """Claims reuse the parsed capabilities of a worker (coordinator/scheduler.py), keyed
+    by their stored text: a registration with other binaries is seen at once."""
+    register(api.worker)
+    job_id = submit(
+        api.client, ["-i", "in.mp4", "-c:v", "libx265", "out.mkv"], wait_for_worker=True
+    )
+    assert poll(api.worker) == []  # no libx265 here
+    register(api.worker, caps={**CAPS, "encoders": [*CAPS["encoders"], "libx265"]})
+    assert poll(api.worker) == [job_id]
+    # And back: a worker that lost the encoder is not given such a job any more.
+    register(api.worker, caps=CAPS)
+    assert poll(api.worker) == []
+    submit(api.client, ["-i", "in.mp4", "-c:v", "libx265", "b.mkv"], wait_for_worker=True)
+    assert poll(api.worker) == []

@@ -338,7 +338,8 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     if me is None or me.state == "offline":  # deregistered or expired meanwhile
         db.session.commit()
         raise Conflict("worker is not registered")
-    if scheduler.any_pending() and scheduler.claim(current_worker()):
+    # The claim reads the worker's offer itself; its state was just checked above.
+    if scheduler.any_pending() and scheduler.claim(worker_id):
         shorten_lease(worker_id)
     # An idle worker's poll is re-checked again and again: without pending jobs the
     # check is this indexed query plus the two above, no worker row loaded.
