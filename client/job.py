@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 import time
@@ -102,6 +103,24 @@ def outcome_of(status: dict[str, Any]) -> Outcome:
     return Outcome(int(code), f"job {state}: {reason}")
 
 
+def stdin_at_eof(fd: int) -> bool:
+    """Whether ``fd`` is known to be at its end without reading it: /dev/null (what a
+    service manager gives a media server's children) or closed. Its EOF can then ride in
+    the submission instead of a request of its own; anything else (a pipe, a terminal,
+    a file) is read and relayed as it comes."""
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return True  # closed: reading it would fail, which the relay takes as EOF too
+    if not stat.S_ISCHR(found.st_mode):
+        return False
+    try:
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
+    return found.st_rdev == null.st_rdev
+
+
 class InputRelay:
     """Sends stdin bytes, EOF and signals to the job, in order, from one thread."""
 
@@ -117,7 +136,10 @@ class InputRelay:
         self._room = threading.Semaphore(STDIN_CHUNKS_IN_FLIGHT)
         self._thread = threading.Thread(target=self._send_loop, name="input", daemon=True)
 
-    def start(self, stdin_fd: int | None) -> None:
+    def start(self, stdin_fd: int | None, sent: int = 0) -> None:
+        """Relay ``stdin_fd`` (None: no stdin to read). ``sent``: frames of the input the
+        submission carried already (its EOF), which the numbering continues after."""
+        self._seq = sent
         self._thread.start()
         if stdin_fd is not None:
             threading.Thread(
@@ -222,8 +244,8 @@ class JobSession:
         the caller did not signal us: running the command elsewhere is a clean first run."""
         return self.after == 0 and self.relay.stdin_bytes == 0 and not self.signals_received
 
-    def relay_input(self, stdin_fd: int | None) -> None:
-        self.relay.start(stdin_fd)
+    def relay_input(self, stdin_fd: int | None, sent: int = 0) -> None:
+        self.relay.start(stdin_fd, sent)
 
     def forward_signals(self) -> None:
         """SIGINT/SIGTERM/SIGHUP are sent on to the remote process, as a terminal would."""

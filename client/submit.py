@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from client import incidents, reporting
 from client.api import Api
 from client.downlink import open_downlink
-from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
+from client.job import (
+    ClusterFailure,
+    JobSession,
+    die_like_remote,
+    explain,
+    report,
+    stdin_at_eof,
+)
 from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS, ClientConfig
 from dffmpeg.exitcodes import ExitCode
 from dffmpeg.paths import map_args, to_variables
@@ -31,6 +38,8 @@ class JobRequest:
     queue_timeout: float | None = None
     wait_for_worker: bool = False
     retry_on_worker_loss: int = 0
+    # The caller's stdin is empty (/dev/null): its EOF rides in the submission.
+    stdin_eof: bool = False
     # One per submission, so that sending it again (its answer was lost, or the
     # coordinator restarted under it) finds the job instead of making a second one.
     idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -50,6 +59,7 @@ class JobRequest:
             "mode": self.mode,
             "priority": self.priority,
             "client_paths": self.client_paths,
+            "stdin_eof": self.stdin_eof,
         }
 
 
@@ -98,6 +108,9 @@ class Submitted:
     job_id: str
     # How long the coordinator lets parties keep trying while it is away.
     grace: float = DEFAULT_OUTAGE_GRACE_SECONDS
+    # The coordinator stored the input's EOF with the job (the request asked it to; a
+    # coordinator that does not know the field leaves it to the input relay).
+    stdin_eof: bool = False
 
 
 def submit(api: Api, request: JobRequest, retry_for: float = 0.0) -> str:
@@ -112,7 +125,7 @@ def submit_job(api: Api, request: JobRequest, retry_for: float = 0.0) -> Submitt
     grace = reply.get("outage_grace_seconds")
     if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace > 0:
         grace = DEFAULT_OUTAGE_GRACE_SECONDS
-    return Submitted(str(reply["job"]["job_id"]), float(grace))
+    return Submitted(str(reply["job"]["job_id"]), float(grace), reply.get("stdin_eof") is True)
 
 
 def run(
@@ -163,6 +176,8 @@ def _run(
         # A coordinator that restarts is waited for, a moment (connect_retry_seconds),
         # before the local binary runs instead (or the cluster failure is reported).
         wait = config.connect_retry_seconds if config is not None else 0.0
+        if stdin_fd is not None and stdin_at_eof(stdin_fd):
+            request = replace(request, stdin_eof=True)
         submitted = submit_job(
             api, request, retry_for=wait if connect_retry is None else connect_retry
         )
@@ -171,7 +186,10 @@ def _run(
         downlink = open_downlink(api, config, "client") if config is not None else None
         session = JobSession(api, submitted.job_id, downlink=downlink, grace=submitted.grace)
         session.forward_signals()
-        session.relay_input(stdin_fd)
+        if submitted.stdin_eof:
+            session.relay_input(None, sent=1)  # frame 1, the EOF, went with the job
+        else:
+            session.relay_input(stdin_fd)
         outcome = session.follow()
     except Exception as exc:  # every failure becomes one line and a documented code
         failure: ClusterFailure = explain(exc)

@@ -129,5 +129,23 @@ def append_input(job_id: str, frames: list[Frame], admit: Admit | None = None) -
     return _append(InputChunk, job_id, frames, INPUT_KINDS, admit)
 
 
+_FIRST_INPUT_KIND = select(InputChunk.kind).where(
+    InputChunk.job_id == bindparam("job_id"), InputChunk.seq == 1
+)
+
+
+def add_stdin_eof(job_id: str) -> None:
+    """Store the input's first frame, EOF, with a job being submitted (not committed:
+    it commits with the job). A caller whose stdin is empty says so in the submission
+    instead of in a request of its own."""
+    db.session.add(InputChunk(job_id=job_id, seq=1, kind=int(FrameKind.STDIN_EOF), data=b""))
+
+
+def starts_with_eof(job_id: str) -> bool:
+    """Whether the job's input begins with EOF (its submission stored it)."""
+    kind = db.session.execute(_FIRST_INPUT_KIND, {"job_id": job_id}).scalar_one_or_none()
+    return kind == int(FrameKind.STDIN_EOF)
+
+
 def read_input(job_id: str, after: int) -> list[Frame]:
     return _read(InputChunk, job_id, after)

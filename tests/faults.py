@@ -184,12 +184,21 @@ class FaultCluster:
             api.close()
 
     def callers(
-        self, specs: Sequence[tuple[int, int]], step: float = 0.25, padding: int = 0
+        self,
+        specs: Sequence[tuple[int, int]],
+        step: float = 0.25,
+        padding: int = 0,
+        piped_stdin: bool = False,
     ) -> list[Caller]:
-        """Start one drop-in per (steps, exit code), in order, a moment apart."""
+        """Start one drop-in per (steps, exit code), in order, a moment apart.
+
+        ``piped_stdin``: their stdin is a pipe at EOF, which they relay with an input
+        request, rather than /dev/null, whose EOF goes with the submission."""
         callers = []
         for number, (steps, code) in enumerate(specs):
-            caller = Caller(f"job{number}-{os.urandom(3).hex()}", steps, code, step, padding)
+            caller = Caller(
+                f"job{number}-{os.urandom(3).hex()}", steps, code, step, padding, piped_stdin
+            )
             caller.start(self)
             callers.append(caller)
             time.sleep(0.05)
@@ -213,6 +222,7 @@ class Caller:
     code: int
     step: float
     padding: int = 0  # bytes of "p" after each stdout line
+    piped_stdin: bool = False  # a pipe closed at once (else /dev/null)
     proc: subprocess.Popen[bytes] | None = None
     stdout: bytes = b""
     stderr: bytes = b""
@@ -244,7 +254,8 @@ class Caller:
                 str(self.step),
                 *([str(self.padding)] if self.padding else []),
             ],
-            stdin=subprocess.DEVNULL,
+            # A pipe is closed by ``communicate`` at once.
+            stdin=subprocess.PIPE if self.piped_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=process_env(DFFMPEG_CLIENT_CONFIG=str(cluster.client_config)),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from client.fastprobe import ProbeCall, recognise
@@ -94,3 +97,22 @@ def test_information_calls_are_recognised() -> None:
     assert is_information_call(["-pix_fmts"])
     assert not is_information_call(["-i", "a.mkv", "-h"])
     assert not is_information_call(["-i", "a.mkv", "-f", "null", "-"])
+
+
+def test_stdin_known_empty_only_for_dev_null_or_closed(tmp_path: Path) -> None:
+    """What the drop-in sends as EOF with the submission (client/job.py)."""
+    from client.job import stdin_at_eof
+
+    with open(os.devnull, "rb") as null:
+        assert stdin_at_eof(null.fileno())
+    read_end, write_end = os.pipe()
+    try:
+        assert not stdin_at_eof(read_end)  # a pipe is read and relayed as it comes
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert stdin_at_eof(read_end)  # closed now: the relay would read EOF at once
+    regular = tmp_path / "empty"
+    regular.write_bytes(b"")
+    with regular.open("rb") as handle:
+        assert not stdin_at_eof(handle.fileno())

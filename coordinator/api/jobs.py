@@ -93,9 +93,17 @@ _FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
     Job.id == bindparam("job_id")
 )
 _HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
-_READ_STATE = select(Job.state, Job.attempt, Job.retries_left, Job.output_seen).where(
-    Job.id == bindparam("job_id")
-)
+# With the final status's columns: they are written with the terminal state, so once
+# the state read is terminal they are final too, and the read needs no second look.
+_READ_STATE = select(
+    Job.state,
+    Job.attempt,
+    Job.retries_left,
+    Job.output_seen,
+    Job.exit_code,
+    Job.failure,
+    Job.reason,
+).where(Job.id == bindparam("job_id"))
 # The requester was handed output of this run: it may never run again (coordinator/
 # retries.py). Conditional on the run read, so a requeue in between is noticed.
 _OUTPUT_SEEN = (
@@ -139,8 +147,10 @@ def held_job(job_id: str) -> Row[Any]:
     return job
 
 
-def final_status(job_id: str) -> dict[str, Any]:
-    row = db.session.execute(_FINAL, {"job_id": job_id}).one()
+def final_status(job_id: str, row: Any = None) -> dict[str, Any]:
+    """The status frame's fields; ``row`` (with them) saves reading the job again."""
+    if row is None:
+        row = db.session.execute(_FINAL, {"job_id": job_id}).one()
     return {
         "state": row.state,
         "exit_code": row.exit_code,
@@ -158,7 +168,13 @@ _BY_KEY = select(Job).where(
 
 
 def _submitted(job: Job, status: int) -> ResponseReturnValue:
-    return jsonify({"job": job.to_dict(), "outage_grace_seconds": _grace()}), status
+    """The answer to a submission sent again: the job the first one made."""
+    reply = {
+        "job": job.to_dict(),
+        "outage_grace_seconds": _grace(),
+        "stdin_eof": streams.starts_with_eof(job.id),
+    }
+    return jsonify(reply), status
 
 
 def _grace() -> float:
@@ -217,6 +233,7 @@ def submit() -> ResponseReturnValue:
     required_labels = str_list(data, "required_labels", [])
     preferred_labels = str_list(data, "preferred_labels", [])
     retries = int_field(data, "retry_on_worker_loss", 0, 0, MAX_RETRIES_ON_LOSS)
+    stdin_eof = field(data, "stdin_eof", bool, False)
     quotas.check(limits, "max_label_bytes", quotas.size_of(required_labels + preferred_labels))
     pending = db.session.execute(_PENDING_OF, {"requester": g.user.client_id}).scalar_one()
     if pending >= limits["max_pending"]:
@@ -256,6 +273,8 @@ def submit() -> ResponseReturnValue:
     lacking = None if wait_for_worker else scheduler.unmet_by_all(job)
     reply = job.to_dict()
     db.session.add(job)
+    if stdin_eof:
+        streams.add_stdin_eof(job.id)
     lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {g.user.client_id}")
     try:
         db.session.commit()
@@ -281,7 +300,7 @@ def submit() -> ResponseReturnValue:
         db.session.refresh(job)
         reply = job.to_dict()
     notifier().notify("jobs")
-    return jsonify({"job": reply, "outage_grace_seconds": _grace()}), 201
+    return jsonify({"job": reply, "outage_grace_seconds": _grace(), "stdin_eof": stdin_eof}), 201
 
 
 MAX_PAGE = 500
@@ -408,7 +427,7 @@ def read_output(job_id: str) -> ResponseReturnValue:
         if state.terminal and streams.complete(frames):
             # Everything was read and nothing more can come: the final status rides
             # along, so a short job's client needs no second request to learn it.
-            final = status_frame(final_status(job_id))
+            final = status_frame(final_status(job_id, row))
             db.session.commit()
             return [*frames, final]
         return frames or None
