@@ -62,14 +62,17 @@ def transition(
     reason: str | None = None,
     held_by: str | None = None,
     unchanged_since: datetime | None = None,
+    also: tuple[Any, dict[str, Any]] | None = None,
     **values: Any,
 ) -> bool:
     """Move ``job_id`` to ``to_state`` if it is in one of ``from_states``; commit.
 
     With ``held_by`` the job must also be held by that worker; with ``unchanged_since``
     its last transition must be older than that (a time-out must not act on a job that
-    moved on, e.g. was assigned again, after it was selected). Returns False (and
-    changes nothing) when the job is not in such a state.
+    moved on, e.g. was assigned again, after it was selected). ``also``, a statement and
+    its parameters, runs in the same transaction, kept only when the move succeeds (one
+    commit where two would follow each other). Returns False (and changes nothing) when the
+    job is not in such a state.
     """
     sources = [s for s in from_states if to_state in ALLOWED[s]]
     if not sources:
@@ -88,6 +91,10 @@ def transition(
     )
     params = {f"v_{key}": value for key, value in values.items()}
     params.update(b_id=job_id, b_held=held_by, b_since=unchanged_since)
+    if also is not None:
+        # First: a worker's row before a job's, the order in which a lease renewal
+        # (which looks at the worker's jobs) takes them too.
+        db.session.execute(*also)
     # Read the state being left in the same transaction, for the history row.
     previous = db.session.execute(_STATE_OF, {"job_id": job_id}).first()
     result = db.session.execute(stmt, params)

@@ -303,8 +303,11 @@ def _preferred_elsewhere(job: Wanted, offer: Offer, others: list[Offer]) -> bool
     )
 
 
-def claim(worker_id: str) -> list[str]:
-    """Assign pending jobs to the worker up to its free slots; return their ids."""
+def claim(worker_id: str, also: tuple[Any, dict[str, Any]] | None = None) -> list[str]:
+    """Assign pending jobs to the worker up to its free slots; return their ids.
+
+    ``also`` (a statement and its parameters) commits with the first job claimed.
+    """
     worker = db.session.execute(_OFFER_OF, {"worker_id": worker_id}).first()
     if worker is None or worker.state != "online" or worker.drained:
         return []
@@ -332,6 +335,7 @@ def claim(worker_id: str) -> list[str]:
             [JobState.PENDING],
             JobState.ASSIGNED,
             reason=f"assigned to {offer.worker_id}",
+            also=None if claimed else also,
             worker_id=offer.worker_id,  # not the row: the commit above expired it
         ):
             claimed.append(job.id)

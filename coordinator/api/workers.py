@@ -192,11 +192,11 @@ def renew_lease(
     return row
 
 
-def shorten_lease(worker_id: str) -> None:
-    """The worker just took a job: from now on it must be heard from within the short
-    lease (a held poll claims for a worker that may have died since it was sent)."""
-    db.session.execute(_SHORTEN_LEASE, {"id": worker_id, "until": now_utc() + _lease()})
-    db.session.commit()
+def shorten_lease(worker_id: str) -> tuple[Any, dict[str, Any]]:
+    """What a claim commits with the job it takes: from now on the worker must be heard
+    from within the short lease (a held poll claims for a worker that may have died
+    since it was sent)."""
+    return _SHORTEN_LEASE, {"id": worker_id, "until": now_utc() + _lease()}
 
 
 @bp.post("/register")
@@ -339,8 +339,8 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
         db.session.commit()
         raise Conflict("worker is not registered")
     # The claim reads the worker's offer itself; its state was just checked above.
-    if scheduler.any_pending() and scheduler.claim(worker_id):
-        shorten_lease(worker_id)
+    if scheduler.any_pending():
+        scheduler.claim(worker_id, also=shorten_lease(worker_id))
     # An idle worker's poll is re-checked again and again: without pending jobs the
     # check is this indexed query plus the two above, no worker row loaded.
     jobs = list(db.session.execute(_NEWS_FOR, {"worker_id": worker_id}).scalars())
