@@ -64,6 +64,10 @@ LOOP_SECONDS = 0.25
 # process touches; touching it once a second is plenty, where every turn of the loop
 # (several per request) would cost a system call each.
 NOTIFY_SECONDS = 1.0
+# Connections past their deadline are looked for at most this often, not on every turn
+# of the loop: the deadlines are seconds long (keep-alive, request timeout), and the
+# look goes through every open connection.
+EXPIRE_SECONDS = 0.1
 
 
 class Precheck(Protocol):
@@ -202,6 +206,7 @@ class BufferingWorker(base.Worker):
         self.ready: deque[tuple[float, Conn]] = deque()
         self.conns: set[Conn] = set()
         self.busy = 0
+        self.expired_at = 0.0
         self.body_budget = BODY_BUDGET_BYTES
         self.accepting = False
         self.request_timeout = DEFAULT_REQUEST_TIMEOUT
@@ -385,6 +390,9 @@ class BufferingWorker(base.Worker):
 
     def _expire(self) -> None:
         now = time.monotonic()
+        if now - self.expired_at < EXPIRE_SECONDS:
+            return
+        self.expired_at = now
         for conn in list(self.conns):
             if conn.state in ("idle", "reading") and conn.deadline <= now:
                 if conn.state == "reading" and conn.buffer:
