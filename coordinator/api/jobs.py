@@ -598,8 +598,9 @@ def finish(job_id: str) -> ResponseReturnValue:
             return jsonify({"ok": True})
         raise WrongState("job cannot be finished", state=recorded.state)
     # Only this worker gained a free slot: waking every worker's poll would make each
-    # of them run a claim that cannot change anything.
-    notifier().notify(f"output:{job_id}", f"worker:{worker_id}")
+    # of them run a claim that cannot change anything. Its own poll listens for a free
+    # slot only while it is full (``slot:``); one with room already waits for new jobs.
+    notifier().notify(f"output:{job_id}", f"slot:{worker_id}")
     return jsonify({"ok": True})
 
 

@@ -360,10 +360,12 @@ def poll() -> ResponseReturnValue:
     worker_id = g.user.client_id
     me = renew_lease(worker_id)
     # A worker that cannot take a job (all slots busy, drained) does not wake for every
-    # submission: only its own key, which its finishes, cancels and resume notify. Once
-    # a slot is free the poll ends empty, and the next one listens for new jobs again.
+    # submission: only its own keys, which its cancels and resume (``worker:``) and its
+    # finishes (``slot:``) notify. Once a slot is free the poll ends empty, and the next
+    # one listens for new jobs again; a poll with room does not wake for a finish.
     full = scheduler.free_slots(worker_id, me) <= 0
-    keys = [f"worker:{worker_id}"] if full else ["jobs", f"worker:{worker_id}"]
+    own = f"worker:{worker_id}"
+    keys = [own, f"slot:{worker_id}"] if full else ["jobs", own]
 
     def check() -> dict[str, Any] | None:
         if caller_gone():
