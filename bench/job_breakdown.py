@@ -6,7 +6,9 @@ one after another, and reads the coordinator's statement log
 (``DFFMPEG_STATEMENT_LOG``, coordinator/statement_log.py) to say, per job: which
 requests each party made, how many SQL statements each route ran and how long they
 took, and how much CPU the coordinator's processes used (/proc/PID/stat, the gunicorn
-master and its workers). Prints Markdown for docs/performance.md. Not run by the tests.
+master and its workers). The CPU figure comes from a second cluster without the
+statement log, which costs CPU of its own. Prints Markdown for docs/performance.md.
+Not run by the tests.
 
     .venv/bin/python -m bench.job_breakdown [--jobs 50]
 """
@@ -97,6 +99,62 @@ def details(routes: dict[str, RouteFigures], jobs: int) -> list[str]:
     return lines
 
 
+@dataclass
+class Run:
+    routes: dict[str, RouteFigures]
+    coordinator_cpu: float  # seconds, all jobs
+    idle_cpu: float  # seconds of it the coordinator would have used doing nothing
+    idle_rate: float  # CPU seconds a second with nothing to do
+    worker_cpu: float
+    dropin_cpu: list[float]
+    walls: list[float]
+
+
+def run(root: Path, jobs: int, warmup: int, idle_seconds: float, logged: bool) -> Run:
+    """One cluster, ``jobs`` trivial jobs; with ``logged`` the statement log is on."""
+    log = root / "statements.log"
+    media = root / "media"
+    media.mkdir(parents=True)
+    # Every process of the cluster inherits it; only the coordinator reads it.
+    if logged:
+        os.environ[ENV] = str(log)
+    else:
+        os.environ.pop(ENV, None)
+    # The drop-ins' incident records (client/incidents.py) of this run only: what other
+    # programs on this machine recorded would be reported by our jobs.
+    os.environ["XDG_STATE_HOME"] = str(root / "state")
+    with cluster(root / "c", media, "sqlite", "http", 1) as c:
+        dropin = str(c.bin_dir / "ffmpeg")
+        for _ in range(warmup):  # connections, caches, the worker's first jobs
+            call([dropin, *TRIVIAL], c.env)
+        time.sleep(0.5)  # let the last job's trailing requests land before the cut
+        # What the coordinator burns with nothing to do (the worker's held poll, the
+        # wake-up poll, the janitor): part of every job's figure, by its wall time.
+        before = sum(cpu_of(p) for p in c.coordinators)
+        idle_start = time.perf_counter()
+        time.sleep(idle_seconds)
+        idle_rate = (sum(cpu_of(p) for p in c.coordinators) - before) / (
+            time.perf_counter() - idle_start
+        )
+        if logged:
+            log.write_text("")
+        started = time.perf_counter()
+        coordinator_cpu = sum(cpu_of(p) for p in c.coordinators)
+        worker_cpu = own_cpu(c.worker)
+        walls, dropin_cpu = [], []
+        for _ in range(jobs):
+            wall, cpu, _ = call([dropin, *TRIVIAL], c.env)
+            walls.append(wall)
+            dropin_cpu.append(cpu)
+        coordinator_cpu = sum(cpu_of(p) for p in c.coordinators) - coordinator_cpu
+        elapsed = time.perf_counter() - started
+        worker_cpu = own_cpu(c.worker) - worker_cpu
+        routes = read_log(log) if logged else {}
+    return Run(
+        routes, coordinator_cpu, idle_rate * elapsed, idle_rate, worker_cpu, dropin_cpu, walls
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=50)
@@ -104,59 +162,31 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     options = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dffmpeg-bench-breakdown-"))
-    log = root / "statements.log"
-    media = root / "media"
-    media.mkdir()
-    # Every process of the cluster inherits it; only the coordinator reads it.
-    os.environ[ENV] = str(log)
-    # The drop-ins' incident records (client/incidents.py) of this run only: what other
-    # programs on this machine recorded would be reported by our jobs.
-    os.environ["XDG_STATE_HOME"] = str(root / "state")
+    jobs = options.jobs
     load_before = loadavg()
-    with cluster(root / "c", media, "sqlite", "http", 1) as c:
-        dropin = str(c.bin_dir / "ffmpeg")
-        for _ in range(options.warmup):  # connections, caches, the worker's first jobs
-            call([dropin, *TRIVIAL], c.env)
-        time.sleep(0.5)  # let the last job's trailing requests land before the cut
-        # What the coordinator burns with nothing to do (the worker's held poll, the
-        # wake-up poll, the janitor): part of every job's figure below, by its wall time.
-        idle_cpu = sum(cpu_of(p) for p in c.coordinators)
-        idle_start = time.perf_counter()
-        time.sleep(options.idle_seconds)
-        idle_rate = (sum(cpu_of(p) for p in c.coordinators) - idle_cpu) / (
-            time.perf_counter() - idle_start
-        )
-        log.write_text("")
-        started = time.perf_counter()
-        coordinator_cpu = sum(cpu_of(p) for p in c.coordinators)
-        worker_cpu = own_cpu(c.worker)
-        walls, dropin_cpu = [], []
-        for _ in range(options.jobs):
-            wall, cpu, _ = call([dropin, *TRIVIAL], c.env)
-            walls.append(wall)
-            dropin_cpu.append(cpu)
-        coordinator_cpu = sum(cpu_of(p) for p in c.coordinators) - coordinator_cpu
-        elapsed = time.perf_counter() - started
-        worker_cpu = own_cpu(c.worker) - worker_cpu
-        routes = read_log(log)
+    # Counted with the statement log on; the CPU figure comes from a second cluster
+    # without it (the log writes a line per statement, which costs CPU of its own).
+    counted = run(root / "counted", jobs, options.warmup, options.idle_seconds, True)
+    plain = run(root / "plain", jobs, options.warmup, options.idle_seconds, False)
     load_after = loadavg()
     shutil.rmtree(root, ignore_errors=True)
-    jobs = options.jobs
     print(
         f"{jobs} trivial jobs through the drop-in, one after another (SQLite, HTTP, one "
-        f"worker, sandbox on); load average {load_before} at the start, {load_after} at "
-        f"the end, {os.cpu_count()} cores\n"
+        f"worker, sandbox on), twice; load average {load_before} at the start, "
+        f"{load_after} at the end, {os.cpu_count()} cores\n"
     )
-    print("\n".join(table(routes, jobs)))
+    print("\n".join(table(counted.routes, jobs)))
     print("\nStatements per job, by route, verb and table:\n")
-    print("\n".join(details(routes, jobs)))
+    print("\n".join(details(counted.routes, jobs)))
+    ms = 1000 / jobs
     print(
-        f"\nper job: coordinator CPU {coordinator_cpu / jobs * 1000:.1f} ms (every gunicorn "
-        f"process, /proc; of which idle {idle_rate * elapsed / jobs * 1000:.1f} ms: "
-        f"{idle_rate * 1000:.1f} ms of CPU a second with nothing to do), "
-        f"worker CPU {worker_cpu / jobs * 1000:.1f} ms (the agent alone), "
-        f"drop-in CPU {statistics.mean(dropin_cpu) * 1000:.0f} ms, "
-        f"wall {statistics.median(walls) * 1000:.0f} ms (median)"
+        f"\nper job, statement log off: coordinator CPU {plain.coordinator_cpu * ms:.1f} ms "
+        f"(every gunicorn process, /proc; of which idle {plain.idle_cpu * ms:.1f} ms: "
+        f"{plain.idle_rate * 1000:.1f} ms of CPU a second with nothing to do), "
+        f"worker CPU {plain.worker_cpu * ms:.1f} ms (the agent alone), "
+        f"drop-in CPU {statistics.mean(plain.dropin_cpu) * 1000:.0f} ms, "
+        f"wall {statistics.median(plain.walls) * 1000:.0f} ms (median); "
+        f"with the log on: coordinator CPU {counted.coordinator_cpu * ms:.1f} ms"
     )
 
 
