@@ -303,12 +303,20 @@ def _preferred_elsewhere(job: Wanted, offer: Offer, others: list[Offer]) -> bool
     )
 
 
-def claim(worker_id: str, also: tuple[Any, dict[str, Any]] | None = None) -> list[str]:
+def offer_row(worker_id: str) -> Any:
+    """The worker's row of ``OFFER_COLUMNS`` (its state among them), or None."""
+    return db.session.execute(_OFFER_OF, {"worker_id": worker_id}).first()
+
+
+def claim(
+    worker_id: str, also: tuple[Any, dict[str, Any]] | None = None, row: Any = None
+) -> list[str]:
     """Assign pending jobs to the worker up to its free slots; return their ids.
 
-    ``also`` (a statement and its parameters) commits with the first job claimed.
+    ``also`` (a statement and its parameters) commits with the first job claimed;
+    ``row`` (from ``offer_row``) saves reading the worker again.
     """
-    worker = db.session.execute(_OFFER_OF, {"worker_id": worker_id}).first()
+    worker = row if row is not None else offer_row(worker_id)
     if worker is None or worker.state != "online" or worker.drained:
         return []
     free = worker.slots - active_count(worker_id)

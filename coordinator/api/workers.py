@@ -334,15 +334,21 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     # after the worker behind the connection died (kill -9); only a request that
     # arrives proves the worker is alive.
     db.session.expire_all()
-    me = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
+    # With jobs waiting, the worker's offer is read for the claim, and its state comes
+    # with it; without, only the state: one read of the worker's row either way.
+    pending = scheduler.any_pending()
+    me = (
+        scheduler.offer_row(worker_id)
+        if pending
+        else db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
+    )
     if me is None or me.state == "offline":  # deregistered or expired meanwhile
         db.session.commit()
         raise Conflict("worker is not registered")
-    # The claim reads the worker's offer itself; its state was just checked above.
-    if scheduler.any_pending():
-        scheduler.claim(worker_id, also=shorten_lease(worker_id))
+    if pending:
+        scheduler.claim(worker_id, also=shorten_lease(worker_id), row=me)
     # An idle worker's poll is re-checked again and again: without pending jobs the
-    # check is this indexed query plus the two above, no worker row loaded.
+    # check is this indexed query plus the two above, no capabilities read.
     jobs = list(db.session.execute(_NEWS_FOR, {"worker_id": worker_id}).scalars())
     # Read before the commit, which would expire the rows and reload each one.
     assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
