@@ -95,10 +95,18 @@ def transition(
         # First: a worker's row before a job's, the order in which a lease renewal
         # (which looks at the worker's jobs) takes them too.
         db.session.execute(*also)
-    # Read the state being left in the same transaction, for the history row.
-    previous = db.session.execute(_STATE_OF, {"job_id": job_id}).first()
+    # Read the state being left in the same transaction, for the history row and the
+    # job timings (a move to running or to an end). A move from one possible state to
+    # another that times nothing (a claim: pending -> assigned) knows it without a read.
+    timed = to_state.terminal or to_state == JobState.RUNNING
+    previous = None
+    if timed or len(sources) != 1:
+        previous = db.session.execute(_STATE_OF, {"job_id": job_id}).first()
+        if previous is None:
+            db.session.rollback()
+            return False
     result = db.session.execute(stmt, params)
-    if result.rowcount != 1 or previous is None:  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()
         return False
     db.session.execute(
@@ -106,14 +114,15 @@ def transition(
         {
             "job_id": job_id,
             "at": now,
-            "from_state": previous.state,
+            "from_state": previous.state if previous is not None else sources[0].value,
             "to_state": to_state.value,
             "reason": reason,
         },
     )
     db.session.commit()
     # Counted once per job and move: only the process whose compare-and-set won is here.
-    instruments().job_moved(previous, to_state, values, now)
+    if timed:
+        instruments().job_moved(previous, to_state, values, now)
     if to_state.terminal or to_state == JobState.CANCELING:
         # Who waits on a job's key (its client's output read, its worker's input read)
         # acts only on these; waking them for "assigned" or "running" would make each
