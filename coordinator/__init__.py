@@ -23,6 +23,7 @@ from coordinator import (
     publish,
     quotas,
     schema,
+    statement_log,
     storage,
 )
 from coordinator.db import db as database
@@ -83,6 +84,9 @@ def create_app(
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     database.init_app(app)
     schema.install_app_engine_events(app)
+    with app.app_context():
+        # A diagnostic, off unless DFFMPEG_STATEMENT_LOG is set (coordinator/statement_log.py).
+        statement_log.install(app, database.engine)
     # Imported here, not at the top: prometheus-client must not be loaded by a gunicorn
     # master before it set up the multiprocess directory (coordinator/metrics_dir.py).
     from coordinator import monitoring

@@ -9,7 +9,8 @@ requester learns *why* nothing ran it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 # Option names (without the stream specifier) whose value names a codec.
@@ -219,7 +220,7 @@ def filter_names(graph: str) -> set[str]:
     return names
 
 
-def offered(binary_info: Any) -> dict[str, set[str]] | None:
+def offered(binary_info: Any) -> dict[str, frozenset[str]] | None:
     """What one reported binary can do, or None when it reported no capabilities.
 
     A binary reported without capabilities (probing failed, or an older worker) is taken
@@ -230,11 +231,11 @@ def offered(binary_info: Any) -> dict[str, set[str]] | None:
     caps = binary_info.get("capabilities")
     if not isinstance(caps, dict):
         return None
-    return {kind: set(caps.get(kind) or ()) for kind in KINDS}
+    return {kind: frozenset(caps.get(kind) or ()) for kind in KINDS}
 
 
 def missing_capabilities(
-    needs: dict[str, list[str]], caps: dict[str, set[str]] | None
+    needs: dict[str, list[str]], caps: Mapping[str, AbstractSet[str]] | None
 ) -> list[str]:
     if caps is None:
         return []

@@ -60,6 +60,14 @@ SATURATED_AFTER = 1.0
 RECV_BYTES = 256 * 1024
 DEFAULT_REQUEST_TIMEOUT = 30.0
 LOOP_SECONDS = 0.25
+# The master's liveness check (gunicorn ``timeout``, 60 s here) reads a file this
+# process touches; touching it once a second is plenty, where every turn of the loop
+# (several per request) would cost a system call each.
+NOTIFY_SECONDS = 1.0
+# Connections past their deadline are looked for at most this often, not on every turn
+# of the loop: the deadlines are seconds long (keep-alive, request timeout), and the
+# look goes through every open connection.
+EXPIRE_SECONDS = 0.1
 
 
 class Precheck(Protocol):
@@ -157,6 +165,36 @@ def _answer(status: int, error: str, message: str, **extra: Any) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
+class HeadWithBody:
+    """The socket gunicorn writes an answer to, holding back the head (its first
+    ``sendall``) until the body's first piece follows, so that both leave in one send:
+    one segment and one wake-up of the reader instead of two, on every answer.
+    ``flush`` sends what is held (an answer without a body, or the end of one)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._held: bytes | None = None
+        self._first = True
+
+    def sendall(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            self._held = bytes(data)
+            return
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        self._sock.sendall(data)
+
+    def flush(self) -> None:
+        self._first = False
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._sock.sendall(held)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class BufferingWorker(base.Worker):
     """gunicorn worker: an event loop that buffers whole requests, a thread pool that
     runs them (see the module docstring)."""
@@ -168,6 +206,7 @@ class BufferingWorker(base.Worker):
         self.ready: deque[tuple[float, Conn]] = deque()
         self.conns: set[Conn] = set()
         self.busy = 0
+        self.expired_at = 0.0
         self.body_budget = BODY_BUDGET_BYTES
         self.accepting = False
         self.request_timeout = DEFAULT_REQUEST_TIMEOUT
@@ -194,8 +233,12 @@ class BufferingWorker(base.Worker):
         # Signals write to this pipe (base.Worker set it up): they wake the loop.
         self.selector.register(self.PIPE[0], selectors.EVENT_READ, self._drain_pipe)
         self._set_accepting(True)
+        notified = 0.0
         while self.alive:
-            self.notify()
+            now = time.monotonic()
+            if now - notified >= NOTIFY_SECONDS:
+                self.notify()
+                notified = now
             if not self._parent_alive():
                 break
             self._set_accepting(len(self.conns) < self.cfg.worker_connections)
@@ -347,6 +390,9 @@ class BufferingWorker(base.Worker):
 
     def _expire(self) -> None:
         now = time.monotonic()
+        if now - self.expired_at < EXPIRE_SECONDS:
+            return
+        self.expired_at = now
         for conn in list(self.conns):
             if conn.state in ("idle", "reading") and conn.deadline <= now:
                 if conn.state == "reading" and conn.buffer:
@@ -418,11 +464,17 @@ class BufferingWorker(base.Worker):
             environ["wsgi.multithread"] = True
             if not self.alive or not self.cfg.keepalive:
                 resp.force_close()
+            # The answer's head goes out with the first piece of its body (environ keeps
+            # the real socket, which the app peeks at).
+            out = HeadWithBody(conn.sock)
+            resp.sock = out
             result = self.wsgi(environ, resp.start_response)
             try:
                 for item in result:
                     resp.write(item)
+                    out.flush()
                 resp.close()
+                out.flush()
             finally:
                 self.log.access(resp, req, environ, datetime.now() - started)
                 if hasattr(result, "close"):

@@ -62,14 +62,17 @@ def transition(
     reason: str | None = None,
     held_by: str | None = None,
     unchanged_since: datetime | None = None,
+    also: tuple[Any, dict[str, Any]] | None = None,
     **values: Any,
 ) -> bool:
     """Move ``job_id`` to ``to_state`` if it is in one of ``from_states``; commit.
 
     With ``held_by`` the job must also be held by that worker; with ``unchanged_since``
     its last transition must be older than that (a time-out must not act on a job that
-    moved on, e.g. was assigned again, after it was selected). Returns False (and
-    changes nothing) when the job is not in such a state.
+    moved on, e.g. was assigned again, after it was selected). ``also``, a statement and
+    its parameters, runs in the same transaction, kept only when the move succeeds (one
+    commit where two would follow each other). Returns False (and changes nothing) when the
+    job is not in such a state.
     """
     sources = [s for s in from_states if to_state in ALLOWED[s]]
     if not sources:
@@ -88,10 +91,22 @@ def transition(
     )
     params = {f"v_{key}": value for key, value in values.items()}
     params.update(b_id=job_id, b_held=held_by, b_since=unchanged_since)
-    # Read the state being left in the same transaction, for the history row.
-    previous = db.session.execute(_STATE_OF, {"job_id": job_id}).first()
+    if also is not None:
+        # First: a worker's row before a job's, the order in which a lease renewal
+        # (which looks at the worker's jobs) takes them too.
+        db.session.execute(*also)
+    # Read the state being left in the same transaction, for the history row and the
+    # job timings (a move to running or to an end). A move from one possible state to
+    # another that times nothing (a claim: pending -> assigned) knows it without a read.
+    timed = to_state.terminal or to_state == JobState.RUNNING
+    previous = None
+    if timed or len(sources) != 1:
+        previous = db.session.execute(_STATE_OF, {"job_id": job_id}).first()
+        if previous is None:
+            db.session.rollback()
+            return False
     result = db.session.execute(stmt, params)
-    if result.rowcount != 1 or previous is None:  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
         db.session.rollback()
         return False
     db.session.execute(
@@ -99,14 +114,15 @@ def transition(
         {
             "job_id": job_id,
             "at": now,
-            "from_state": previous.state,
+            "from_state": previous.state if previous is not None else sources[0].value,
             "to_state": to_state.value,
             "reason": reason,
         },
     )
     db.session.commit()
     # Counted once per job and move: only the process whose compare-and-set won is here.
-    instruments().job_moved(previous, to_state, values, now)
+    if timed:
+        instruments().job_moved(previous, to_state, values, now)
     if to_state.terminal or to_state == JobState.CANCELING:
         # Who waits on a job's key (its client's output read, its worker's input read)
         # acts only on these; waking them for "assigned" or "running" would make each

@@ -160,7 +160,8 @@ class Fanout:
             kind, _, ident = key.partition(":")
             if kind == "jobs":
                 out[JOBS] = ("worker", None)  # a broadcast: a plain wake-up for any worker
-            elif kind == "worker" and ident:
+            elif kind in ("worker", "slot") and ident:
+                # A free slot is news for the worker like any other of its own.
                 out[to(ident, "worker")] = ("worker", ident)
             elif kind in ("output", "input", "job") and ident:
                 requester, worker = self._job_parties(ident, need_worker=kind != "output")

@@ -20,12 +20,16 @@ of ``dffmpeg-client doctor``) goes to that worker only.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.orm import aliased
 
 from coordinator import capabilities, lifecycle
@@ -52,6 +56,25 @@ class Wanted(Protocol):
     requester: str
 
 
+Caps = Mapping[str, Mapping[str, frozenset[str]] | None]
+
+
+def _offered_caps(stored: Mapping[str, Any] | None) -> Caps:
+    return {
+        name: capabilities.offered({"capabilities": info} if info else None)
+        for name, info in (stored or {}).items()
+    }
+
+
+@functools.lru_cache(maxsize=128)
+def _caps_of_text(text: str | None) -> Caps:
+    """A worker's stored capabilities, parsed once per distinct text: decoding tens of
+    KB of names and building their sets cost more than the rest of a claim. Keyed by
+    the text itself, so a worker that registers again with other binaries is parsed
+    anew, and nothing can go stale. The sets are frozen: every offer shares them."""
+    return MappingProxyType(_offered_caps(json.loads(text) if text else None))
+
+
 @dataclass
 class Offer:
     """What one worker offers, with capabilities as sets for fast matching."""
@@ -59,17 +82,22 @@ class Offer:
     worker_id: str
     labels: set[str]
     path_variables: set[str]
-    caps: dict[str, dict[str, set[str]] | None]
+    caps: Caps
     free: int
     # Whose jobs the worker may run (its grant); None: anybody's.
     clients: frozenset[str] | None = None
 
     @classmethod
     def of(cls, worker: Worker, free: int) -> Offer:
-        caps = {
-            name: capabilities.offered({"capabilities": info} if info else None)
-            for name, info in (worker.capabilities or {}).items()
-        }
+        return cls._made(worker, _offered_caps(worker.capabilities), free)
+
+    @classmethod
+    def of_row(cls, row: Any, free: int) -> Offer:
+        """From a row of ``OFFER_COLUMNS``."""
+        return cls._made(row, _caps_of_text(row.capabilities_text), free)
+
+    @classmethod
+    def _made(cls, worker: Any, caps: Caps, free: int) -> Offer:
         allowed = worker.allowed_clients
         clients = frozenset(allowed) if allowed is not None else None
         return cls(
@@ -94,13 +122,28 @@ def can_run(worker: Worker, job: Job) -> bool:
     return not Offer.of(worker, 0).lacks(job)
 
 
+# What a claim reads of a worker: its offer, with the capabilities as their stored text
+# (see ``_caps_of_text``), and no other column of the row (info, load, overrides).
+OFFER_COLUMNS = (
+    Worker.worker_id,
+    Worker.state,
+    Worker.drained,
+    Worker.slots,
+    Worker.labels,
+    Worker.path_variables,
+    Worker.allowed_clients,
+    cast(Worker.capabilities, Text).label("capabilities_text"),
+)
+_OFFER_OF = select(*OFFER_COLUMNS).where(Worker.worker_id == bindparam("worker_id"))
+
+
 # Built once, like the other statements that run on every poll: building a statement
 # and its cache key costs about as much as running it.
 _ANY_PENDING = select(Job.id).where(Job.state == JobState.PENDING.value).limit(1)
 _ACTIVE_COUNT = select(func.count()).where(
     Job.worker_id == bindparam("worker_id"), Job.state.in_(ACTIVE_STATES)
 )
-_ONLINE = select(Worker).where(Worker.state == "online")
+_ONLINE = select(*OFFER_COLUMNS).where(Worker.state == "online")
 _SLOTS_OF = select(Worker.slots, Worker.state, Worker.drained).where(
     Worker.worker_id == bindparam("worker_id")
 )
@@ -149,15 +192,15 @@ def online_offers() -> list[Offer]:
             .group_by(Job.worker_id)
         ).all()
     )
-    workers = db.session.execute(_ONLINE).scalars()
-    return [Offer.of(w, w.slots - int(busy.get(w.worker_id, 0))) for w in workers]
+    workers = db.session.execute(_ONLINE)
+    return [Offer.of_row(w, w.slots - int(busy.get(w.worker_id, 0))) for w in workers]
 
 
 def unmet_by_all(job: Job) -> list[tuple[str, list[str]]] | None:
     """None if some online worker can run ``job``; else what each online worker lacks."""
     lacking = []
-    workers = db.session.execute(_ONLINE).scalars()
-    for offer in (Offer.of(w, 0) for w in workers):  # what they can run, not how busy
+    workers = db.session.execute(_ONLINE)
+    for offer in (Offer.of_row(w, 0) for w in workers):  # what they can run, not how busy
         missing = offer.lacks(job)
         if not missing:
             return None
@@ -260,15 +303,27 @@ def _preferred_elsewhere(job: Wanted, offer: Offer, others: list[Offer]) -> bool
     )
 
 
-def claim(worker: Worker) -> list[str]:
-    """Assign pending jobs to ``worker`` up to its free slots; return their ids."""
-    if worker.state != "online" or worker.drained:
+def offer_row(worker_id: str) -> Any:
+    """The worker's row of ``OFFER_COLUMNS`` (its state among them), or None."""
+    return db.session.execute(_OFFER_OF, {"worker_id": worker_id}).first()
+
+
+def claim(
+    worker_id: str, also: tuple[Any, dict[str, Any]] | None = None, row: Any = None
+) -> list[str]:
+    """Assign pending jobs to the worker up to its free slots; return their ids.
+
+    ``also`` (a statement and its parameters) commits with the first job claimed;
+    ``row`` (from ``offer_row``) saves reading the worker again.
+    """
+    worker = row if row is not None else offer_row(worker_id)
+    if worker is None or worker.state != "online" or worker.drained:
         return []
-    free = worker.slots - active_count(worker.worker_id)
+    free = worker.slots - active_count(worker_id)
     if free <= 0:
         db.session.commit()
         return []
-    offer = Offer.of(worker, free)
+    offer = Offer.of_row(worker, free)
     candidates = fair_order(free)
     others: list[Offer] | None = None
     db.session.commit()
@@ -288,6 +343,7 @@ def claim(worker: Worker) -> list[str]:
             [JobState.PENDING],
             JobState.ASSIGNED,
             reason=f"assigned to {offer.worker_id}",
+            also=None if claimed else also,
             worker_id=offer.worker_id,  # not the row: the commit above expired it
         ):
             claimed.append(job.id)

@@ -27,7 +27,7 @@ import zlib
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Integer, func, select, update
+from sqlalchemy import BigInteger, Engine, Integer, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -53,6 +53,10 @@ class WakeupCounter(Base):
 
 
 _BUMP = update(WakeupCounter).values(version=WakeupCounter.version + 1)
+# Built once, like the poll's statements: a flush follows most requests that change
+# something, and building a statement and its cache key cost about as much as running it.
+_BUMP_ANY = _BUMP.where(WakeupCounter.bucket.in_(bindparam("buckets", expanding=True)))
+_BUMP_ONE = _BUMP.where(WakeupCounter.bucket == bindparam("b_bucket"))
 
 
 # Built once: the idle poll runs 25 times a second in every process with a waiter.
@@ -158,13 +162,12 @@ class DatabaseWakeups:
             with self.engine.begin() as conn:
                 if self.engine.dialect.name == "sqlite":
                     # SQLite locks the whole database: one statement, no ordering to keep.
-                    conn.execute(_BUMP.where(WakeupCounter.bucket.in_(buckets)))
+                    conn.execute(_BUMP_ANY, {"buckets": buckets})
                 else:
-                    # One row per statement, in ascending order: two processes bumping
-                    # the same counters take the row locks in the same order and cannot
-                    # deadlock.
-                    for bucket in buckets:
-                        conn.execute(_BUMP.where(WakeupCounter.bucket == bucket))
+                    # One row per statement (executed many times, in order), ascending:
+                    # two processes bumping the same counters take the row locks in the
+                    # same order and cannot deadlock.
+                    conn.execute(_BUMP_ONE, [{"b_bucket": bucket} for bucket in buckets])
             self._own.update(buckets)
         except SQLAlchemyError:
             with self._pending_lock:

@@ -464,6 +464,15 @@ def test_pipe_input_from_stdin(cluster: Cluster) -> None:
     assert rem.stdout.count(b"\n") > 100
 
 
+def test_empty_stdin_reaches_pipe_input(cluster: Cluster) -> None:
+    """stdin at /dev/null: the drop-in sends its EOF with the submission (no input
+    request); ffmpeg reading ``pipe:0`` sees the end of its input as locally."""
+    args = ["-hide_banner", "-f", "s16le", "-i", "pipe:0", "-f", "null", "-"]
+    loc, rem = both(cluster, "ffmpeg", lambda _side: args, stdin=subprocess.DEVNULL)
+    assert (rem.returncode, rem.stdout) == (loc.returncode, loc.stdout)
+    assert stderr_shape(rem.stderr) == stderr_shape(loc.stderr)
+
+
 def test_failing_command_exit_code_and_stderr(cluster: Cluster) -> None:
     args = [
         "-hide_banner",

@@ -135,3 +135,29 @@ def test_a_held_poll_whose_worker_died_claims_nothing(tmp_path: Path) -> None:
         assert [j["job_id"] for j in work["jobs"]] == [job]
     worker.close()
     client.close()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+
+def test_an_answer_head_leaves_with_its_body_in_one_send() -> None:
+    from coordinator.httpserver import HeadWithBody
+
+    sock = _Recorder()
+    out = HeadWithBody(sock)  # type: ignore[arg-type]
+    out.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert sock.sent == []
+    out.sendall(b"{}")
+    out.flush()
+    out.sendall(b"more")  # a streamed answer's later pieces go as they come
+    assert sock.sent == [b"HTTP/1.1 200 OK\r\n\r\n{}", b"more"]
+    bodiless = _Recorder()
+    head_only = HeadWithBody(bodiless)  # type: ignore[arg-type]
+    head_only.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    head_only.flush()
+    assert bodiless.sent == [b"HTTP/1.1 204 No Content\r\n\r\n"]

@@ -206,3 +206,27 @@ def test_registration_tells_the_worker_the_outage_grace(database_url: str) -> No
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def test_a_submit_carries_an_empty_stdin_as_the_first_input_frame(api: Identities) -> None:
+    """``stdin_eof`` (the caller's stdin is /dev/null): the EOF is stored with the job as
+    input frame 1, counted in the answer, also to the submit sent again; the client's
+    input numbering goes on from 2, and frame 1 sent anyway is stored nothing twice."""
+    register(api.worker)
+    body = {**BODY, "idempotency_key": "e0f1e0f1e0f1e0f1", "stdin_eof": True}
+    first = api.client.post("/api/v1/jobs", json_body=body)
+    assert first.status_code == 201 and first.get_json()["stdin_frames"] == 1
+    job_id = first.get_json()["job"]["job_id"]
+    again = api.client.post("/api/v1/jobs", json_body=body)
+    assert again.status_code == 200 and again.get_json()["stdin_frames"] == 1
+    assert poll(api.worker) == [job_id]
+    assert api.worker.post(f"/api/v1/jobs/{job_id}/accept").status_code == 200
+    reply = api.worker.get(f"/api/v1/jobs/{job_id}/input?after=0&wait=0")
+    assert [(f.kind, f.seq) for f in decode_frames(reply.get_data())] == [(FrameKind.STDIN_EOF, 1)]
+    ipath = f"/api/v1/jobs/{job_id}/input"
+    more = frames((FrameKind.STDIN_EOF, 1, b""), (FrameKind.SIGNAL, 2, b"15"))
+    reply = api.client.post(ipath, data=more, content_type=CONTENT_TYPE_FRAMES)
+    assert reply.get_json()["added"] == 1
+    # Without the field nothing is stored for the input, and the answer says so.
+    plain = api.client.post("/api/v1/jobs", json_body=BODY).get_json()
+    assert plain["stdin_frames"] == 0

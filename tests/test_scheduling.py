@@ -420,3 +420,57 @@ def test_two_coordinators_never_double_assign_or_double_fail(
 
     with second.app_context():
         db.engine.dispose()
+
+
+def test_a_worker_registering_again_is_matched_by_its_new_capabilities(
+    api: Identities,
+) -> None:
+    """Claims reuse the parsed capabilities of a worker (coordinator/scheduler.py), keyed
+    by their stored text: a registration with other binaries is seen at once."""
+    register(api.worker)
+    job_id = submit(
+        api.client, ["-i", "in.mp4", "-c:v", "libx265", "out.mkv"], wait_for_worker=True
+    )
+    assert poll(api.worker) == []  # no libx265 here
+    register(api.worker, caps={**CAPS, "encoders": [*CAPS["encoders"], "libx265"]})
+    assert poll(api.worker) == [job_id]
+    # And back: a worker that lost the encoder is not given such a job any more.
+    register(api.worker, caps=CAPS)
+    assert poll(api.worker) == []
+    submit(api.client, ["-i", "in.mp4", "-c:v", "libx265", "b.mkv"], wait_for_worker=True)
+    assert poll(api.worker) == []
+
+
+def test_a_full_workers_held_poll_ends_when_its_job_finishes(database_url: str) -> None:
+    """A full worker's poll waits for a free slot (``slot:ID``, notified by its
+    finishes) and ends empty once there is one, so the next poll claims again."""
+    import threading
+
+    from coordinator import create_app
+    from coordinator.db import db
+    from tests.conftest import signed_identities
+    from tests.helpers import wait_until
+
+    # No periodic re-check within the test: only the finish's wake-up can end the wait.
+    app = create_app({"database_url": database_url, "recheck_seconds": 120}, start_janitor=False)
+    try:
+        api = signed_identities(app)
+        register(api.worker, slots=1)
+        job_id = submit(api.client)
+        assert poll(api.worker) == [job_id]
+        assert api.worker.post(f"/api/v1/jobs/{job_id}/accept").status_code == 200
+        answers: list[Any] = []
+        held = threading.Thread(
+            target=lambda: answers.append(api.worker.get("/api/v1/workers/poll?wait=30"))
+        )
+        held.start()
+        notifier = app.extensions["dffmpeg.notifier"]
+        wait_until(lambda: "slot:w1" in notifier.waiting_keys())  # it waits as a full one
+        finish = api.worker.post(f"/api/v1/jobs/{job_id}/finish", json_body={"exit_code": 0})
+        assert finish.status_code == 200
+        held.join(timeout=25)  # well before the poll's own 30 s
+        assert not held.is_alive()
+        assert answers[0].get_json() == {"jobs": [], "cancel": []}
+    finally:
+        with app.app_context():
+            db.engine.dispose()

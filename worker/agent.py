@@ -40,6 +40,9 @@ DEFAULT_LEASE_SECONDS = 15.0
 # With a broker or stream transport: how often to read anyway (catches up on anything a
 # notification could not bring, e.g. a change made through another coordinator).
 CATCHUP_SECONDS = 60.0
+# How long the poll loop waits for the accepts of jobs it was just given before it
+# polls again: they take milliseconds; through an outage the poll goes on regardless.
+ACCEPT_WAIT_SECONDS = 1.0
 
 
 class StoppedBeforeOnline(Exception):
@@ -401,6 +404,7 @@ class WorkerAgent:
             fresh = [a for a in work.get("jobs", []) if a["job_id"] not in known]
             for assignment in work.get("jobs", []):
                 self._start_job(assignment)
+            self._await_accepts(fresh)
             # Jobs we already run stay "assigned" until our accept lands: not news.
             if downlink is not None and not long_poll and not fresh:
                 self._await_news(downlink)
@@ -408,6 +412,16 @@ class WorkerAgent:
                 # The coordinator answered at once instead of holding the poll (its
                 # share of held requests is taken): ask again in a moment, not at once.
                 self._stopped.wait(min(float(work["retry_after"]), 5.0))
+
+    def _await_accepts(self, fresh: list[dict[str, Any]]) -> None:
+        """Poll again only once the jobs just handed over were accepted (within a
+        bound): until then they are still "assigned", and a poll would be answered at
+        once with them again, a request and a claim check for nothing."""
+        with self._jobs_lock:
+            started = [self.jobs[a["job_id"]] for a in fresh if a["job_id"] in self.jobs]
+        deadline = time.monotonic() + ACCEPT_WAIT_SECONDS
+        for execution in started:
+            execution.accept_answered.wait(max(0.0, deadline - time.monotonic()))
 
     def _await_news(self, downlink: Downlink) -> None:
         """Sleep until the transport brings news, it breaks, or it is time to catch up."""

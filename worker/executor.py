@@ -152,6 +152,8 @@ class JobExecution:
         self._done = threading.Event()  # the process is over
         self._reported = threading.Event()  # ... and the coordinator was told
         self._finished = threading.Event()  # a finish was sent
+        # The accept was answered (or given up): the job is no longer "assigned".
+        self.accept_answered = threading.Event()
         self._aborted: str | None = None
         self._stdout_hung_up = threading.Event()
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -234,6 +236,8 @@ class JobExecution:
             self._done.set()
             self._reported.set()
             return
+        finally:
+            self.accept_answered.set()
         try:
             self._run_accepted()
         except Exception as exc:

@@ -99,9 +99,17 @@ _FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
     Job.id == bindparam("job_id")
 )
 _HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
-_READ_STATE = select(Job.state, Job.attempt, Job.retries_left, Job.output_seen).where(
-    Job.id == bindparam("job_id")
-)
+# With the final status's columns: they are written with the terminal state, so once
+# the state read is terminal they are final too, and the read needs no second look.
+_READ_STATE = select(
+    Job.state,
+    Job.attempt,
+    Job.retries_left,
+    Job.output_seen,
+    Job.exit_code,
+    Job.failure,
+    Job.reason,
+).where(Job.id == bindparam("job_id"))
 # The requester was handed output of this run: it may never run again (coordinator/
 # retries.py). Conditional on the run read, so a requeue in between is noticed.
 _OUTPUT_SEEN = (
@@ -145,8 +153,10 @@ def held_job(job_id: str) -> Row[Any]:
     return job
 
 
-def final_status(job_id: str) -> dict[str, Any]:
-    row = db.session.execute(_FINAL, {"job_id": job_id}).one()
+def final_status(job_id: str, row: Any = None) -> dict[str, Any]:
+    """The status frame's fields; ``row`` (with them) saves reading the job again."""
+    if row is None:
+        row = db.session.execute(_FINAL, {"job_id": job_id}).one()
     return {
         "state": row.state,
         "exit_code": row.exit_code,
@@ -453,7 +463,7 @@ def read_output(job_id: str) -> ResponseReturnValue:
         if state.terminal and streams.complete(frames):
             # Everything was read and nothing more can come: the final status rides
             # along, so a short job's client needs no second request to learn it.
-            final = status_frame(final_status(job_id))
+            final = status_frame(final_status(job_id, row))
             db.session.commit()
             return [*frames, final]
         return frames or None
@@ -624,8 +634,9 @@ def finish(job_id: str) -> ResponseReturnValue:
             return jsonify({"ok": True})
         raise WrongState("job cannot be finished", state=recorded.state)
     # Only this worker gained a free slot: waking every worker's poll would make each
-    # of them run a claim that cannot change anything.
-    notifier().notify(f"output:{job_id}", f"worker:{worker_id}")
+    # of them run a claim that cannot change anything. Its own poll listens for a free
+    # slot only while it is full (``slot:``); one with room already waits for new jobs.
+    notifier().notify(f"output:{job_id}", f"slot:{worker_id}")
     return jsonify({"ok": True})
 
 

@@ -203,11 +203,11 @@ def renew_lease(
     return row
 
 
-def shorten_lease(worker_id: str) -> None:
-    """The worker just took a job: from now on it must be heard from within the short
-    lease (a held poll claims for a worker that may have died since it was sent)."""
-    db.session.execute(_SHORTEN_LEASE, {"id": worker_id, "until": now_utc() + _lease()})
-    db.session.commit()
+def shorten_lease(worker_id: str) -> tuple[Any, dict[str, Any]]:
+    """What a claim commits with the job it takes: from now on the worker must be heard
+    from within the short lease (a held poll claims for a worker that may have died
+    since it was sent)."""
+    return _SHORTEN_LEASE, {"id": worker_id, "until": now_utc() + _lease()}
 
 
 @bp.post("/register")
@@ -345,14 +345,21 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     # after the worker behind the connection died (kill -9); only a request that
     # arrives proves the worker is alive.
     db.session.expire_all()
-    me = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
+    # With jobs waiting, the worker's offer is read for the claim, and its state comes
+    # with it; without, only the state: one read of the worker's row either way.
+    pending = scheduler.any_pending()
+    me = (
+        scheduler.offer_row(worker_id)
+        if pending
+        else db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
+    )
     if me is None or me.state == "offline":  # deregistered or expired meanwhile
         db.session.commit()
         raise Conflict("worker is not registered")
-    if scheduler.any_pending() and scheduler.claim(current_worker()):
-        shorten_lease(worker_id)
+    if pending:
+        scheduler.claim(worker_id, also=shorten_lease(worker_id), row=me)
     # An idle worker's poll is re-checked again and again: without pending jobs the
-    # check is this indexed query plus the two above, no worker row loaded.
+    # check is this indexed query plus the two above, no capabilities read.
     jobs = list(db.session.execute(_NEWS_FOR, {"worker_id": worker_id}).scalars())
     # Read before the commit, which would expire the rows and reload each one.
     assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
@@ -392,10 +399,12 @@ def poll() -> ResponseReturnValue:
     worker_id = g.user.client_id
     me = renew_lease(worker_id)
     # A worker that cannot take a job (all slots busy, drained) does not wake for every
-    # submission: only its own key, which its finishes, cancels and resume notify. Once
-    # a slot is free the poll ends empty, and the next one listens for new jobs again.
+    # submission: only its own keys, which its cancels and resume (``worker:``) and its
+    # finishes (``slot:``) notify. Once a slot is free the poll ends empty, and the next
+    # one listens for new jobs again; a poll with room does not wake for a finish.
     full = scheduler.free_slots(worker_id, me) <= 0
-    keys = [f"worker:{worker_id}"] if full else ["jobs", f"worker:{worker_id}"]
+    own = f"worker:{worker_id}"
+    keys = [own, f"slot:{worker_id}"] if full else ["jobs", own]
 
     def check() -> dict[str, Any] | None:
         if caller_gone():
