@@ -32,6 +32,7 @@ from tests.helpers import (
     health,
     process_env,
     running,
+    stop,
     wait_until,
     write_yaml,
 )
@@ -309,7 +310,8 @@ def test_the_metrics_directory_is_the_coordinators_own(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     seen = []
     for _ in range(2):
-        with running(command, tmp_path / "coordinator.log", env=process_env(TMPDIR=str(tmpdir))):
+        log = tmp_path / "coordinator.log"
+        with running(command, log, env=process_env(TMPDIR=str(tmpdir))) as proc:
             wait_until(lambda: health(url) == 200, timeout=30)
             dirs = list(tmpdir.glob("dffmpeg-metrics-*"))
             assert len(dirs) == 1
@@ -318,6 +320,11 @@ def test_the_metrics_directory_is_the_coordinators_own(tmp_path: Path) -> None:
             got = scrape_url(url)
             # Nothing of the previous start is added to this one.
             assert got.value("dffmpeg_http_requests_total", route="/health/ready") == 1
+            # A SIGTERM that reaches a gunicorn worker still booting is lost (it has the
+            # master's handler until its own is set), so the master may wait out its
+            # graceful_timeout (10 s) before it kills that worker and cleans up: wait
+            # longer than that, as a service manager does.
+            stop(proc, timeout=30)
         assert list(tmpdir.iterdir()) == []
     assert seen[0] != seen[1]
 
