@@ -179,7 +179,8 @@ def main() -> None:
             ("drop-in resident memory (max)", "-", f"{max(r[2] for r in runs + probe):.1f} MB")
         )
     ticker = root / "ticker"
-    ticker.write_text(TICKER.format(python=sys.executable))
+    # The system's interpreter: a job sees only /usr and the mapped roots (the sandbox).
+    ticker.write_text(TICKER.format(python=shutil.which("python3", path="/usr/bin") or "python3"))
     ticker.chmod(0o755)
     with cluster(root / "c2", media, binaries={"ffmpeg": str(ticker)}) as c:
         delays = stderr_latency(c)
