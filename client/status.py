@@ -143,11 +143,12 @@ def summary_text(
     )
     return (
         f"workers: {worker_part}  |  slots {slots.get('used', 0)}/{slots.get('total', 0)}"
-        f"  |  jobs: {job_part}{incidents}  |  {_listed(jobs_total, offset, shown)}"
+        f"  |  jobs: {job_part}{incidents}  |  {listed(jobs_total, offset, shown)}"
     )
 
 
-def _listed(total: int, offset: int, shown: int | None) -> str:
+def listed(total: int, offset: int, shown: int | None) -> str:
+    """Which of ``total`` jobs a page shows (the console's header says the same)."""
     if shown is None or (offset == 0 and shown >= total):
         return f"listed {total}"
     if shown == 0:

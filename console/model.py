@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from client.status import parse_time
+from client.status import listed, parse_time
 from dffmpeg.text import printable
 
 JOB_PAGE = 200
@@ -84,14 +84,6 @@ def last_day_text(summary: dict[str, Any]) -> str:
         f"day: {day.get('finished', '-')} done, {day.get('failed', '-')} failed,"
         f" {fallbacks} fallbacks, {exits} cluster exits"
     )
-
-
-def listed(total: int, offset: int, shown: int | None) -> str:
-    if shown is None or (offset == 0 and shown >= total):
-        return f"listed {total}"
-    if shown == 0:
-        return f"listed 0 of {total}"
-    return f"listed {offset + 1}-{offset + shown} of {total}"
 
 
 def series(summary: dict[str, Any], name: str) -> list[float]:

@@ -366,9 +366,9 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     with_stdin = [j.id for j in jobs if j.state == JobState.ASSIGNED.value and j.stdin_bytes]
     cancel = [j.id for j in jobs if j.state == JobState.CANCELING.value]
     db.session.commit()
-    for assignment, job_id in ((a, a["job_id"]) for a in assigned):
-        if job_id in with_stdin:
-            assignment.update(_stored_input(job_id))
+    for assignment in assigned:
+        if assignment["job_id"] in with_stdin:
+            assignment.update(_stored_input(assignment["job_id"]))
     if assigned or cancel:
         return {"jobs": assigned, "cancel": cancel}
     return None
