@@ -98,11 +98,28 @@ def _report_past_runs(api: Any, config: ClientConfig) -> None:
         reporting.report(api, Path(directory))
 
 
-def main() -> int:
+def launched() -> int:
+    """The native launcher's way in when no helper took the call (``client/helper.py``):
+    its arguments come after ``-c CODE``; this call runs here and starts a helper for the
+    calls after it."""
+    del sys.argv[0]
+    return main(start_helper=True)
+
+
+def _start_helper() -> None:
+    from client import helper
+
+    with contextlib.suppress(OSError):
+        helper.start_in_background(os.environ)
+
+
+def main(start_helper: bool = False) -> int:
     binary = os.path.basename(sys.argv[0])
     try:
         binary, args = binary_name(sys.argv[0], sys.argv[1:])
         config = load_client()
+        if start_helper and config.local_helper:
+            _start_helper()
         from client.api import Api
 
         api = Api.from_config(config)

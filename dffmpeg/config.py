@@ -317,6 +317,9 @@ class ClientConfig:
     # How many times a job whose worker was lost before any of its output reached us
     # may be run again elsewhere (0: never; docs/lifecycle.md).
     retry_on_worker_loss: int = 0
+    # Whether the drop-in's native launcher may start a local helper that serves the
+    # calls after it from one long-lived process (client/helper.py, docs/dropin.md).
+    local_helper: bool = True
 
     def __post_init__(self) -> None:
         if not self.coordinator_urls:
@@ -356,6 +359,7 @@ class ClientConfig:
                 data, "connect_retry_seconds", DEFAULT_CONNECT_RETRY_SECONDS
             ),
             retry_on_worker_loss=_count(data, "retry_on_worker_loss", MAX_RETRIES_ON_LOSS),
+            local_helper=bool(data.get("local_helper", True)),
         )
 
 
