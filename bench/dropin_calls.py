@@ -5,11 +5,13 @@ at once; this benchmark does the same, against a real cluster on this machine (o
 two coordinator processes, one worker with 4 slots, the drop-in symlinked as
 ``ffmpeg``/``ffprobe``), with the local binaries measured in the same run, alternating.
 Every wall time is a blocking wait (no polling steps); CPU of each process comes from
-the kernel (the drop-in's own rusage; the coordinator's and the worker's /proc counters
-around a batch of jobs).
+the kernel (the drop-in's own rusage, plus the local helper's /proc counters with the
+calls it ran as its children; the coordinator's and the worker's around a batch of jobs).
+The first call starts the bench's own local helper, as a media server's first call would;
+``--no-helper`` measures the Python drop-in alone (``local_helper: false``).
 
     .venv/bin/python -m bench.dropin_calls [--database sqlite|mariadb|postgresql]
-        [--transport http|mqtt|rabbitmq] [--coordinators 1|2] [--runs 20]
+        [--transport http|mqtt|rabbitmq] [--coordinators 1|2] [--runs 20] [--no-helper]
 
 Prints a Markdown table for docs/performance.md. Not run by the test suite.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,19 @@ def own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def helper_cpu(env: dict[str, str]) -> float:
+    """CPU seconds of the local helper and of every call it ran (its reaped children),
+    0 when none runs (the Python drop-in then pays everything in its own process)."""
+    from client import helper
+
+    try:
+        pid = int(Path(helper.socket_path(env) + ".lock").read_text())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / TICKS
+
+
 def descendants(pid: int) -> list[int]:
     try:
         kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -82,7 +98,7 @@ def descendants(pid: int) -> list[int]:
 
 @contextmanager
 def cluster(
-    root: Path, media: Path, database: str, transport: str, count: int
+    root: Path, media: Path, database: str, transport: str, count: int, local_helper: bool
 ) -> Iterator[Cluster]:
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -137,8 +153,11 @@ def cluster(
             {"client_id": "client1", "hmac_key": keys["client1"],
              "coordinator_url": f"http://127.0.0.1:{ports[-1]}",
              "paths": {"Media": str(root / "client-media")}, "transports": transports,
-             **extra},
+             "local_helper": local_helper, **extra},
         )  # fmt: skip
+        # The bench's own helper (client/helper.py), never one another program started.
+        run_dir = root / "run"
+        run_dir.mkdir(mode=0o700)
         worker = stack.enter_context(
             running(
                 [sys.executable, "-m", "worker.cli", "--config", str(worker_config)],
@@ -151,14 +170,21 @@ def cluster(
         bin_dir.mkdir()
         for name in ("ffmpeg", "ffprobe"):
             (bin_dir / name).symlink_to(Path(sys.executable).parent / "dffmpeg-proxy")
+        stack.callback(_stop_helper, run_dir)
         yield Cluster(
             root,
-            process_env(DFFMPEG_CLIENT_CONFIG=str(client_config)),
+            process_env(DFFMPEG_CLIENT_CONFIG=str(client_config), XDG_RUNTIME_DIR=str(run_dir)),
             bin_dir,
             pids,
             worker.pid,
             root / "client-media",
         )
+
+
+def _stop_helper(run_dir: Path) -> None:
+    for lock in run_dir.glob("dffmpeg/*.lock"):
+        with suppress(OSError, ValueError):
+            os.kill(int(lock.read_text()), signal.SIGTERM)
 
 
 def _online(config: Path) -> bool:
@@ -223,14 +249,15 @@ def startup_breakdown(env: dict[str, str], dropin: str, runs: int) -> list[tuple
          [python, "-c", "import client.proxy, client.probes"]),
         ("+ the job path's modules (`client.submit`)",
          [python, "-c", "import client.proxy, client.probes, client.submit"]),
-        ("a whole fast probe (`ffmpeg -hide_banner -version`)",
+        ("a whole fast probe (`ffmpeg -hide_banner -version`; with its helper's child)",
          [dropin, "-hide_banner", "-version"]),
-        ("a whole trivial job", [dropin, *TRIVIAL]),
+        ("a whole trivial job (with its helper's child)", [dropin, *TRIVIAL]),
     ]  # fmt: skip
     totals = [0.0] * len(steps)
     for _ in range(runs):  # interleaved, so that noise falls on every step alike
         for i, (_, argv) in enumerate(steps):
-            totals[i] += call(argv, env)[1]
+            before = helper_cpu(env)
+            totals[i] += call(argv, env)[1] + helper_cpu(env) - before
     return [(label, ms(total / runs)) for (label, _), total in zip(steps, totals, strict=True)]
 
 
@@ -241,6 +268,11 @@ def main() -> None:
     parser.add_argument("--coordinators", type=int, default=1, choices=[1, 2])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--concurrent-jobs", type=int, default=200)
+    parser.add_argument(
+        "--no-helper",
+        action="store_true",
+        help="local_helper: false (every call runs the Python drop-in from its start)",
+    )
     options = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dffmpeg-bench-"))
     media = root / "media"
@@ -258,7 +290,8 @@ def main() -> None:
                     "coordinator", "worker", "console"], check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)  # fmt: skip
     rows: list[tuple[str, str, str, str]] = []
-    with cluster(root / "c", media, options.database, options.transport, options.coordinators) as c:
+    place = (options.database, options.transport, options.coordinators, not options.no_helper)
+    with cluster(root / "c", media, *place) as c:
         dropin = {name: str(c.bin_dir / name) for name in ("ffmpeg", "ffprobe")}
         remote_clip = str(c.client_media / "clip.mp4")
         probe_args = ["-v", "error", "-print_format", "json", "-show_format", "-show_streams"]
@@ -290,6 +323,7 @@ def main() -> None:
         # Trivial jobs in a row, with every process's CPU.
         coordinator_cpu = sum(cpu_of(p) for p in c.coordinators)
         worker_cpu = own_cpu(c.worker)
+        served_cpu = helper_cpu(c.env)
         local_walls, local_cpu, walls, dropin_cpu = [], [], [], []
         for _ in range(options.runs):
             w, u, _ = call([FFMPEG, *TRIVIAL])
@@ -300,6 +334,7 @@ def main() -> None:
             dropin_cpu.append(u)
         coordinator_cpu = sum(cpu_of(p) for p in c.coordinators) - coordinator_cpu
         worker_cpu = own_cpu(c.worker) - worker_cpu
+        served_cpu = helper_cpu(c.env) - served_cpu
         base = statistics.median(local_walls)
         over = [w - base for w in walls]
         rows.append(("trivial job, overhead over local: median / p95", ms(base),
@@ -308,7 +343,8 @@ def main() -> None:
         runs = options.runs
         rows.append(("CPU per trivial job: ffmpeg / drop-in / coordinator / worker",
                      ms(statistics.mean(local_cpu)), "",
-                     f"drop-in {ms(statistics.mean(dropin_cpu))}, coordinator "
+                     f"drop-in {ms(statistics.mean(dropin_cpu) + served_cpu / runs)} "
+                     f"(launcher {ms(statistics.mean(dropin_cpu))}), coordinator "
                      f"{ms(coordinator_cpu / runs)}, worker {ms(worker_cpu / runs)}"))  # fmt: skip
         jobs = options.concurrent_jobs
         local_rate = concurrent([FFMPEG, *TRIVIAL], None, jobs, 8)
@@ -328,7 +364,9 @@ def main() -> None:
         breakdown = startup_breakdown(c.env, dropin["ffmpeg"], options.runs)
         load_after = os.getloadavg()[0]
     shutil.rmtree(root, ignore_errors=True)
-    print(f"{options.database}, {options.transport}, {options.coordinators} coordinator(s); "
+    helper_state = "without" if options.no_helper else "with"
+    print(f"{options.database}, {options.transport}, {options.coordinators} coordinator(s), "
+          f"{helper_state} the local helper; "
           f"{options.runs} runs each, alternating; load average {load:.2f} before, "
           f"{load_after:.2f} after\n")  # fmt: skip
     print("| what | local | through the cluster | difference |")
