@@ -265,7 +265,7 @@ def _watch_caller(conn: socket.socket) -> None:
     try:
         data = conn.recv(1)
     except OSError:
-        data = b""
+        return  # not an end of the connection: nothing to judge by
     if not data:
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -412,6 +412,10 @@ class Helper:
             if _changed(self.files):
                 self._stop()
             return
+        # Blocking from here on, in both processes: a timeout is a flag of the descriptor
+        # they share, so neither may change it after the fork (the child's watcher
+        # would see EAGAIN where it waits for the launcher's end).
+        conn.settimeout(None)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -427,7 +431,6 @@ class Helper:
                 for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                conn.settimeout(None)
                 gc.unfreeze()
                 code = _run_child(conn, call, fds)
                 with contextlib.suppress(Exception):
@@ -437,11 +440,8 @@ class Helper:
                 os._exit(code & 0xFF)
         for fd in fds:
             os.close(fd)
-        try:
-            conn.settimeout(REQUEST_SECONDS)
-            conn.sendall(struct.pack("<i", pid))
-        except OSError:
-            pass  # the launcher is gone; its child notices too
+        with contextlib.suppress(OSError):  # the launcher is gone; its child notices too
+            conn.sendall(struct.pack("<i", pid))  # 4 bytes into an empty buffer
         self.children[pid] = conn
 
     def _reap(self) -> None:
