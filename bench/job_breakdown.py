@@ -123,7 +123,7 @@ def run(root: Path, jobs: int, warmup: int, idle_seconds: float, logged: bool) -
     # The drop-ins' incident records (client/incidents.py) of this run only: what other
     # programs on this machine recorded would be reported by our jobs.
     os.environ["XDG_STATE_HOME"] = str(root / "state")
-    with cluster(root / "c", media, "sqlite", "http", 1) as c:
+    with cluster(root / "c", media, "sqlite", "http", 1, True) as c:
         dropin = str(c.bin_dir / "ffmpeg")
         for _ in range(warmup):  # connections, caches, the worker's first jobs
             call([dropin, *TRIVIAL], c.env)

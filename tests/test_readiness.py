@@ -56,4 +56,6 @@ def test_ready_follows_the_database(tmp_path: Path) -> None:
             database.start()
             wait_until(lambda: ready(url)[0] == 200, timeout=30)
             assert ready(url)[1]["status"] == "ready"
-            assert scrape_url(url).value("dffmpeg_database_up") == 1
+            # Each gunicorn process sets the gauge when it next reaches the database: the
+            # one that answered the readiness check may not be the one that last failed.
+            wait_until(lambda: scrape_url(url).value("dffmpeg_database_up") == 1, timeout=30)
