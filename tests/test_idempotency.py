@@ -230,3 +230,40 @@ def test_a_submit_carries_an_empty_stdin_as_the_first_input_frame(api: Identitie
     # Without the field nothing is stored for the input, and the answer says so.
     plain = api.client.post("/api/v1/jobs", json_body=BODY).get_json()
     assert plain["stdin_frames"] == 0
+
+
+def test_a_finish_carries_the_last_output_once(app: Flask, api: Identities) -> None:
+    """The worker's last batch rides with its finish: stored after what came before, in
+    order, before the end; the finish sent again stores nothing twice."""
+    import base64
+
+    register(api.worker)
+    job_id = api.client.post("/api/v1/jobs", json_body=BODY).get_json()["job"]["job_id"]
+    assert poll(api.worker) == [job_id]
+    api.worker.post(f"/api/v1/jobs/{job_id}/accept")
+    early = frames((FrameKind.STDERR, 1, b"banner\r"))
+    path = f"/api/v1/jobs/{job_id}/output"
+    api.worker.post(path, data=early, content_type=CONTENT_TYPE_FRAMES)
+    last = frames((FrameKind.STDOUT, 2, b'{"streams": []}\n'), (FrameKind.STDERR, 3, b"end\n"))
+    body = {"exit_code": 0, "output": base64.b64encode(last).decode()}
+    for _ in range(2):
+        reply = api.worker.post(f"/api/v1/jobs/{job_id}/finish", json_body=body)
+        assert reply.status_code == 200 and reply.get_json() == {"ok": True}
+    got = read_output(api.client, job_id)
+    assert [(f.kind, f.seq, f.data) for f in got[:3]] == [
+        (FrameKind.STDERR, 1, b"banner\r"),
+        (FrameKind.STDOUT, 2, b'{"streams": []}\n'),
+        (FrameKind.STDERR, 3, b"end\n"),
+    ]
+    assert got[3].kind == FrameKind.STATUS and len(got) == 4
+    assert show(api.client, job_id)["state"] == "completed"
+    # Output that is not frames, or not base64, is refused before anything changes.
+    other = api.client.post("/api/v1/jobs", json_body=BODY).get_json()["job"]["job_id"]
+    assert poll(api.worker) == [other]
+    api.worker.post(f"/api/v1/jobs/{other}/accept")
+    for bad in ("not base64!", base64.b64encode(b"\x01garbage").decode()):
+        reply = api.worker.post(
+            f"/api/v1/jobs/{other}/finish", json_body={"exit_code": 0, "output": bad}
+        )
+        assert reply.status_code == 400
+    assert show(api.client, other)["state"] == "running"

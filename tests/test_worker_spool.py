@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from dffmpeg.wire import Frame, FrameKind
-from worker.relay import FrameSender, OutputBuffer
+from worker.relay import FrameSender, OutputBuffer, read_pipe
 from worker.spool import SUFFIX, SpoolFile, prepare_directory
 
 
@@ -106,3 +106,43 @@ def test_undeliverable_output_is_reported_once_and_drained() -> None:
     assert len(errors) == 1 and isinstance(sender.error, TimeoutError)
     assert len(attempts) == 1  # nothing was sent after the give-up, all was drained
     assert sender.seq >= 1
+
+
+def test_a_short_jobs_only_output_is_kept_for_its_finish() -> None:
+    """Output written just before the pipes end is not sent on its own: the sender
+    keeps it (``final``) for the finish. Output of a pipe that stays open is sent."""
+    read, write = os.pipe()
+    buffer = OutputBuffer()
+    buffer.reader_started()
+    sent: list[list[Frame]] = []
+    reader = threading.Thread(target=read_pipe, args=(read, FrameKind.STDOUT, buffer))
+    reader.start()
+    os.write(write, b'{"format": {}}\n')
+    os.close(write)  # the process exits right after its output
+    reader.join(5)  # (the sender's short wait for the pipes' end is not timed here)
+    sender = FrameSender(buffer, sent.append, keep_final=True)
+    sender.run()
+    assert sent == [] and [f.data for f in sender.final] == [b'{"format": {}}\n']
+
+    read, write = os.pipe()
+    buffer = OutputBuffer()
+    buffer.reader_started()
+    sent = []
+    reader = threading.Thread(target=read_pipe, args=(read, FrameKind.STDERR, buffer))
+    reader.start()
+    sender = FrameSender(buffer, sent.append, keep_final=True)
+    running = threading.Thread(target=sender.run)
+    running.start()
+    os.write(write, b"frame=1\r")
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [f.data for f in sent[0]] == [b"frame=1\r"]  # not held while the pipe is open
+    os.write(write, b"done\n")
+    os.close(write)
+    running.join(5)
+    reader.join(5)
+    assert [f.data for batch in sent for f in batch] + [f.data for f in sender.final] == [
+        b"frame=1\r",
+        b"done\n",
+    ]

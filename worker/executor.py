@@ -287,7 +287,7 @@ class JobExecution:
         for reader in readers:
             reader.start()
         threading.Thread(target=self._feed_input, name="input", daemon=True).start()
-        sender = FrameSender(buffer, self._send_output, self._undeliverable)
+        sender = FrameSender(buffer, self._send_output, self._undeliverable, keep_final=True)
         try:
             sender.run()  # returns once both pipes reached EOF and everything was sent
         finally:
@@ -297,6 +297,8 @@ class JobExecution:
         result: dict[str, Any] = {"exit_code": from_returncode(returncode)}
         if self._aborted is not None:
             result["aborted"] = self._aborted
+        if sender.final:
+            result["output"] = base64.b64encode(encode_frames(sender.final)).decode()
         self._finish(result)
 
     def _open_spool(self) -> SpoolFile:

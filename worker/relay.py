@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 MAX_BATCH_BYTES = 1024 * 1024
+# A young job's small batch waits this long for the child's pipes to end: a short job
+# (an ffprobe) writes its output and exits at once, and its only batch then goes with
+# the finish (one request instead of two; the caller wakes once). Only while the job is
+# younger than LINGER_WHILE_YOUNGER: a long job's output is never held back.
+LINGER_SECONDS = 0.005
+LINGER_WHILE_YOUNGER = 1.0
+LINGER_BELOW_BYTES = 256 * 1024
+# The largest last batch that rides with the finish (in its JSON body, base64).
+MAX_FINAL_BYTES = 256 * 1024
 MEMORY_BYTES = 8 * 1024 * 1024
 SPOOL_BYTES = 4 * 1024 * 1024 * 1024
 
@@ -53,6 +63,7 @@ class OutputBuffer:
         self._open_readers = 0
         self._cond = threading.Condition()
         self.spooled_total = 0  # bytes that ever went to disk (for logs and tests)
+        self.linger_until = time.monotonic() + LINGER_WHILE_YOUNGER
 
     def reader_started(self) -> None:
         with self._cond:
@@ -105,6 +116,16 @@ class OutputBuffer:
             self._cond.wait_for(
                 lambda: self._chunks or not self._spool_empty() or not self._open_readers
             )
+            if (
+                self._open_readers
+                and self._size < LINGER_BELOW_BYTES
+                and self._spool_empty()
+                and time.monotonic() < self.linger_until
+            ):
+                self._cond.wait_for(
+                    lambda: not self._open_readers or self._size >= LINGER_BELOW_BYTES,
+                    timeout=LINGER_SECONDS,
+                )
             batch: list[tuple[FrameKind, bytes]] = []
             size = 0
             while self._chunks and size < MAX_BATCH_BYTES:
@@ -125,6 +146,11 @@ class OutputBuffer:
 
     def _spool_empty(self) -> bool:
         return self._spool is None or self._spool.empty
+
+    def drained(self) -> bool:
+        """Every reader ended and everything was taken: the last batch was the last."""
+        with self._cond:
+            return not self._open_readers and not self._chunks and self._spool_empty()
 
     def close(self) -> None:
         """Remove the spool file (the job is over, or its output is given up)."""
@@ -188,12 +214,17 @@ class FrameSender:
         buffer: OutputBuffer,
         send: Callable[[list[Frame]], None],
         on_error: Callable[[Exception], None] | None = None,
+        keep_final: bool = False,
     ) -> None:
         self.buffer = buffer
         self.send = send
         self.on_error = on_error
         self.seq = 0
         self.error: Exception | None = None
+        # With ``keep_final``, a small last batch is not sent but kept here, for the
+        # finish to carry.
+        self.keep_final = keep_final
+        self.final: list[Frame] = []
 
     def run(self) -> None:
         while True:
@@ -211,6 +242,13 @@ class FrameSender:
                 frames.append(Frame(kind, self.seq, data))
             if self.error is not None:
                 continue  # keep draining so the child never blocks on a full pipe
+            if (
+                self.keep_final
+                and sum(len(f.data) for f in frames) <= MAX_FINAL_BYTES
+                and self.buffer.drained()
+            ):
+                self.final = frames
+                return
             try:
                 self.send(frames)
             except Exception as exc:

@@ -37,6 +37,7 @@ from coordinator.api.parse import (
     int_field,
     json_body,
     notifier,
+    parse_frames,
     str_list,
     str_map,
     wait_arg,
@@ -524,17 +525,33 @@ def write_output(job_id: str) -> ResponseReturnValue:
     job_id = job.id
     if job.state not in (JobState.RUNNING.value, JobState.CANCELING.value):
         raise WrongState(f"job is {job.state}", state=job.state)
-    frames = frames_body()
+    added = _append_output(job, frames_body())
+    notifier().notify(f"output:{job_id}")
+    return jsonify({"added": added})
+
+
+def _append_output(job: Job, frames: list[Frame]) -> int:
     previous = job.progress
-    added = streams.append_output(job_id, frames)
+    added = streams.append_output(job.id, frames)
     if added:
         if frames[0].seq == 1 and added == len(frames):
             # Nothing was stored before (a retry re-sends the same frames and adds none):
             # the job's first output.
             instruments().first_output_seen(job.binary, job.created_at, now_utc())
-        _record_progress(job_id, previous, frames)
-    notifier().notify(f"output:{job_id}")
-    return jsonify({"added": added})
+        _record_progress(job.id, previous, frames)
+    return added
+
+
+def _store_final_output(job: Job, output: str) -> None:
+    """Append a finish's ``output`` as ``POST .../output`` would (a retry adds nothing:
+    its frames are stored already), if the job may still take output."""
+    try:
+        raw = base64.b64decode(output, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("field 'output' must be base64 of encoded frames") from None
+    frames = parse_frames(raw)
+    if frames and job.state in (JobState.RUNNING.value, JobState.CANCELING.value):
+        _append_output(job, frames)
 
 
 def _record_progress(job_id: str, previous: dict[str, Any] | None, frames: list[Frame]) -> None:
@@ -584,9 +601,16 @@ def finish(job_id: str) -> ResponseReturnValue:
 
     ``aborted`` (with ``exit_code``) says the worker itself stopped the job, e.g. a
     shutdown that could not wait for it: the job fails as lost, not as completed.
+    ``output`` (base64 of encoded frames) is the job's last output, stored before the
+    end: a short job's only output and its end then cost one request, and the caller's
+    read wakes once for both.
     """
-    job_id = held_job(job_id).id
+    job = held_job(job_id)
+    job_id = job.id
     data = json_body()
+    output = field(data, "output", (str, type(None)), None)
+    if output is not None:
+        _store_final_output(job, output)
     error = field(data, "error", (str, type(None)), None)
     exit_code = field(data, "exit_code", (int, type(None)), None)
     if exit_code is not None and not INT_MIN <= exit_code <= INT_MAX:

@@ -129,8 +129,13 @@ def frames_body() -> list[Frame]:
     """The frames of the body; each ``seq`` storable, a signal frame a signal number."""
     if request.mimetype != CONTENT_TYPE_FRAMES:
         raise BadRequest(f"body must be {CONTENT_TYPE_FRAMES}")
+    return parse_frames(request.get_data(cache=True))
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    """Encoded frames (a body, or a finish's ``output``), checked as ``frames_body`` says."""
     try:
-        frames = list(decode_frames(request.get_data(cache=True)))
+        frames = list(decode_frames(data))
     except FrameError as exc:
         raise BadRequest(str(exc)) from None
     for frame in frames:
