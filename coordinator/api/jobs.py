@@ -530,7 +530,7 @@ def write_output(job_id: str) -> ResponseReturnValue:
     return jsonify({"added": added})
 
 
-def _append_output(job: Job, frames: list[Frame]) -> int:
+def _append_output(job: Row[Any], frames: list[Frame]) -> int:
     previous = job.progress
     added = streams.append_output(job.id, frames)
     if added:
@@ -542,7 +542,7 @@ def _append_output(job: Job, frames: list[Frame]) -> int:
     return added
 
 
-def _store_final_output(job: Job, output: str) -> None:
+def _store_final_output(job: Row[Any], output: str) -> None:
     """Append a finish's ``output`` as ``POST .../output`` would (a retry adds nothing:
     its frames are stored already), if the job may still take output."""
     try:
