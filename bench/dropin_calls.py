@@ -344,7 +344,8 @@ def main() -> None:
         rows.append(("CPU per trivial job: ffmpeg / drop-in / coordinator / worker",
                      ms(statistics.mean(local_cpu)), "",
                      f"drop-in {ms(statistics.mean(dropin_cpu) + served_cpu / runs)} "
-                     f"(launcher {ms(statistics.mean(dropin_cpu))}), coordinator "
+                     f"(the process the caller started {ms(statistics.mean(dropin_cpu))}), "
+                     "coordinator "
                      f"{ms(coordinator_cpu / runs)}, worker {ms(worker_cpu / runs)}"))  # fmt: skip
         jobs = options.concurrent_jobs
         local_rate = concurrent([FFMPEG, *TRIVIAL], None, jobs, 8)
