@@ -195,7 +195,9 @@ def browse(sync_api: Any, address: str, tmp_path: Path) -> tuple[str, list[str]]
             page.on("websocket", on_websocket)
             page.goto(address)
             page.wait_for_selector("body.-first-byte", timeout=30_000)
-            deadline = time.monotonic() + 30
+            # The session's console is a new process (Textual's imports, the first
+            # refresh): tens of seconds on a loaded 2-core machine.
+            deadline = time.monotonic() + 90
             while not (FILM in text() and re.search(r"\d+\.\d%", text())):
                 assert time.monotonic() < deadline, text()[-2000:]
                 page.wait_for_timeout(200)
