@@ -305,7 +305,8 @@ def loaded(app: ConsoleApp) -> bool:
 async def wait_loaded(pilot: Pilot[None]) -> None:
     app = pilot.app
     assert isinstance(app, ConsoleApp)
-    for _ in range(200):
+    # Up to 15 s: the suite runs these beside other work on two cores.
+    for _ in range(750):
         if loaded(app):
             break
         await pilot.pause(0.02)
@@ -321,11 +322,12 @@ SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48"
 
 
 async def wait_for(pilot: Pilot[None], condition: Any) -> None:
-    for _ in range(200):
+    for _ in range(750):
         if condition():
             break
         await pilot.pause(0.02)
     await pilot.pause()
+    await pilot.pause()  # a screen just pushed draws its widgets on the next turn
 
 
 @pytest.mark.parametrize("size", SIZES)
