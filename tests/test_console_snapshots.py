@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from client.api import Unreachable
 from console.app import ConsoleApp
@@ -327,6 +328,10 @@ async def wait_for(pilot: Pilot[None], condition: Any) -> None:
             break
         await pilot.pause(0.02)
     await pilot.pause()
+    # A dialog's text cursor blinks on a timer: held steady, the picture does not depend
+    # on when it was taken.
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
     await pilot.pause()  # a screen just pushed draws its widgets on the next turn
 
 
