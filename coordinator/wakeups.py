@@ -203,8 +203,18 @@ class DatabaseWakeups:
         poll reads one number, and all rows are read only after a change.
         """
         total = int(self._read(self._sum_sql)[0][0] or 0)
-        if self._seen is not None and total == self._total:
-            return
+        if self._seen is not None:
+            own_total = sum(self._own.values())
+            if total == self._total + own_total:
+                # Only this process's own bumps (committed before this read, by this
+                # thread) moved the sum: nobody else bumped, its waiters were woken
+                # directly, and the baseline moves by those bumps without reading the
+                # rows. This is the common case of a lone coordinator process.
+                for bucket, count in self._own.items():
+                    self._seen[bucket] = self._seen.get(bucket, 0) + count
+                self._total = total
+                self._own = Counter()
+                return
         rows = self._read(self._all_sql)
         # The sum read first may be older than the rows: remember the rows' own sum.
         current = {int(bucket): int(version) for bucket, version in rows}

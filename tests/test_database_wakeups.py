@@ -145,3 +145,48 @@ def test_wakeups_survive_a_broken_poll_connection(two_instances: tuple[Flask, Fl
     thread.join(timeout=25)
     assert woke and woke[0] - sent < 3.0
     assert wakeups._conn is not None and wakeups._conn is not broken
+
+
+def test_own_bumps_are_not_read_back_and_anothers_still_wake(
+    two_instances: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process's poll reads every counter only when another process bumped one: its
+    own bumps (a lone coordinator's every notification) move the baseline without that
+    read, and a bump from elsewhere after them still wakes its waiter."""
+    from coordinator.notify import Notifier
+    from coordinator.wakeups import DatabaseWakeups
+
+    first, second = two_instances
+    own: Notifier = second.extensions["dffmpeg.notifier"]
+    other: Notifier = first.extensions["dffmpeg.notifier"]
+    wakeups: DatabaseWakeups = second.extensions["dffmpeg.wakeups"]
+    full_reads: list[float] = []
+    read = wakeups._read
+
+    def counting_read(sql: str) -> list[Any]:
+        if sql == wakeups._all_sql:
+            full_reads.append(time.monotonic())
+        return read(sql)
+
+    monkeypatch.setattr(wakeups, "_read", counting_read)
+    flag = threading.Event()
+    woke: list[float] = []
+
+    def wait() -> None:
+        if own.wait_for(["output:job-y"], lambda: True if flag.is_set() else None, timeout=20):
+            woke.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.5)  # the poll has its baseline
+    baseline_reads = len(full_reads)
+    for n in range(20):
+        own.notify(f"job:own-{n}", "jobs")  # bumped by this process, polled after each
+        time.sleep(0.06)
+    assert len(full_reads) == baseline_reads, "own bumps were read back"
+    flag.set()
+    sent = time.monotonic()
+    other.notify("output:job-y")
+    thread.join(timeout=25)
+    assert woke and woke[0] - sent < 2.0
+    assert len(full_reads) > baseline_reads
