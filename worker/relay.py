@@ -31,8 +31,10 @@ MAX_BATCH_BYTES = 1024 * 1024
 # A young job's small batch waits this long for the child's pipes to end: a short job
 # (an ffprobe) writes its output and exits at once, and its only batch then goes with
 # the finish (one request instead of two; the caller wakes once). Only while the job is
-# younger than LINGER_WHILE_YOUNGER: a long job's output is never held back.
-LINGER_SECONDS = 0.005
+# younger than LINGER_WHILE_YOUNGER: a long job's output is never held back. An ffprobe
+# in the sandbox ends its pipes 5-10 ms after its last write on the 2-core test machine
+# (5 ms let most probes' JSON go in a request of its own, and the caller wait for it).
+LINGER_SECONDS = 0.02
 LINGER_WHILE_YOUNGER = 1.0
 LINGER_BELOW_BYTES = 256 * 1024
 # The largest last batch that rides with the finish (in its JSON body, base64).
