@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from coordinator import keystore, quotas
+from coordinator.body import request_body
 from coordinator.db import db, now_utc
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.models import Nonce, User
@@ -165,7 +166,7 @@ def authenticate() -> Caller:
         # as for a wrong signature, only sooner).
         raise _refused("unknown_identity")
     signed = signing.SignedRequest(found.client_id, found.timestamp, found.nonce, found.signature)
-    body = request.get_data(cache=True)
+    body = request_body()
     key = keystore.current().open(user.hmac_key)  # stored encrypted (cached once opened)
     if not signing.verify(key, signed, request.method, signed_path(), body):
         raise _refused("bad_signature")

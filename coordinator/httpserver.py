@@ -23,8 +23,9 @@ So a pool thread never waits for a client to send, and:
 
 Request framing stays simple and strict: ``Content-Length`` bodies only (a
 ``Transfer-Encoding`` request is answered 411), heads of at most ``MAX_HEAD_BYTES``.
-gunicorn's own parser and WSGI glue then read the buffered request, so the app sees the
-same environ as under gthread (``gunicorn.socket`` included). Responses are written by
+gunicorn's own parser and WSGI glue then read the buffered head, so the app sees the
+same environ as under gthread (``gunicorn.socket`` included); the body is handed over
+from memory (``wsgi.input`` over the bytes, and the bytes themselves: coordinator/body.py). Responses are written by
 the pool thread; a client that does not read its answer is cut off after
 ``request_timeout_seconds`` too.
 """
@@ -51,6 +52,8 @@ from typing import Any, Protocol
 from gunicorn import http
 from gunicorn.http import wsgi
 from gunicorn.workers import base
+
+from coordinator.body import BODY_ENVIRON_KEY
 
 MAX_HEAD_BYTES = 32 * 1024
 # Bodies being received, all connections of one process together; a request whose
@@ -413,14 +416,17 @@ class BufferingWorker(base.Worker):
             head = conn.head
             assert head is not None
             end = head.size + head.body_length
-            request, conn.buffer = bytes(conn.buffer[:end]), conn.buffer[end:]
+            # One copy each of the head and the body, out of the connection's buffer.
+            with memoryview(conn.buffer) as view:
+                request, body = bytes(view[: head.size]), bytes(view[head.size : end])
+            del conn.buffer[:end]  # a pipelined request's start stays
             conn.head = None
             conn.prechecked = False
             conn.state = "serving"
             self.busy += 1
-            self.pool.submit(self._serve, conn, request, head.size)
+            self.pool.submit(self._serve, conn, request, body)
 
-    def _serve(self, conn: Conn, request: bytes, head_size: int) -> None:
+    def _serve(self, conn: Conn, request: bytes, body: bytes) -> None:
         """Pool thread: run the app on one buffered request and write its answer."""
         keep = False
         try:
@@ -432,19 +438,21 @@ class BufferingWorker(base.Worker):
             conn.sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0)
             )
-            keep = self._handle(conn, request, head_size)
+            keep = self._handle(conn, request, body)
         except Exception:
             keep = False
         finally:
             self.done.put(lambda: self._served(conn, keep))
             self._wake()
 
-    def _handle(self, conn: Conn, request: bytes, head_size: int) -> bool:
+    def _handle(self, conn: Conn, head: bytes, body: bytes) -> bool:
+        """Parse ``head`` with gunicorn's parser (the app sees the environ it would make);
+        the body goes to the app from memory (``_respond``)."""
         req = None
         try:
-            parser = http.RequestParser(self.cfg, iter([request]), conn.addr)
+            parser = http.RequestParser(self.cfg, iter([head]), conn.addr)
             req = next(parser)
-            return self._respond(req, conn, request[head_size:])
+            return self._respond(req, conn, body)
         except StopIteration:
             return False
         except OSError as exc:
@@ -468,6 +476,7 @@ class BufferingWorker(base.Worker):
             # unread rest in a buffer it copies again on every read, a 1 MiB body read
             # 64 KiB at a time (werkzeug's step) cost about 16 MiB of copying.
             environ["wsgi.input"] = io.BytesIO(body)
+            environ[BODY_ENVIRON_KEY] = body
             if not self.alive or not self.cfg.keepalive:
                 resp.force_close()
             # The answer's head goes out with the first piece of its body (environ keeps

@@ -13,6 +13,7 @@ would have made the janitor declare the worker lost, had heartbeats been starved
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 import time
@@ -311,3 +312,31 @@ def test_streams_end_after_their_maximum_lifetime(tmp_path: Any, ffmpeg: str) ->
         assert 1.5 < time.monotonic() - started < 10
         assert lines[0] == b'{"hello":true}'
         conn.close()
+
+
+def test_pipelined_signed_requests_each_get_their_own_body(coord: Coordinator) -> None:
+    """Two signed submissions sent back to back in one write: the request loop splits
+    them where the first body ends, and each job is made of its own body."""
+    api, key = identity(coord, "pipeliner")
+    requests = b""
+    for n in (1, 2):
+        args = ["-v", "error", f"-pipelined{n}"]
+        # No worker has the label: the job never runs.
+        body = json.dumps({"binary": "ffmpeg", "args": args, "required_labels": ["nobody"]})
+        headers = signing.sign_headers(api.client_id, key, "POST", "/api/v1/jobs", body.encode())
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        requests += (
+            b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + head.encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body.encode()
+        )
+    with socket.create_connection(host_port(coord), timeout=20) as sock:
+        sock.sendall(requests)
+        answers = []
+        for _ in (1, 2):
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            answers.append((response.status, json.loads(response.read())))
+    assert [status for status, _ in answers] == [201, 201]
+    assert [a["job"]["args"][-1] for _, a in answers] == ["-pipelined1", "-pipelined2"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import current_app, request
 
+from coordinator.body import request_body
 from coordinator.errors import BadRequest
 from coordinator.notify import Notifier
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameError, FrameKind, decode_frames
@@ -69,7 +70,7 @@ def check_json(data: Any) -> None:
 
 
 def json_body() -> dict[str, Any]:
-    raw = request.get_data(cache=True)
+    raw = request_body()
     if not raw:
         return {}
     try:
@@ -129,7 +130,7 @@ def frames_body() -> list[Frame]:
     """The frames of the body; each ``seq`` storable, a signal frame a signal number."""
     if request.mimetype != CONTENT_TYPE_FRAMES:
         raise BadRequest(f"body must be {CONTENT_TYPE_FRAMES}")
-    return parse_frames(request.get_data(cache=True))
+    return parse_frames(request_body())
 
 
 def parse_frames(data: bytes) -> list[Frame]:

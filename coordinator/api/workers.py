@@ -6,7 +6,7 @@ import base64
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import JSON, Row, bindparam, case, select, update
 from sqlalchemy.orm import defer
@@ -25,6 +25,7 @@ from coordinator import (
 from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
+from coordinator.body import request_body
 from coordinator.db import db, now_utc
 from coordinator.errors import BadRequest, Conflict
 from coordinator.models import Job, Worker
@@ -216,7 +217,7 @@ def register() -> ResponseReturnValue:
     limits = g.user.limits
     # The probe outputs ride in the registration and every console refresh may show
     # them: their size is the identity's to bound.
-    quotas.check(limits, "max_registration_bytes", len(request.get_data(cache=True)))
+    quotas.check(limits, "max_registration_bytes", len(request_body()))
     data = json_body()
     slots = int_field(data, "slots", ..., 1, MAX_SLOTS)
     binaries = _binaries(field(data, "binaries", dict))
