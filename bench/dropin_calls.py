@@ -237,6 +237,23 @@ def concurrent(argv: list[str], env: dict[str, str] | None, jobs: int, callers: 
     return jobs / (time.perf_counter() - start)
 
 
+def stdout_row(
+    label: str, args: list[str], local_clip: str, remote_clip: str, dropin: str, env: Any
+) -> tuple[str, str, str, str]:
+    """One call of each with ``CLIP`` in ``args`` replaced; the rate of each, and whether
+    their stdout is the same. ``{mb}`` in ``label`` becomes the size in MB."""
+    local_wall, _, local_out = call([FFMPEG, *[local_clip if a == "CLIP" else a for a in args]])
+    remote_wall, _, remote_out = call(
+        [dropin, *[remote_clip if a == "CLIP" else a for a in args]], env
+    )
+    return (
+        label.format(mb=len(local_out) / 1e6),
+        f"{len(local_out) / local_wall / 1e6:.0f} MB/s",
+        f"{len(remote_out) / remote_wall / 1e6:.0f} MB/s",
+        "byte-identical" if local_out == remote_out else "DIFFERENT",
+    )
+
+
 def startup_breakdown(env: dict[str, str], dropin: str, runs: int) -> list[tuple[str, str]]:
     """Mean CPU of each step of the drop-in's start, as separate processes: the
     interpreter alone, with ``site``, with the modules of the probe path, with those of
@@ -354,26 +371,14 @@ def main() -> None:
                      f"{remote_rate:.1f} jobs/s", f"{remote_rate / local_rate:.2f}x"))  # fmt: skip
         copy = ["-v", "error", "-i", "CLIP", "-map", "0", "-c", "copy", "-f", "mpegts", "-"]
         size = clip.stat().st_size
-        lw_, _, lout = call([FFMPEG, *[str(clip) if a == "CLIP" else a for a in copy]])
-        rw_, _, rout = call(
-            [dropin["ffmpeg"], *[remote_clip if a == "CLIP" else a for a in copy]], c.env
-        )
-        same = "byte-identical" if lout == rout else "DIFFERENT"
-        rows.append((f"`-c copy -f mpegts -` of a {size / 1e6:.1f} MB file to stdout",
-                     f"{len(lout) / lw_ / 1e6:.0f} MB/s", f"{len(rout) / rw_ / 1e6:.0f} MB/s",
-                     same))  # fmt: skip
+        rows.append(stdout_row(f"`-c copy -f mpegts -` of a {size / 1e6:.1f} MB file to stdout",
+                               copy, str(clip), remote_clip, dropin["ffmpeg"], c.env))  # fmt: skip
         # The same file read 5 times over (``-stream_loop 4``): the job's fixed cost (its
         # start, ffmpeg's own start) spread over 5 times the bytes, nearer the rate at
         # which output flows once it does.
-        looped = ["-stream_loop", "4", *copy]
-        lw_, _, lout = call([FFMPEG, *[str(clip) if a == "CLIP" else a for a in looped]])
-        rw_, _, rout = call(
-            [dropin["ffmpeg"], *[remote_clip if a == "CLIP" else a for a in looped]], c.env
-        )
-        same = "byte-identical" if lout == rout else "DIFFERENT"
-        rows.append((f"the same with `-stream_loop 4` ({len(lout) / 1e6:.0f} MB to stdout)",
-                     f"{len(lout) / lw_ / 1e6:.0f} MB/s", f"{len(rout) / rw_ / 1e6:.0f} MB/s",
-                     same))  # fmt: skip
+        rows.append(stdout_row("the same with `-stream_loop 4` ({mb:.0f} MB to stdout)",
+                               ["-stream_loop", "4", *copy], str(clip), remote_clip,
+                               dropin["ffmpeg"], c.env))  # fmt: skip
         breakdown = startup_breakdown(c.env, dropin["ffmpeg"], options.runs)
         load_after = os.getloadavg()[0]
     shutil.rmtree(root, ignore_errors=True)
