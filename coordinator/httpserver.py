@@ -25,9 +25,9 @@ Request framing stays simple and strict: ``Content-Length`` bodies only (a
 ``Transfer-Encoding`` request is answered 411), heads of at most ``MAX_HEAD_BYTES``.
 gunicorn's own parser and WSGI glue then read the buffered head, so the app sees the
 same environ as under gthread (``gunicorn.socket`` included); the body is handed over
-from memory (``wsgi.input`` over the bytes, and the bytes themselves: coordinator/body.py). Responses are written by
-the pool thread; a client that does not read its answer is cut off after
-``request_timeout_seconds`` too.
+from memory (``wsgi.input`` over the bytes, and the bytes themselves:
+coordinator/body.py). Responses are written by the pool thread; a client that does not
+read its answer is cut off after ``request_timeout_seconds`` too.
 """
 
 from __future__ import annotations
