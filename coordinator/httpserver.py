@@ -419,7 +419,9 @@ class BufferingWorker(base.Worker):
             # One copy each of the head and the body, out of the connection's buffer.
             with memoryview(conn.buffer) as view:
                 request, body = bytes(view[: head.size]), bytes(view[head.size : end])
-            del conn.buffer[:end]  # a pipelined request's start stays
+            # A new buffer for what follows (a pipelined request's start, usually
+            # nothing): the old one's allocation, as large as the body, goes with it.
+            conn.buffer = conn.buffer[end:]
             conn.head = None
             conn.prechecked = False
             conn.state = "serving"
