@@ -104,6 +104,7 @@ def test_kill_9_of_worker_fails_job_as_lost_and_leaves_no_ffmpeg(
     bin_dir.mkdir()
     (bin_dir / "ffmpeg").symlink_to(BIN / "dffmpeg-proxy")
     marker = mark()
+    dropin: subprocess.Popen[bytes] | None = None
     try:
         with coord.worker("lost-worker", ["lost"]) as worker:
             dropin = subprocess.Popen(
@@ -116,9 +117,6 @@ def test_kill_9_of_worker_fails_job_as_lost_and_leaves_no_ffmpeg(
             wait_until(lambda: processes_with(marker) and len(processes_with(marker)) > 1, 60)
             worker.kill()
             killed_at = time.monotonic()
-            # The worker's ffmpeg dies with it (PR_SET_PDEATHSIG), long before the lease
-            # runs out: nothing else could stop it that soon.
-            wait_until(lambda: set(processes_with(marker)) <= {dropin.pid}, timeout=3)
             _, stderr = dropin.communicate(timeout=LEASE_SECONDS + 30)
             elapsed = time.monotonic() - killed_at
         assert dropin.returncode == ExitCode.WORKER_LOST, stderr
@@ -126,10 +124,16 @@ def test_kill_9_of_worker_fails_job_as_lost_and_leaves_no_ffmpeg(
         assert stderr.count(b"\n") == 1
         # Noticed once the lease ran out (plus a janitor sweep), not minutes later.
         assert elapsed < LEASE_SECONDS + 5, elapsed
-        # The ffmpeg died with its worker (only the drop-in carried the marker besides).
-        assert wait_gone(marker, timeout=5), processes_with(marker)
+        # The worker's ffmpeg died with it (PR_SET_PDEATHSIG): with its worker gone,
+        # nothing else could stop it (the job's own 60 s are far off). Usually within a
+        # second of the kill; a loaded machine tears the sandbox's namespaces down slowly.
+        assert wait_gone(marker, timeout=20), processes_with(marker)
     finally:
         kill_all(processes_with(marker))
+        if dropin is not None:  # its pipes closed even when the test failed early
+            if dropin.poll() is None:
+                dropin.kill()
+            dropin.communicate(timeout=10)
 
 
 NARROW_FFMPEG = """#!/bin/sh
