@@ -115,6 +115,20 @@ def test_keys_map_to_stable_buckets_across_processes() -> None:
     assert out.stdout.decode().strip() == str([bucket_of(k) for k in keys])
 
 
+def _waiter(notifier: Any, key: str, flag: threading.Event) -> tuple[threading.Thread, list[float]]:
+    """A started thread waiting on ``key`` (its check passes once ``flag`` is set), and
+    the list it appends its wake-up time to."""
+    woke: list[float] = []
+
+    def wait() -> None:
+        if notifier.wait_for([key], lambda: True if flag.is_set() else None, timeout=20):
+            woke.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, woke
+
+
 def test_wakeups_survive_a_broken_poll_connection(two_instances: tuple[Flask, Flask]) -> None:
     """The wake-up poll keeps a connection of its own; when it breaks (the database
     restarted, a proxy cut it) the poll takes a new one and wake-ups go on."""
@@ -126,14 +140,7 @@ def test_wakeups_survive_a_broken_poll_connection(two_instances: tuple[Flask, Fl
     writer: Notifier = first.extensions["dffmpeg.notifier"]
     wakeups: DatabaseWakeups = second.extensions["dffmpeg.wakeups"]
     flag = threading.Event()
-    woke: list[float] = []
-
-    def wait() -> None:
-        if reader.wait_for(["worker:w9"], lambda: True if flag.is_set() else None, timeout=20):
-            woke.append(time.monotonic())
-
-    thread = threading.Thread(target=wait)
-    thread.start()
+    thread, woke = _waiter(reader, "worker:w9", flag)
     time.sleep(0.3)  # the poll runs, on its own connection
     broken = wakeups._conn
     assert broken is not None
@@ -170,14 +177,7 @@ def test_own_bumps_are_not_read_back_and_anothers_still_wake(
 
     monkeypatch.setattr(wakeups, "_read", counting_read)
     flag = threading.Event()
-    woke: list[float] = []
-
-    def wait() -> None:
-        if own.wait_for(["output:job-y"], lambda: True if flag.is_set() else None, timeout=20):
-            woke.append(time.monotonic())
-
-    thread = threading.Thread(target=wait)
-    thread.start()
+    thread, woke = _waiter(own, "output:job-y", flag)
     time.sleep(0.5)  # the poll has its baseline
     baseline_reads = len(full_reads)
     for n in range(20):
