@@ -418,7 +418,7 @@ class BufferingWorker(base.Worker):
             end = head.size + head.body_length
             # One copy each of the head and the body, out of the connection's buffer.
             with memoryview(conn.buffer) as view:
-                request, body = bytes(view[: head.size]), bytes(view[head.size : end])
+                head_bytes, body = bytes(view[: head.size]), bytes(view[head.size : end])
             # A new buffer for what follows (a pipelined request's start, usually
             # nothing): the old one's allocation, as large as the body, goes with it.
             conn.buffer = conn.buffer[end:]
@@ -426,9 +426,9 @@ class BufferingWorker(base.Worker):
             conn.prechecked = False
             conn.state = "serving"
             self.busy += 1
-            self.pool.submit(self._serve, conn, request, body)
+            self.pool.submit(self._serve, conn, head_bytes, body)
 
-    def _serve(self, conn: Conn, request: bytes, body: bytes) -> None:
+    def _serve(self, conn: Conn, head: bytes, body: bytes) -> None:
         """Pool thread: run the app on one buffered request and write its answer."""
         keep = False
         try:
@@ -440,7 +440,7 @@ class BufferingWorker(base.Worker):
             conn.sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0)
             )
-            keep = self._handle(conn, request, body)
+            keep = self._handle(conn, head, body)
         except Exception:
             keep = False
         finally:
