@@ -8,14 +8,14 @@ reveals another client's job.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import current_app
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, bindparam, or_, select
 
 from coordinator import lifecycle
 from coordinator.auth import Caller
-from coordinator.db import db
+from coordinator.db import db, now_utc
 from coordinator.errors import AmbiguousId, IdTooShort, NotFound, WrongState
 from coordinator.models import Job
 from dffmpeg.wire import JobState, Role
@@ -94,6 +94,49 @@ def may_see(caller: Caller | None, requester: str, worker_id: str | None) -> boo
     if caller is None or caller.role == Role.ADMIN or requester == caller.client_id:
         return True
     return caller.role == Role.WORKER and worker_id == caller.client_id
+
+
+# What a worker that accepted a job may find it in when it accepts again: still its own.
+RUN_STATES = (JobState.RUNNING.value, JobState.CANCELING.value)
+_HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
+
+
+class Accepted(NamedTuple):
+    ours: bool  # the job is the worker's to run (running or canceling, held by it)
+    state: str | None  # its state now (None: no such job)
+    stop: bool  # the worker must stop the job's process, if it runs one
+
+
+def accept(job_id: str, worker_id: str) -> Accepted:
+    """The worker takes up a job it was assigned: ``assigned`` -> ``running``.
+
+    An accept sent again (its answer lost, or the job already accepted by another of
+    the worker's requests) finds the job running or canceling and held by the worker:
+    that is still the worker's. A job canceled, lost or given to another worker since it
+    was assigned is not, and its process must stop; one the worker already finished is
+    not either, but there is nothing left to stop.
+    """
+    if lifecycle.transition(
+        job_id,
+        [JobState.ASSIGNED],
+        JobState.RUNNING,
+        "accepted",
+        held_by=worker_id,
+        started_at=now_utc(),
+    ):
+        return Accepted(True, JobState.RUNNING.value, False)
+    now = db.session.execute(_HOLDER, {"job_id": job_id}).first()
+    db.session.commit()
+    if now is None:
+        return Accepted(False, None, True)
+    held = now.worker_id == worker_id
+    if held and now.state in RUN_STATES:
+        return Accepted(True, now.state, False)
+    # Completed or failed by this worker's own finish, which overtook the accept. A
+    # canceled job may have been canceled while assigned: told to stop, a worker whose
+    # process is over does nothing.
+    finished = held and JobState(now.state).terminal and now.state != JobState.CANCELED.value
+    return Accepted(False, now.state, not finished)
 
 
 def cancel(job: Job, by: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ class Rule:
     method: str
     path: re.Pattern[str]
     drops: int = 1  # how many answers to lose
+    query: re.Pattern[str] | None = None  # also searched for in the query string
 
 
 @dataclass
@@ -86,9 +87,11 @@ class AnswerDroppingProxy:
     def _drop(self, request: bytes) -> bool:
         line = request.split(b"\r\n", 1)[0].decode("latin-1")
         method, target, _ = line.split(" ", 2)
-        path = target.split("?", 1)[0]
+        path, _, query = target.partition("?")
         with self._lock:
             for rule in self.rules:
+                if rule.query is not None and not rule.query.search(query):
+                    continue
                 if rule.method == method and rule.path.fullmatch(path):
                     self.seen[rule.name] += 1
                     if self.dropped.count(rule.name) < rule.drops:

@@ -1,8 +1,9 @@
 """Every request is safe to retry: lost answers change nothing twice.
 
 A proxy between the parties and the coordinator forwards every request but loses the
-first answer to a submit, an accept, an output upload, an input upload, a finish and a
-cancel (it closes the connection instead, as a network failure at that moment would).
+first answer to a submit, an accept (the worker's poll that carries it), an output
+upload, an input upload, a finish and a cancel (it closes the connection instead, as a
+network failure at that moment would).
 Each party sends the request again, and the coordinator must recognise it: one job per
 submission (the idempotency key), accepted once, its output stored once and in order,
 its end recorded once, a cancel answered like the first.
@@ -24,7 +25,8 @@ from tests.helpers import free_port
 JOB = r"/api/v1/jobs/[0-9a-f]{32}"
 RULES = [
     Rule("submit", "POST", re.compile(r"/api/v1/jobs")),
-    Rule("accept", "POST", re.compile(JOB + "/accept")),
+    # A worker accepts its jobs with its next poll (``accepted=``).
+    Rule("accept", "GET", re.compile(r"/api/v1/workers/poll"), query=re.compile("accepted=")),
     Rule("output", "POST", re.compile(JOB + "/output")),
     Rule("input", "POST", re.compile(JOB + "/input")),
     Rule("finish", "POST", re.compile(JOB + "/finish")),

@@ -40,9 +40,6 @@ DEFAULT_LEASE_SECONDS = 15.0
 # With a broker or stream transport: how often to read anyway (catches up on anything a
 # notification could not bring, e.g. a change made through another coordinator).
 CATCHUP_SECONDS = 60.0
-# How long the poll loop waits for the accepts of jobs it was just given before it
-# polls again: they take milliseconds; through an outage the poll goes on regardless.
-ACCEPT_WAIT_SECONDS = 1.0
 
 
 class StoppedBeforeOnline(Exception):
@@ -56,6 +53,8 @@ class WorkerAgent:
         self.jobs: dict[str, JobExecution] = {}
         self._jobs_lock = threading.Lock()
         self._confirming: set[str] = set()  # cancels of jobs not ours, being confirmed
+        # Jobs taken up since the last poll that got through: the next poll accepts them.
+        self._taken_up: set[str] = set()
         self._draining = threading.Event()  # no new jobs
         self._stopped = threading.Event()  # all threads should end
         self._threads: list[threading.Thread] = []
@@ -369,6 +368,11 @@ class WorkerAgent:
             if downlink is not None and not long_poll:
                 downlink.arm("worker")  # before the read: news during it is not lost
             sent = time.monotonic()
+            with self._jobs_lock:
+                taken_up = sorted(self._taken_up)
+            params: dict[str, Any] = {"wait": POLL_WAIT_SECONDS if long_poll else 0}
+            if taken_up:
+                params["accepted"] = ",".join(taken_up)
             if self._poll_ok:
                 # The coordinator renews the lease when a poll arrives; the previous
                 # poll got through, so this one is taken to get through too (a failure is
@@ -378,9 +382,11 @@ class WorkerAgent:
                 work = self.api.call(
                     "GET",
                     "/workers/poll",
-                    params={"wait": POLL_WAIT_SECONDS if long_poll else 0},
+                    params=params,
                     timeout=POLL_WAIT_SECONDS + 30,
                 )
+                with self._jobs_lock:
+                    self._taken_up.difference_update(taken_up)
                 backoff = Backoff.for_lease(self._lease)  # the lease may have changed
                 self._poll_ok = True
                 self._renewed_at = max(self._renewed_at, sent)
@@ -404,24 +410,14 @@ class WorkerAgent:
             fresh = [a for a in work.get("jobs", []) if a["job_id"] not in known]
             for assignment in work.get("jobs", []):
                 self._start_job(assignment)
-            self._await_accepts(fresh)
-            # Jobs we already run stay "assigned" until our accept lands: not news.
+            # A fresh job is accepted by the next poll, sent at once: until then it is
+            # "assigned", and its own output or finish may accept it first.
             if downlink is not None and not long_poll and not fresh:
                 self._await_news(downlink)
             elif not fresh and work.get("retry_after"):
                 # The coordinator answered at once instead of holding the poll (its
                 # share of held requests is taken): ask again in a moment, not at once.
                 self._stopped.wait(min(float(work["retry_after"]), 5.0))
-
-    def _await_accepts(self, fresh: list[dict[str, Any]]) -> None:
-        """Poll again only once the jobs just handed over were accepted (within a
-        bound): until then they are still "assigned", and a poll would be answered at
-        once with them again, a request and a claim check for nothing."""
-        with self._jobs_lock:
-            started = [self.jobs[a["job_id"]] for a in fresh if a["job_id"] in self.jobs]
-        deadline = time.monotonic() + ACCEPT_WAIT_SECONDS
-        for execution in started:
-            execution.accept_answered.wait(max(0.0, deadline - time.monotonic()))
 
     def _await_news(self, downlink: Downlink) -> None:
         """Sleep until the transport brings news, it breaks, or it is time to catch up."""
@@ -448,6 +444,7 @@ class WorkerAgent:
                 spool_dir=self.spool_dir,
             )
             self.jobs[job_id] = execution
+            self._taken_up.add(job_id)
         self._idle_lease_held = False
         threading.Thread(target=execution.run, name=f"job-{job_id[:8]}", daemon=True).start()
         self._beat.set()  # held a job: heartbeats at the short interval from now on

@@ -152,8 +152,6 @@ class JobExecution:
         self._done = threading.Event()  # the process is over
         self._reported = threading.Event()  # ... and the coordinator was told
         self._finished = threading.Event()  # a finish was sent
-        # The accept was answered (or given up): the job is no longer "assigned".
-        self.accept_answered = threading.Event()
         self._aborted: str | None = None
         self._stdout_hung_up = threading.Event()
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -228,18 +226,13 @@ class JobExecution:
     # -- running -----------------------------------------------------------------------
 
     def run(self) -> None:
-        """Accept, run and report the job. Never raises."""
+        """Run and report the job. Never raises. The agent's next poll accepts it
+        (worker/agent.py), and so does its first output or its finish, whichever the
+        coordinator sees first: the process starts without waiting for either. A job
+        that was no longer ours comes back in a poll's ``cancel``, and its output and
+        finish are refused (409), which stops it."""
         try:
-            self.api.request("POST", f"/jobs/{self.job_id}/accept", retry_for=self.grace)
-        except (ApiError, Unreachable) as exc:
-            log.warning("job %s not accepted: %s", self.job_id, exc)
-            self._done.set()
-            self._reported.set()
-            return
-        finally:
-            self.accept_answered.set()
-        try:
-            self._run_accepted()
+            self._run_process()
         except Exception as exc:
             log.exception("job %s failed in the worker", self.job_id)
             if not self._finished.is_set():  # never leave the job running on the coordinator
@@ -250,7 +243,7 @@ class JobExecution:
             if self._tempdir is not None:
                 self._tempdir.cleanup()
 
-    def _run_accepted(self) -> None:
+    def _run_process(self) -> None:
         try:
             job = self.prepare()
         except Refused as exc:
@@ -455,7 +448,8 @@ class JobExecution:
 
     def cancel(self) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after a grace period."""
-        if self._canceled.is_set():
+        if self._canceled.is_set() or self._done.is_set():
+            # Over: its process was reaped, and its pid may be another process's now.
             return
         self._canceled.set()
         threading.Thread(target=self._kill_group, name="cancel", daemon=True).start()

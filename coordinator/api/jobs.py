@@ -497,33 +497,31 @@ def write_input(job_id: str) -> ResponseReturnValue:
 @bp.post("/<job_id>/accept")
 @requires(Role.WORKER)
 def accept(job_id: str) -> ResponseReturnValue:
-    job_id = held_job(job_id).id
-    if not lifecycle.transition(
-        job_id,
-        [JobState.ASSIGNED],
-        JobState.RUNNING,
-        "accepted",
-        held_by=g.user.client_id,
-        started_at=now_utc(),
-    ):
-        now = db.session.execute(_HOLDER, {"job_id": job_id}).one()
-        db.session.commit()
-        if now.worker_id == g.user.client_id and now.state in _ACCEPTED:
-            # An accept sent again (the answer to the first was lost): it is ours.
-            return jsonify({"state": now.state})
-        raise WrongState("job cannot be accepted", state=now.state)
-    return jsonify({"state": JobState.RUNNING.value})
+    """Take up an assigned job. The worker's own agent does not send this: its next
+    poll says which jobs it took up (``accepted``), and its first output or finish
+    does too (``_take_up``); a worker may still ask for it alone."""
+    accepted = jobs.accept(held_job(job_id).id, g.user.client_id)
+    if not accepted.ours:
+        raise WrongState("job cannot be accepted", state=accepted.state)
+    return jsonify({"state": accepted.state})
 
 
-_ACCEPTED = (JobState.RUNNING.value, JobState.CANCELING.value)
+def _take_up(job: Row[Any]) -> Row[Any]:
+    """``job`` (held by the calling worker) as its output or finish finds it: a job
+    still ``assigned`` was taken up by the worker, which says so with its next poll;
+    when this request comes first, it is the accept."""
+    if job.state != JobState.ASSIGNED.value:
+        return job
+    jobs.accept(job.id, g.user.client_id)
+    return held_job(job.id)
 
 
 @bp.post("/<job_id>/output")
 @requires(Role.WORKER)
 def write_output(job_id: str) -> ResponseReturnValue:
-    job = held_job(job_id)
+    job = _take_up(held_job(job_id))
     job_id = job.id
-    if job.state not in (JobState.RUNNING.value, JobState.CANCELING.value):
+    if job.state not in jobs.RUN_STATES:
         raise WrongState(f"job is {job.state}", state=job.state)
     added = _append_output(job, frames_body())
     notifier().notify(f"output:{job_id}")
@@ -550,7 +548,7 @@ def _store_final_output(job: Row[Any], output: str) -> None:
     except (binascii.Error, ValueError):
         raise BadRequest("field 'output' must be base64 of encoded frames") from None
     frames = parse_frames(raw)
-    if frames and job.state in (JobState.RUNNING.value, JobState.CANCELING.value):
+    if frames and job.state in jobs.RUN_STATES:
         _append_output(job, frames)
 
 
@@ -605,7 +603,7 @@ def finish(job_id: str) -> ResponseReturnValue:
     end: a short job's only output and its end then cost one request, and the caller's
     read wakes once for both.
     """
-    job = held_job(job_id)
+    job = _take_up(held_job(job_id))
     job_id = job.id
     data = json_body()
     output = field(data, "output", (str, type(None)), None)

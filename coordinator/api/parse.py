@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from flask import current_app, request
@@ -159,6 +160,23 @@ def int_arg(name: str, default: int, lo: int = 0, hi: int = BIGINT_MAX) -> int:
     if not lo <= value <= hi:
         raise BadRequest(f"query argument {name!r} must be from {lo} to {hi}")
     return value
+
+
+# A job id as the coordinator makes them (uuid4 hex), and how many one argument lists.
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+MAX_IDS_ARG = 256
+
+
+def job_ids_arg(name: str) -> list[str]:
+    """A comma-separated list of full job ids (empty when the argument is absent)."""
+    raw = request.args.get(name, "")
+    ids = [part for part in raw.split(",") if part]
+    if len(ids) > MAX_IDS_ARG:
+        raise BadRequest(f"query argument {name!r} lists more than {MAX_IDS_ARG} jobs")
+    for job_id in ids:
+        if not _JOB_ID.fullmatch(job_id):
+            raise BadRequest(f"query argument {name!r} must list full job ids")
+    return ids
 
 
 def wait_arg() -> float:

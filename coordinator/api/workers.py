@@ -13,6 +13,7 @@ from sqlalchemy.orm import defer
 
 from coordinator import (
     held,
+    jobs,
     lifecycle,
     quotas,
     retries,
@@ -22,7 +23,15 @@ from coordinator import (
     workerinfo,
     workers,
 )
-from coordinator.api.parse import field, int_field, json_body, notifier, str_list, wait_arg
+from coordinator.api.parse import (
+    field,
+    int_field,
+    job_ids_arg,
+    json_body,
+    notifier,
+    str_list,
+    wait_arg,
+)
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
 from coordinator.body import request_body
@@ -396,9 +405,18 @@ def _stored_input(job_id: str) -> dict[str, Any]:
 @bp.get("/poll")
 @requires(Role.WORKER)
 def poll() -> ResponseReturnValue:
-    """Long-poll for work: jobs assigned to this worker and jobs it must cancel."""
+    """Long-poll for work: jobs assigned to this worker and jobs it must cancel.
+
+    ``accepted`` lists the jobs of earlier answers the worker took up (the accept of
+    each, as ``POST /jobs/ID/accept`` would do it): the poll a worker sends after a
+    claim anyway carries them, which spares a request per job. A listed job that is no
+    longer the worker's (canceled, lost or given to another worker while assigned) is in
+    this answer's ``cancel``, and the answer comes at once.
+    """
     worker_id = g.user.client_id
+    accepted = job_ids_arg("accepted")
     me = renew_lease(worker_id)
+    refused = [job_id for job_id in accepted if jobs.accept(job_id, worker_id).stop]
     # A worker that cannot take a job (all slots busy, drained) does not wake for every
     # submission: only its own keys, which its cancels and resume (``worker:``) and its
     # finishes (``slot:``) notify. Once a slot is free the poll ends empty, and the next
@@ -416,9 +434,11 @@ def poll() -> ResponseReturnValue:
         db.session.commit()
         return result
 
-    with held.long_poll(wait_arg()) as wait:
+    with held.long_poll(0.0 if refused else wait_arg()) as wait:
         result = notifier().wait_for(keys, check, wait)
     reply = result or {"jobs": [], "cancel": []}
+    if refused:
+        reply = {**reply, "cancel": [*reply["cancel"], *refused]}
     if "held_refused" in g:
         # Answered at once (coordinator/held.py): poll again after this many seconds.
         reply = {**reply, "retry_after": held.RETRY_AFTER_SECONDS}
