@@ -287,6 +287,11 @@ class Api:
                 failure = Unreachable(str(exc) or type(exc).__name__)
                 failure.address_index = index
                 raise failure from exc
+            except BaseException:
+                # Broken off half-way (a signal, client/job.py's Interrupted): what is
+                # left on the connection belongs to no one.
+                self._drop()
+                raise
         if reply.will_close:
             self._drop()
         answer = Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, data)

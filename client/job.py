@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -242,18 +242,24 @@ class JobSession:
             self.relay.skip(sent.frames)
         self.relay.start(stdin_fd)
 
-    def forward_signals(self) -> None:
-        """SIGINT/SIGTERM/SIGHUP are sent on to the remote process, as a terminal would."""
+    def forward_signals(self, received: Sequence[int] = ()) -> None:
+        """SIGINT/SIGTERM/SIGHUP are sent on to the remote process, as a terminal would.
+        ``received``: signals that came before there was a session (``SubmitSignals``)."""
 
         def handler(signum: int, _frame: Any) -> None:
-            self.signals_received.append(signum)
-            self.relay.put(FrameKind.SIGNAL, str(signum).encode())
-            threading.Thread(
-                target=self._stop_if_unstarted, args=(signum,), name="stop", daemon=True
-            ).start()
+            self.pass_on(signum)
 
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, handler)
+        for signum in received:
+            self.pass_on(signum)
+
+    def pass_on(self, signum: int) -> None:
+        self.signals_received.append(signum)
+        self.relay.put(FrameKind.SIGNAL, str(signum).encode())
+        threading.Thread(
+            target=self._stop_if_unstarted, args=(signum,), name="stop", daemon=True
+        ).start()
 
     def _stop_if_unstarted(self, signum: int) -> None:
         """A job still waiting for a worker has no process to pass the signal to: cancel it,
@@ -281,14 +287,32 @@ class JobSession:
             self._stdout_broken = True
             self.relay.put(FrameKind.SIGNAL, str(int(signal.SIGPIPE)).encode())
 
-    def follow(self) -> Outcome:
-        """Read output by seq until the final status.
+    def take(self, frames: list[Frame]) -> Outcome | None:
+        """Write ``frames`` (read by seq); the outcome once the final status is among them."""
+        for frame in frames:
+            if frame.kind == FrameKind.STATUS:
+                status = json.loads(frame.data)
+                if self.on_status:
+                    self.on_status(status)
+                self.relay.close()
+                return outcome_of(status)
+            self._write(frame)
+            self.after = frame.seq
+        return None
+
+    def follow(self, first: list[Frame] | None = None) -> Outcome:
+        """Read output by seq until the final status. ``first``: what the submission's
+        answer carried already (the first read, ``wait_output``).
 
         With a broker or stream transport the read does not wait on the coordinator;
         the session sleeps until the transport says there is news (or
         ``OUTPUT_WAIT_SECONDS`` pass, which also renews the job's client lease). The
         flag is armed before each read, so news arriving during a read is not missed.
         """
+        if first:
+            done = self.take(first)
+            if done is not None:
+                return done
         key = f"output:{self.job_id}"
         downlink = self.downlink
         if downlink is not None:
@@ -305,17 +329,11 @@ class JobSession:
                     timeout=OUTPUT_WAIT_SECONDS + 30,
                     retry_for=self.grace,
                 )
-                got = False
-                for frame in decode_frames(response.body):
-                    if frame.kind == FrameKind.STATUS:
-                        status = json.loads(frame.data)
-                        if self.on_status:
-                            self.on_status(status)
-                        self.relay.close()
-                        return outcome_of(status)
-                    self._write(frame)
-                    self.after = frame.seq
-                    got = True
+                frames = list(decode_frames(response.body))
+                done = self.take(frames)
+                if done is not None:
+                    return done
+                got = bool(frames)
                 if downlink is not None and not long_poll and not got:
                     downlink.wait(key, OUTPUT_WAIT_SECONDS)
                 elif not got and "retry-after" in response.headers:
@@ -334,6 +352,37 @@ def retry_after(value: str) -> float:
     except ValueError:
         return 1.0
     return min(max(seconds, 0.1), 5.0) if seconds == seconds else 1.0
+
+
+class Interrupted(BaseException):
+    """A forwarded signal came while the submission was on its way (``SubmitSignals``).
+    A BaseException: nothing on the way may take it for a failure of its own."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SubmitSignals:
+    """While a submission is on its way there is no job id to pass a signal on to, and
+    the submission may wait on the coordinator a while (``wait_output``, or a coordinator
+    that cannot be reached yet): a forwarded signal then breaks it off (``Interrupted``),
+    and the caller finds or makes the job and passes the signal on. The handlers in
+    place before come back when the block ends."""
+
+    def __enter__(self) -> SubmitSignals:
+        self._before = {sig: signal.getsignal(sig) for sig in FORWARDED_SIGNALS}
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, self._interrupt)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    @staticmethod
+    def _interrupt(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
 
 
 def die_like_remote(session: JobSession, exit_code: int) -> None:

@@ -9,13 +9,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client import incidents, reporting
-from client.api import Api
+from client.api import Api, ApiError, Unreachable
 from client.downlink import open_downlink
 from client.early_stdin import EarlyStdin, put_back, take_ready
-from client.job import ClusterFailure, JobSession, die_like_remote, explain, report
+from client.job import (
+    ClusterFailure,
+    Interrupted,
+    JobSession,
+    SubmitSignals,
+    die_like_remote,
+    die_of,
+    explain,
+    report,
+)
 from dffmpeg.config import DEFAULT_OUTAGE_GRACE_SECONDS, ClientConfig
 from dffmpeg.exitcodes import ExitCode
 from dffmpeg.paths import map_args, to_variables
+from dffmpeg.wire import Frame, FrameKind, decode_frames
+
+# How long a submission waits for the job's first output (``JobRequest.wait_output``):
+# a short job's output and end come with the answer, a request fewer; longer, and a
+# signal or input that comes meanwhile would wait for it (``SubmitSignals``).
+SUBMIT_WAIT_SECONDS = 0.5
 
 
 @dataclass
@@ -38,6 +53,9 @@ class JobRequest:
     idempotency_key: str = field(default_factory=lambda: os.urandom(16).hex())
     # What the caller's stdin held already (client/early_stdin.py).
     stdin: EarlyStdin = field(default_factory=EarlyStdin)
+    # The submission waits this long for the job's first output (and, for a short job,
+    # its end), which its answer then carries; None: it answers at once.
+    wait_output: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         early: dict[str, Any] = {}
@@ -45,6 +63,8 @@ class JobRequest:
             early["stdin"] = base64.b64encode(self.stdin.data).decode()
         if self.stdin.eof:
             early["stdin_eof"] = True
+        if self.wait_output is not None:
+            early["wait_output"] = self.wait_output
         return {
             **early,
             "idempotency_key": self.idempotency_key,
@@ -110,6 +130,8 @@ class Submitted:
     grace: float = DEFAULT_OUTAGE_GRACE_SECONDS
     # Input frames the coordinator stored with the job (the stdin sent with it).
     stdin_frames: int = 0
+    # The first read of its output, when the submission waited for it (``wait_output``).
+    output: list[Frame] | None = None
 
 
 def submit(api: Api, request: JobRequest, retry_for: float = 0.0) -> str:
@@ -126,7 +148,9 @@ def submit_job(api: Api, request: JobRequest, retry_for: float = 0.0) -> Submitt
         grace = DEFAULT_OUTAGE_GRACE_SECONDS
     stored = reply.get("stdin_frames")
     stored = stored if isinstance(stored, int) and not isinstance(stored, bool) else 0
-    return Submitted(str(reply["job"]["job_id"]), float(grace), stored)
+    output = reply.get("output")
+    frames = list(decode_frames(base64.b64decode(output))) if isinstance(output, str) else None
+    return Submitted(str(reply["job"]["job_id"]), float(grace), stored, frames)
 
 
 def run(
@@ -162,6 +186,19 @@ def run(
             reporter.finish()
 
 
+def _found_or_die(api: Api, request: JobRequest, signum: int) -> Submitted:
+    """The job of a submission a signal broke off: sent again without waiting (the
+    idempotency key finds the job if the first attempt made it; else this makes it, and
+    the signal, passed on, cancels it). A coordinator that cannot be reached now has
+    nothing of ours running: die of the signal, as a local ffmpeg would."""
+    request.wait_output = None
+    try:
+        return submit_job(api, request, retry_for=0.0)
+    except (ApiError, Unreachable):
+        die_of(signum)
+        raise
+
+
 def _putting_back(
     fallback: Callable[[str], int], early: EarlyStdin, fd: int
 ) -> Callable[[str], int]:
@@ -190,20 +227,32 @@ def _run(
         # A coordinator that restarts is waited for, a moment (connect_retry_seconds),
         # before the local binary runs instead (or the cluster failure is reported).
         wait = config.connect_retry_seconds if config is not None else 0.0
-        submitted = submit_job(
-            api, request, retry_for=wait if connect_retry is None else connect_retry
-        )
+        request.wait_output = SUBMIT_WAIT_SECONDS
+        received: list[int] = []
+        try:
+            with SubmitSignals():
+                submitted = submit_job(
+                    api, request, retry_for=wait if connect_retry is None else connect_retry
+                )
+        except Interrupted as stop:
+            received.append(stop.signum)
+            submitted = _found_or_die(api, request, stop.signum)
         if reporter is not None:
             reporter.start_if_pending()  # we reached the coordinator: tell it the past
-        downlink = open_downlink(api, config, "client") if config is not None else None
+        over = submitted.output is not None and any(
+            f.kind == FrameKind.STATUS for f in submitted.output
+        )
+        # A job over already needs no notifications (a broker connection costs a call
+        # about 20 ms of CPU).
+        downlink = open_downlink(api, config, "client") if config is not None and not over else None
         session = JobSession(api, submitted.job_id, downlink=downlink, grace=submitted.grace)
-        session.forward_signals()
+        session.forward_signals(received)
         early = request.stdin
         if submitted.stdin_frames != early.frames:
             early = EarlyStdin()  # not stored (an older coordinator): sent as usual
             session.relay.resend(request.stdin)
         session.relay_input(None if request.stdin.eof else stdin_fd, early)
-        outcome = session.follow()
+        outcome = session.follow(submitted.output)
     except Exception as exc:  # every failure becomes one line and a documented code
         failure: ClusterFailure = explain(exc)
         if fallback is not None and (session is None or session.untouched):

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -684,6 +685,41 @@ def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path
     assert proc.returncode == -signal.SIGTERM
     assert err == b""  # nothing of ours: no message, no traceback from a helper thread
     assert {j["job_id"] for j in queued} <= {j["job_id"] for j in _jobs_in(cluster, "canceled")}
+
+
+def test_signal_while_the_submission_waits_cancels_and_dies_at_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The submission waits on the coordinator for the job's first output; a SIGTERM
+    then breaks it off, and the drop-in finds its job (the idempotency key) and passes
+    the signal on: the queued job is canceled and the caller dies of SIGTERM. (The wait
+    is made 30 s here, so that the signal certainly comes during it.)"""
+    import yaml
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    config = yaml.safe_load(cluster.client_config.read_text())
+    config["paths"]["Elsewhere"] = str(other)
+    config["wait_for_worker"] = True  # queue instead of failing fast
+    path = tmp_path / "client.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = (
+        "import sys; import client.submit as s; s.SUBMIT_WAIT_SECONDS = 30.0; "
+        "from client.proxy import main; sys.argv[0] = 'ffmpeg'; sys.exit(main())"
+    )
+    cmd = [sys.executable, "-c", code, "-i", str(other / "a.mkv"), "-f", "null", "-"]
+    env = {**cluster.env(), "DFFMPEG_CLIENT_CONFIG": str(path)}
+    with start(cmd, None, env=env) as proc, stopped_after(proc):
+        queued = wait_until(lambda: proc.poll() is not None or _jobs_in(cluster, "pending"), 20)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        signaled = time.monotonic()
+        _, err = proc.communicate(timeout=10)
+    assert time.monotonic() - signaled < 3
+    assert proc.returncode == -signal.SIGTERM
+    assert err == b""
+    assert {j["job_id"] for j in queued} <= {j["job_id"] for j in _jobs_in(cluster, "canceled")}
+    assert len(queued) == 1  # found again, not submitted twice
 
 
 def _jobs_in(cluster: Cluster, state: str) -> list[Any]:

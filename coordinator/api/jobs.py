@@ -31,6 +31,7 @@ from coordinator.api.parse import (
     INT_MAX,
     INT_MIN,
     MAX_PAGE_OFFSET,
+    MAX_WAIT_SECONDS,
     field,
     frames_body,
     int_arg,
@@ -238,6 +239,13 @@ def submit() -> ResponseReturnValue:
     preferred_labels = str_list(data, "preferred_labels", [])
     retries = int_field(data, "retry_on_worker_loss", 0, 0, MAX_RETRIES_ON_LOSS)
     quotas.check(limits, "max_label_bytes", quotas.size_of(required_labels + preferred_labels))
+    wait_output = field(data, "wait_output", (int, float, type(None)), None)
+    if isinstance(wait_output, bool) or (
+        wait_output is not None and not 0 <= wait_output <= MAX_WAIT_SECONDS
+    ):
+        # A held read as long as a long-poll's (the caller holds its own input and
+        # signals while it waits: client/submit.py).
+        raise BadRequest(f"field 'wait_output' must be from 0 to {MAX_WAIT_SECONDS} seconds")
     early_stdin = _submitted_stdin(data)
     quotas.check(limits, "max_stdin_bytes", len(early_stdin[0]))
     pending = db.session.execute(_PENDING_OF, {"requester": g.user.client_id}).scalar_one()
@@ -246,8 +254,9 @@ def submit() -> ResponseReturnValue:
         raise quotas.LimitExceeded("max_pending", limits["max_pending"], int(pending) + 1)
     now = now_utc()
     input_name, output_name = arguments.media_names(binary, args)
+    job_id = uuid.uuid4().hex
     job = Job(
-        id=uuid.uuid4().hex,
+        id=job_id,
         input_name=input_name,
         output_name=output_name,
         requester=g.user.client_id,
@@ -313,6 +322,11 @@ def submit() -> ResponseReturnValue:
     # stdin_frames: the input frames stored with the job; a client sends its own after
     # them (a coordinator without this field stored none: the client sends them all).
     answer = {"job": reply, "outage_grace_seconds": _grace(), "stdin_frames": len(early_frames)}
+    if wait_output is not None:
+        # The caller's first read of the output, in this request: a short job's whole
+        # output and end then come with its submission (the lease was set just now).
+        frames = _read_held(job_id, 0, True, float(wait_output), [now])
+        answer["output"] = base64.b64encode(encode_frames(frames)).decode()
     return jsonify(answer), 201
 
 
@@ -431,20 +445,27 @@ def _frames_response(frames: list[Any]) -> Response:
 def read_output(job_id: str) -> ResponseReturnValue:
     """Frames after ``after``; once the job is over and all was read, its final status."""
     job = visible_ref(job_id)
-    job_id = job.id
-    after = int_arg("after", 0)
     is_requester = job.requester == g.user.client_id
+    return _frames_response(_read_held(job.id, int_arg("after", 0), is_requester, wait_arg()))
+
+
+def _read_held(
+    job_id: str, after: int, is_requester: bool, wait: float, renewed: list[datetime] | None = None
+) -> list[Any]:
+    """What ``GET .../output`` answers: the frames after ``after`` (and the final
+    status, once all was read of a job that is over), waiting up to ``wait`` seconds
+    for some. ``renewed``: when the client's lease was last renewed (a reader renews it)."""
     lease = _client_lease()
-    renewed: list[datetime] = []
+    renewals = [] if renewed is None else renewed
 
     def check() -> list[Any] | None:
         now = now_utc()
-        if is_requester and (not renewed or now - renewed[-1] > lease / 3):
+        if is_requester and (not renewals or now - renewals[-1] > lease / 3):
             # Reading is the client's heartbeat: a monitored job lives while it is
             # watched. Renewed when the read starts and every third of the lease while
             # it waits, not on every wake-up: each renewal is a write.
             db.session.execute(_RENEW_CLIENT, {"job_id": job_id, "until": now + lease})
-            renewed.append(now)
+            renewals.append(now)
         # The state is read before the frames: a worker's output commits before its
         # finish, so frames read after a final state was seen are complete. The other
         # order loses output on MariaDB/PostgreSQL, where each statement of a
@@ -469,9 +490,9 @@ def read_output(job_id: str) -> ResponseReturnValue:
             return [*frames, final]
         return frames or None
 
-    with held.long_poll(wait_arg()) as wait:
-        frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, wait)
-    return _frames_response(frames or [])
+    with held.long_poll(wait) as held_wait:
+        frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, held_wait)
+    return frames or []
 
 
 @bp.post("/<job_id>/input")
