@@ -16,11 +16,16 @@ The table never grows, the idle poll reads one number, and
 two keys sharing a bucket only cause a harmless extra check. Because a waiter registers
 before its first check and the counters are read continuously, a bump that lands after
 a check is always seen by a later read.
+
+On PostgreSQL the bump also sends a notification (LISTEN/NOTIFY, coordinator/pg_listen.py)
+that wakes the other processes' waiters at once; while the listener is connected the
+poll runs only every ``SAFETY_INTERVAL`` seconds, for what a notification missed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import zlib
@@ -31,14 +36,19 @@ from sqlalchemy import BigInteger, Engine, Integer, bindparam, func, select, upd
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
+from coordinator import pg_listen
 from coordinator.db import Base
 from coordinator.notify import Notifier
+from coordinator.pg_listen import PostgresListener
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 256
 # Between 20 and 50 ms a wake-up is prompt; the poll's idle cost halves at the top end.
 DEFAULT_INTERVAL = 0.04
+# The poll's interval while PostgreSQL's notifications wake the waiters: it only
+# catches a bump made while the listener was reconnecting.
+SAFETY_INTERVAL = 1.0
 # A failing database is reported at most this often, not on every poll.
 ERROR_LOG_SECONDS = 60.0
 
@@ -95,18 +105,40 @@ class DatabaseWakeups:
         self._conn: Any = None
         self._sum_sql = str(_SUM.compile(dialect=engine.dialect))
         self._all_sql = str(_ALL.compile(dialect=engine.dialect))
+        # Tells this process's notifications from the others' (PostgreSQL only).
+        self._token = os.urandom(8).hex()
+        self.listener = (
+            PostgresListener(engine, self._token, self._heard)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         notifier.subscribe(self.publish)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="wakeups", daemon=True)
         self._thread.start()
+        if self.listener is not None:
+            self.listener.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._kick.set()
+        if self.listener is not None:
+            self.listener.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._drop_connection()
+
+    def _heard(self, buckets: set[int] | None) -> None:
+        """The listener's news: another process bumped ``buckets`` (None: maybe any)."""
+        waiting = self.notifier.waiting_keys()
+        keys = [k for k in waiting if buckets is None or bucket_of(k) in buckets]
+        if keys:
+            self.notifier.wake(*keys)
+
+    def _interval(self) -> float:
+        listening = self.listener is not None and self.listener.listening
+        return max(self.interval, SAFETY_INTERVAL) if listening else self.interval
 
     def publish(self, keys: tuple[str, ...]) -> None:
         """Notifier listener: queue the keys' counters for the next bump (never blocks)."""
@@ -116,7 +148,7 @@ class DatabaseWakeups:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._kick.wait(self.interval)
+            self._kick.wait(self._interval())
             self._kick.clear()
             if self._stop.is_set():
                 break
@@ -168,6 +200,13 @@ class DatabaseWakeups:
                     # two processes bumping the same counters take the row locks in the
                     # same order and cannot deadlock.
                     conn.execute(_BUMP_ONE, [{"b_bucket": bucket} for bucket in buckets])
+                if self.listener is not None:
+                    # Delivered when this transaction commits, after the bumps.
+                    conn.execute(
+                        pg_listen.NOTIFY,
+                        {"channel": pg_listen.CHANNEL,
+                         "payload": pg_listen.payload(self._token, buckets)},
+                    )  # fmt: skip
             self._own.update(buckets)
         except SQLAlchemyError:
             with self._pending_lock:

@@ -129,7 +129,16 @@ def _waiter(notifier: Any, key: str, flag: threading.Event) -> tuple[threading.T
     return thread, woke
 
 
-def test_wakeups_survive_a_broken_poll_connection(two_instances: tuple[Flask, Flask]) -> None:
+def _poll_alone(wakeups: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL, stop the listener: the poll alone, as while the listener is away."""
+    if wakeups.listener is not None:
+        wakeups.listener.stop()
+        monkeypatch.setattr(wakeups, "listener", None)
+
+
+def test_wakeups_survive_a_broken_poll_connection(
+    two_instances: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The wake-up poll keeps a connection of its own; when it breaks (the database
     restarted, a proxy cut it) the poll takes a new one and wake-ups go on."""
     from coordinator.notify import Notifier
@@ -139,6 +148,7 @@ def test_wakeups_survive_a_broken_poll_connection(two_instances: tuple[Flask, Fl
     reader: Notifier = second.extensions["dffmpeg.notifier"]
     writer: Notifier = first.extensions["dffmpeg.notifier"]
     wakeups: DatabaseWakeups = second.extensions["dffmpeg.wakeups"]
+    _poll_alone(wakeups, monkeypatch)
     flag = threading.Event()
     thread, woke = _waiter(reader, "worker:w9", flag)
     time.sleep(0.3)  # the poll runs, on its own connection
@@ -167,6 +177,7 @@ def test_own_bumps_are_not_read_back_and_anothers_still_wake(
     own: Notifier = second.extensions["dffmpeg.notifier"]
     other: Notifier = first.extensions["dffmpeg.notifier"]
     wakeups: DatabaseWakeups = second.extensions["dffmpeg.wakeups"]
+    _poll_alone(wakeups, monkeypatch)
     full_reads: list[float] = []
     read = wakeups._read
 
@@ -190,3 +201,45 @@ def test_own_bumps_are_not_read_back_and_anothers_still_wake(
     thread.join(timeout=25)
     assert woke and woke[0] - sent < 2.0
     assert len(full_reads) > baseline_reads
+
+
+def test_postgresql_notifications_wake_another_instance_at_once(
+    two_instances: tuple[Flask, Flask], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a bump also sends a notification that the other instances listen
+    for: with their polls made too slow to matter, a waiter still wakes at once; and a
+    listener that lost its connection listens again."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    from coordinator.notify import Notifier
+    from coordinator.wakeups import DatabaseWakeups
+
+    first, second = two_instances
+    reader: Notifier = second.extensions["dffmpeg.notifier"]
+    writer: Notifier = first.extensions["dffmpeg.notifier"]
+    wakeups: DatabaseWakeups = second.extensions["dffmpeg.wakeups"]
+    assert wakeups.listener is not None
+    for app in (first, second):
+        monkeypatch.setattr(app.extensions["dffmpeg.wakeups"], "interval", 30.0)
+    deadline = time.monotonic() + 10
+    while not wakeups.listener.listening and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wakeups.listener.listening
+    for round_ in range(2):
+        time.sleep(1.2)  # each poll is in its 30 s wait now
+        flag = threading.Event()
+        thread, woke = _waiter(reader, f"output:job-pg{round_}", flag)
+        time.sleep(0.2)
+        flag.set()
+        sent = time.monotonic()
+        writer.notify(f"output:job-pg{round_}")
+        thread.join(timeout=25)
+        assert woke and woke[0] - sent < 1.0
+        # The listening connection breaks under it: it connects and listens again.
+        broken = wakeups.listener._conn
+        broken.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+            wakeups.listener.listening and wakeups.listener._conn not in (None, broken)
+        ):
+            time.sleep(0.05)
