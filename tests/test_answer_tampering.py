@@ -8,8 +8,10 @@ changed exit code and an answer recorded earlier (exit 206, one ``dffmpeg:`` lin
 
 from __future__ import annotations
 
+import base64
 import http.client
 import http.server
+import json
 import shutil
 import subprocess
 import sys
@@ -127,6 +129,24 @@ def dropin_run(
 
 
 FRAMES = "application/x-dffmpeg-frames"
+
+
+def submission_changed(
+    method: str, path: str, body: bytes, change: Callable[[bytes], bytes | None]
+) -> bytes | None:
+    """A submission's answer with ``change`` applied to the frames of the output it
+    carries (``wait_output``: a short job's output and end come with it); None when it
+    is no submission or ``change`` changed nothing."""
+    if method != "POST" or path.split("?", 1)[0] != "/api/v1/jobs":
+        return None
+    data = json.loads(body)
+    changed = change(base64.b64decode(data.get("output") or ""))
+    if changed is None:
+        return None
+    data["output"] = base64.b64encode(changed).decode()
+    return json.dumps(data).encode()
+
+
 # A job whose stdout is known: 4 frames of a 16x16 gray picture, raw.
 RAW = ["-v", "error", "-f", "lavfi", "-i", "color=gray:s=16x16:d=0.16:r=25",
        "-f", "rawvideo", "-pix_fmt", "gray", "-"]  # fmt: skip
@@ -176,14 +196,15 @@ def test_the_drop_in_refuses_changed_output(coord: Coordinator, worker: None) ->
     local = subprocess.run([shutil.which("ffmpeg") or "ffmpeg", *RAW], capture_output=True)
     assert len(local.stdout) == 4 * 256
 
+    def flipped(raw: bytes) -> bytes | None:
+        return raw.replace(b"\x80", b"\x81", 1) if b"\x80" in raw else None
+
     def flip(method: str, path: str, status: int, headers: dict[str, str], body: bytes) -> Any:
-        if (
-            "/output" in path
-            and headers.get("Content-Type", "").startswith(FRAMES)
-            and b"\x80" in body
-        ):
-            return status, body.replace(b"\x80", b"\x81", 1)
-        return None
+        if "/output" in path and headers.get("Content-Type", "").startswith(FRAMES):
+            changed = flipped(body)
+        else:
+            changed = submission_changed(method, path, body, flipped)
+        return None if changed is None else (status, changed)
 
     with relay(coord.url, flip) as proxy:
         result = dropin_run(coord, "reader-1", url_of(proxy), *RAW)
@@ -195,11 +216,15 @@ def test_the_drop_in_refuses_changed_output(coord: Coordinator, worker: None) ->
 
 
 def test_the_drop_in_refuses_a_changed_exit_code(coord: Coordinator, worker: None) -> None:
-    def code(method: str, path: str, status: int, headers: dict[str, str], body: bytes) -> Any:
+    def zeroed(raw: bytes) -> bytes | None:
         for needle in (b'"exit_code": 1', b'"exit_code":1'):
-            if needle in body:
-                return status, body.replace(needle, needle.replace(b"1", b"0"))
+            if needle in raw:
+                return raw.replace(needle, needle.replace(b"1", b"0"))
         return None
+
+    def code(method: str, path: str, status: int, headers: dict[str, str], body: bytes) -> Any:
+        changed = submission_changed(method, path, body, zeroed) or zeroed(body)
+        return None if changed is None else (status, changed)
 
     missing = str(coord.root / "media" / "nonexistent.mkv")
     failing = ["-v", "error", "-i", missing, "-f", "null", "-"]
