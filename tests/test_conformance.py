@@ -662,9 +662,9 @@ def test_local_fallback_when_cluster_unreachable(cluster: Cluster, tmp_path: Pat
     assert lines[0].endswith(f"; running {FFMPEG} locally")
 
 
-def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path: Path) -> None:
-    """No worker can take the job (a path variable none of them has): SIGTERM must not
-    leave the caller waiting for a process that never started."""
+def _unrunnable(cluster: Cluster, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A root of the caller's that no worker has (a job naming it queues for ever: the
+    client waits for a worker), and the environment of a drop-in configured so."""
     import yaml
 
     other = tmp_path / "elsewhere"
@@ -674,8 +674,14 @@ def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path
     config["wait_for_worker"] = True  # queue instead of failing fast
     path = tmp_path / "client.yaml"
     path.write_text(yaml.safe_dump(config))
+    return other, {**cluster.env(), "DFFMPEG_CLIENT_CONFIG": str(path)}
+
+
+def test_signal_while_queued_cancels_and_dies_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    """No worker can take the job (a path variable none of them has): SIGTERM must not
+    leave the caller waiting for a process that never started."""
+    other, env = _unrunnable(cluster, tmp_path)
     cmd = [cluster.dropin("ffmpeg"), "-i", str(other / "a.mkv"), "-f", "null", "-"]
-    env = {**cluster.env(), "DFFMPEG_CLIENT_CONFIG": str(path)}
     with start(cmd, None, env=env) as proc, stopped_after(proc):
         queued = wait_until(lambda: _jobs_in(cluster, "pending"), timeout=20)
         time.sleep(0.5)  # the drop-in is following the job (its signal handlers are set)
@@ -694,21 +700,12 @@ def test_signal_while_the_submission_waits_cancels_and_dies_at_once(
     then breaks it off, and the drop-in finds its job (the idempotency key) and passes
     the signal on: the queued job is canceled and the caller dies of SIGTERM. (The wait
     is made 30 s here, so that the signal certainly comes during it.)"""
-    import yaml
-
-    other = tmp_path / "elsewhere"
-    other.mkdir()
-    config = yaml.safe_load(cluster.client_config.read_text())
-    config["paths"]["Elsewhere"] = str(other)
-    config["wait_for_worker"] = True  # queue instead of failing fast
-    path = tmp_path / "client.yaml"
-    path.write_text(yaml.safe_dump(config))
+    other, env = _unrunnable(cluster, tmp_path)
     code = (
         "import sys; import client.submit as s; s.SUBMIT_WAIT_SECONDS = 30.0; "
         "from client.proxy import main; sys.argv[0] = 'ffmpeg'; sys.exit(main())"
     )
     cmd = [sys.executable, "-c", code, "-i", str(other / "a.mkv"), "-f", "null", "-"]
-    env = {**cluster.env(), "DFFMPEG_CLIENT_CONFIG": str(path)}
     with start(cmd, None, env=env) as proc, stopped_after(proc):
         queued = wait_until(lambda: proc.poll() is not None or _jobs_in(cluster, "pending"), 20)
         assert proc.poll() is None, proc.communicate()
