@@ -35,6 +35,9 @@ from worker.spool import prepare_directory
 log = logging.getLogger(__name__)
 
 POLL_WAIT_SECONDS = 20.0
+# At most this many accepts ride on one poll (the coordinator takes 64, which keeps the
+# request line within gunicorn's 4 KiB); the rest go with the next.
+ACCEPTS_PER_POLL = 64
 # The coordinator's default worker lease, until it tells us its own.
 DEFAULT_LEASE_SECONDS = 15.0
 # With a broker or stream transport: how often to read anyway (catches up on anything a
@@ -369,7 +372,7 @@ class WorkerAgent:
                 downlink.arm("worker")  # before the read: news during it is not lost
             sent = time.monotonic()
             with self._jobs_lock:
-                taken_up = sorted(self._taken_up)
+                taken_up = sorted(self._taken_up)[:ACCEPTS_PER_POLL]
             params: dict[str, Any] = {"wait": POLL_WAIT_SECONDS if long_poll else 0}
             if taken_up:
                 params["accepted"] = ",".join(taken_up)
