@@ -82,6 +82,7 @@ PRELOAD = (
     "client.early_stdin",
     "client.incidents",
     "client.reporting",
+    "dffmpeg.config_cache",
     "dffmpeg.text",
     "dffmpeg.transport",
     "yaml",
@@ -214,6 +215,22 @@ def preload() -> None:
     for name in OPTIONAL_PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Go once through what every call does first, with the helper's own environment
+    (the first caller's): what that leaves in memory a child then shares instead of
+    building it anew at every call (about 3 ms of CPU each): the regular expression that
+    finds the config's roots in arguments (``re`` keeps compiled patterns by their
+    text) and what a call imports or sets up on its first use. Each call still reads
+    and checks its own config; nothing of this one is used in its place."""
+    from client.submit import build_request
+    from dffmpeg.config import load_client
+
+    # A missing or broken config here only means no warm-up: each call reports its own.
+    with contextlib.suppress(Exception):
+        build_request(load_client(), "ffmpeg", ["-i", "/", "-f", "null", "-"])
 
 
 def _receive(conn: socket.socket) -> tuple[Call, list[int]]:
