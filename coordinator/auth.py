@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from coordinator import keystore, quotas
 from coordinator.body import request_body
-from coordinator.db import db, now_utc
+from coordinator.db import core, db, now_utc
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.models import Nonce, User
 from coordinator.observe import instruments
@@ -122,7 +122,7 @@ def precheck(app: Flask, method: str, target: str, headers: Mapping[str, str]) -
         return refused
     with app.app_context():
         try:
-            user = db.session.execute(_FIND_USER, {"client_id": found.client_id}).first()
+            user = core(_FIND_USER, {"client_id": found.client_id}).first()
             seen = db.session.execute(
                 _NONCE_SEEN, {"client_id": found.client_id, "nonce": found.nonce}
             ).first()
@@ -160,7 +160,7 @@ def authenticate() -> Caller:
         raise _refused("stale_timestamp")
     # Core rows, not ORM objects: authentication runs on every request and the identity
     # map, flush and expiry machinery cost more than the query itself.
-    user = db.session.execute(_FIND_USER, {"client_id": found.client_id}).first()
+    user = core(_FIND_USER, {"client_id": found.client_id}).first()
     if user is None:
         # Refused before the body is read (docs/security-model.md: the answer is the same
         # as for a wrong signature, only sooner).
@@ -188,7 +188,7 @@ def authenticate() -> Caller:
         "expires_at": now_utc() + timedelta(seconds=window * 2),
     }
     try:
-        db.session.execute(_SEE_NONCE, seen)
+        core(_SEE_NONCE, seen)
     except IntegrityError:
         db.session.rollback()
         g.pop("answer_key", None)  # a replay gets the same unsigned 401 as any failure
@@ -232,7 +232,7 @@ def settle_nonce(response: Response) -> Response:
         return response
     db.session.rollback()
     try:
-        db.session.execute(_SEE_NONCE, seen)
+        core(_SEE_NONCE, seen)
         db.session.commit()
     except IntegrityError:
         # A replay of this failed request got in first; neither changed anything.

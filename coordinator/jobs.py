@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, bindparam, or_, select
 
 from coordinator import lifecycle
 from coordinator.auth import Caller
-from coordinator.db import db, now_utc
+from coordinator.db import core, db, now_utc
 from coordinator.errors import AmbiguousId, IdTooShort, NotFound, WrongState
 from coordinator.models import Job
 from dffmpeg.wire import JobState, Role
@@ -125,7 +125,7 @@ def accept(job_id: str, worker_id: str) -> Accepted:
         started_at=now_utc(),
     ):
         return Accepted(True, JobState.RUNNING.value, False)
-    now = db.session.execute(_HOLDER, {"job_id": job_id}).first()
+    now = core(_HOLDER, {"job_id": job_id}).first()
     db.session.commit()
     if now is None:
         return Accepted(False, None, True)

@@ -14,7 +14,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import bindparam, insert, select, update
 
-from coordinator.db import db, now_utc
+from coordinator.db import core, db, now_utc
 from coordinator.models import Job, JobEvent
 from coordinator.observe import instruments
 from dffmpeg.wire import JobState
@@ -94,22 +94,22 @@ def transition(
     if also is not None:
         # First: a worker's row before a job's, the order in which a lease renewal
         # (which looks at the worker's jobs) takes them too.
-        db.session.execute(*also)
+        core(*also)
     # Read the state being left in the same transaction, for the history row and the
     # job timings (a move to running or to an end). A move from one possible state to
     # another that times nothing (a claim: pending -> assigned) knows it without a read.
     timed = to_state.terminal or to_state == JobState.RUNNING
     previous = None
     if timed or len(sources) != 1:
-        previous = db.session.execute(_STATE_OF, {"job_id": job_id}).first()
+        previous = core(_STATE_OF, {"job_id": job_id}).first()
         if previous is None:
             db.session.rollback()
             return False
-    result = db.session.execute(stmt, params)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    result = core(stmt, params)
+    if result.rowcount != 1:
         db.session.rollback()
         return False
-    db.session.execute(
+    core(
         _ADD_EVENT,
         {
             "job_id": job_id,

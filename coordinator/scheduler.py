@@ -33,7 +33,7 @@ from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.orm import aliased
 
 from coordinator import capabilities, lifecycle
-from coordinator.db import db
+from coordinator.db import core, db
 from coordinator.models import Job, Worker
 from dffmpeg.wire import JobState
 
@@ -153,7 +153,7 @@ def any_pending() -> bool:
     """Whether any job waits. Callers probe this before ``claim``: most wake-ups find
     the queue empty (another worker took the job), and one indexed probe is much
     cheaper than the counting and ordering queries of a claim."""
-    return db.session.execute(_ANY_PENDING).first() is not None
+    return core(_ANY_PENDING).first() is not None
 
 
 def free_slots(worker_id: str, row: Any = None) -> int:
@@ -163,14 +163,14 @@ def free_slots(worker_id: str, row: Any = None) -> int:
     when the caller just did.
     """
     if row is None:
-        row = db.session.execute(_SLOTS_OF, {"worker_id": worker_id}).first()
+        row = core(_SLOTS_OF, {"worker_id": worker_id}).first()
     if row is None or row.state != "online" or row.drained:
         return 0
     return int(row.slots) - active_count(worker_id)
 
 
 def active_count(worker_id: str) -> int:
-    return int(db.session.execute(_ACTIVE_COUNT, {"worker_id": worker_id}).scalar_one())
+    return int(core(_ACTIVE_COUNT, {"worker_id": worker_id}).scalar_one())
 
 
 def slots_used() -> dict[str, int]:
@@ -264,17 +264,13 @@ def fair_order(free: int) -> list[Any]:
     worker wake-ups, and on a server database each statement is a round trip).
     """
     active: dict[str, int] = defaultdict(int)
-    for requester, state, count in db.session.execute(_LIVE):
+    for requester, state, count in core(_LIVE):
         if state != JobState.PENDING.value:
             active[requester] += int(count)
-    last_served: dict[str, datetime | None] = {
-        str(r): t for r, t in db.session.execute(_LAST_SERVED)
-    }
+    last_served: dict[str, datetime | None] = {str(r): t for r, t in core(_LAST_SERVED)}
     candidates: list[Any] = []  # rows; typed loosely, their columns vary by query
     for requester in last_served:
-        candidates += db.session.execute(
-            _CANDIDATES, {"requester": requester, "limit": free + LOOKAHEAD}
-        ).all()
+        candidates += core(_CANDIDATES, {"requester": requester, "limit": free + LOOKAHEAD}).all()
     turn: dict[str, int] = defaultdict(int)
     keyed: list[tuple[int, datetime, int, datetime, Any]] = []
     for job in candidates:  # each requester's jobs arrive in its own order
@@ -305,7 +301,7 @@ def _preferred_elsewhere(job: Wanted, offer: Offer, others: list[Offer]) -> bool
 
 def offer_row(worker_id: str) -> Any:
     """The worker's row of ``OFFER_COLUMNS`` (its state among them), or None."""
-    return db.session.execute(_OFFER_OF, {"worker_id": worker_id}).first()
+    return core(_OFFER_OF, {"worker_id": worker_id}).first()
 
 
 def claim(

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.db import db
+from coordinator.db import core, db
 from coordinator.errors import BadRequest, Conflict
 from coordinator.models import InputChunk, Job, OutputChunk
 from dffmpeg.wire import Frame, FrameKind
@@ -60,7 +60,7 @@ def _append(
     kinds: frozenset[FrameKind],
     admit: Admit | None = None,
 ) -> int:
-    last = db.session.execute(_STATEMENTS[model][0], {"job_id": job_id}).scalar_one()
+    last = core(_STATEMENTS[model][0], {"job_id": job_id}).scalar_one()
     last = int(last or 0)
     new: list[Frame] = []
     for frame in frames:
@@ -73,7 +73,7 @@ def _append(
         new.append(frame)
         last = frame.seq
     if admit is not None and new:
-        stored = db.session.execute(_STDIN_BYTES, {"job_id": job_id}).scalar_one_or_none()
+        stored = core(_STDIN_BYTES, {"job_id": job_id}).scalar_one_or_none()
         try:
             admit(new, int(stored or 0))
         except Exception:
@@ -81,7 +81,7 @@ def _append(
             raise
         size = sum(len(f.data) for f in new if f.kind == FrameKind.STDIN)
         if size:
-            db.session.execute(_ADD_STDIN_BYTES, {"job_id": job_id, "size": size})
+            core(_ADD_STDIN_BYTES, {"job_id": job_id, "size": size})
     for frame in new:
         db.session.add(model(job_id=job_id, seq=frame.seq, kind=int(frame.kind), data=frame.data))
     try:

@@ -44,7 +44,7 @@ from coordinator.api.parse import (
     wait_arg,
 )
 from coordinator.auth import requires
-from coordinator.db import db, now_utc
+from coordinator.db import core, db, now_utc
 from coordinator.errors import BadRequest, NotFound, WrongState
 from coordinator.models import InputChunk, Job, JobEvent, OutputChunk
 from coordinator.observe import instruments
@@ -137,7 +137,7 @@ def visible_ref(job_id: str) -> Row[Any]:
     """``visible_job`` as a plain row of the columns in ``_JOB_REF`` (``id`` is the
     full id, also when ``job_id`` was a prefix)."""
     full = jobs.resolve_id(job_id, g.user)
-    job = db.session.execute(_JOB_REF, {"job_id": full}).first()
+    job = core(_JOB_REF, {"job_id": full}).first()
     if job is not None and jobs.may_see(g.user, job.requester, job.worker_id):
         return job
     raise NotFound(f"no job {job_id}")
@@ -147,7 +147,7 @@ def held_job(job_id: str) -> Row[Any]:
     """The job (the columns in ``_JOB_REF``) if the calling worker holds it; 409 if it
     holds it no longer."""
     full = jobs.resolve_id(job_id, g.user)
-    job = db.session.execute(_JOB_REF, {"job_id": full}).first()
+    job = core(_JOB_REF, {"job_id": full}).first()
     if job is None:
         raise NotFound(f"no job {job_id}")
     if job.worker_id != g.user.client_id:
@@ -158,7 +158,7 @@ def held_job(job_id: str) -> Row[Any]:
 def final_status(job_id: str, row: Any = None) -> dict[str, Any]:
     """The status frame's fields; ``row`` (with them) saves reading the job again."""
     if row is None:
-        row = db.session.execute(_FINAL, {"job_id": job_id}).one()
+        row = core(_FINAL, {"job_id": job_id}).one()
     return {
         "state": row.state,
         "exit_code": row.exit_code,
@@ -248,7 +248,7 @@ def submit() -> ResponseReturnValue:
         raise BadRequest(f"field 'wait_output' must be from 0 to {MAX_WAIT_SECONDS} seconds")
     early_stdin = _submitted_stdin(data)
     quotas.check(limits, "max_stdin_bytes", len(early_stdin[0]))
-    pending = db.session.execute(_PENDING_OF, {"requester": g.user.client_id}).scalar_one()
+    pending = core(_PENDING_OF, {"requester": g.user.client_id}).scalar_one()
     if pending >= limits["max_pending"]:
         db.session.commit()
         raise quotas.LimitExceeded("max_pending", limits["max_pending"], int(pending) + 1)
@@ -464,13 +464,13 @@ def _read_held(
             # Reading is the client's heartbeat: a monitored job lives while it is
             # watched. Renewed when the read starts and every third of the lease while
             # it waits, not on every wake-up: each renewal is a write.
-            db.session.execute(_RENEW_CLIENT, {"job_id": job_id, "until": now + lease})
+            core(_RENEW_CLIENT, {"job_id": job_id, "until": now + lease})
             renewals.append(now)
         # The state is read before the frames: a worker's output commits before its
         # finish, so frames read after a final state was seen are complete. The other
         # order loses output on MariaDB/PostgreSQL, where each statement of a
         # READ COMMITTED transaction sees a later moment than the one before.
-        row = db.session.execute(_READ_STATE, {"job_id": job_id}).one()
+        row = core(_READ_STATE, {"job_id": job_id}).one()
         state = JobState(row.state)
         frames = streams.read_output(job_id, after)
         if frames and is_requester and row.retries_left > 0 and not row.output_seen:
@@ -602,7 +602,7 @@ def read_input(job_id: str) -> ResponseReturnValue:
         frames = streams.read_input(job_id, after)
         if frames:
             return frames
-        now = db.session.execute(_HOLDER, {"job_id": job_id}).one()
+        now = core(_HOLDER, {"job_id": job_id}).one()
         over = JobState(now.state).terminal or now.worker_id != g.user.client_id
         result = [status_frame(final_status(job_id))] if over else None
         db.session.commit()
@@ -670,7 +670,7 @@ def finish(job_id: str) -> ResponseReturnValue:
             failure="canceled",
         )
     if not done:
-        recorded = db.session.execute(_RECORDED, {"job_id": job_id}).one()
+        recorded = core(_RECORDED, {"job_id": job_id}).one()
         db.session.commit()
         if recorded.worker_id == worker_id and _same_end(recorded, error, exit_code, aborted):
             # A finish sent again (the answer to the first was lost): already recorded.

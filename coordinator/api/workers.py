@@ -35,7 +35,7 @@ from coordinator.api.parse import (
 from coordinator.api.peer import caller_gone
 from coordinator.auth import requires
 from coordinator.body import request_body
-from coordinator.db import db, now_utc
+from coordinator.db import core, db, now_utc
 from coordinator.errors import BadRequest, Conflict
 from coordinator.models import Job, Worker
 from dffmpeg.wire import FrameKind, JobState, Role
@@ -187,7 +187,7 @@ def renew_lease(
     last job ended is what turns its short lease into the idle one, and skipping it
     would leave the short lease to run out while the worker waits the idle interval.
     """
-    row = db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
+    row = core(_WORKER_STATE, {"worker_id": worker_id}).first()
     if row is None or row.state == "offline":
         raise Conflict("worker is not registered")
     now = now_utc()
@@ -195,7 +195,7 @@ def renew_lease(
         # A busy worker polls many times a second: one write per second is plenty for
         # a lease of several seconds.
         if load is not None:
-            db.session.execute(_STORE_LOAD, {"id": worker_id, "load": load})
+            core(_STORE_LOAD, {"id": worker_id, "load": load})
         db.session.commit()
         return row
     values = {
@@ -206,9 +206,9 @@ def renew_lease(
     }
     if load is not None:
         values["load"] = load
-    result = db.session.execute(_RENEW_WITH_LOAD if load is not None else _RENEW_LEASE, values)
+    result = core(_RENEW_WITH_LOAD if load is not None else _RENEW_LEASE, values)
     db.session.commit()
-    if result.rowcount == 0:  # type: ignore[attr-defined]  # declared offline meanwhile
+    if result.rowcount == 0:  # declared offline meanwhile
         raise Conflict("worker is not registered")
     return row
 
@@ -361,7 +361,7 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     me = (
         scheduler.offer_row(worker_id)
         if pending
-        else db.session.execute(_WORKER_STATE, {"worker_id": worker_id}).first()
+        else core(_WORKER_STATE, {"worker_id": worker_id}).first()
     )
     if me is None or me.state == "offline":  # deregistered or expired meanwhile
         db.session.commit()
