@@ -350,7 +350,9 @@ _NEWS_FOR = select(Job).where(
 )
 
 
-def _work_for(worker_id: str) -> dict[str, Any] | None:
+def _work_for(worker_id: str, online: Any = None) -> dict[str, Any] | None:
+    """``online``: the worker's row as the poll's lease renewal read it just now (the
+    first check of a poll), which spares reading its state again without a claim."""
     # No lease extension here: this runs again and again while a poll waits, also
     # after the worker behind the connection died (kill -9); only a request that
     # arrives proves the worker is alive.
@@ -358,11 +360,10 @@ def _work_for(worker_id: str) -> dict[str, Any] | None:
     # With jobs waiting, the worker's offer is read for the claim, and its state comes
     # with it; without, only the state: one read of the worker's row either way.
     pending = scheduler.any_pending()
-    me = (
-        scheduler.offer_row(worker_id)
-        if pending
-        else core(_WORKER_STATE, {"worker_id": worker_id}).first()
-    )
+    if pending:
+        me = scheduler.offer_row(worker_id)
+    else:
+        me = online or core(_WORKER_STATE, {"worker_id": worker_id}).first()
     if me is None or me.state == "offline":  # deregistered or expired meanwhile
         db.session.commit()
         raise Conflict("worker is not registered")
@@ -425,10 +426,12 @@ def poll() -> ResponseReturnValue:
     own = f"worker:{worker_id}"
     keys = [own, f"slot:{worker_id}"] if full else ["jobs", own]
 
+    first = [me]
+
     def check() -> dict[str, Any] | None:
         if caller_gone():
             return {"jobs": [], "cancel": []}  # nobody to hand a job to: claim nothing
-        result = _work_for(worker_id)
+        result = _work_for(worker_id, first.pop() if first else None)
         if result is None and full and scheduler.free_slots(worker_id) > 0:
             result = {"jobs": [], "cancel": []}
         db.session.commit()
