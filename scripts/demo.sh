@@ -54,8 +54,12 @@ healthy() { python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.ar
 for _ in $(seq 100); do healthy && break; sleep 0.1; done
 dffmpeg-worker --config "$DEMO/worker.yaml" >"$DEMO/worker.log" 2>&1 &
 WORKER_PID=$!
-online() { dffmpeg-admin --config "$DEMO/coordinator.yaml" worker list --json | grep -q '"online"'; }
-for _ in $(seq 120); do online && break; sleep 0.5; done
+# The listing is read whole before it is searched: grep -q stopping at the first match
+# would break the pipe under the admin command, and pipefail would call that a failure.
+online() { [[ "$(dffmpeg-admin --config "$DEMO/coordinator.yaml" worker list --json)" == *'"online"'* ]]; }
+# A worker probes its binaries and hardware before it registers: on a busy machine
+# that takes a minute or more.
+for _ in $(seq 360); do online && break; sleep 0.5; done
 online || { echo "the worker did not come online; see $DEMO/worker.log" >&2; exit 1; }
 
 echo "== generating a 10 s test clip with lavfi"
