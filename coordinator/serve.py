@@ -65,7 +65,11 @@ class CoordinatorServer(BaseApplication):
     def load(self) -> Flask:
         from coordinator import create_app
 
-        return create_app(self.settings)
+        # The master checked the schema before any worker started (``prepare_database``).
+        # A worker that checked it again at its own start would fail to boot while the
+        # database is away, and gunicorn halts the whole server when a worker fails to
+        # boot: a database blip during a worker's restart would stop the coordinator.
+        return create_app(self.settings, check_schema=False)
 
 
 def _post_worker_init(worker: Any) -> None:

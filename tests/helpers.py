@@ -91,6 +91,15 @@ def running(cmd: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Pop
         stop(proc)
 
 
+def children_of(pid: int) -> list[int]:
+    """The process's children (from /proc; empty once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if proc.poll() is not None:
         return

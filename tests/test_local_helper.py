@@ -26,7 +26,7 @@ import pytest
 
 from client import helper
 from tests.conftest import Cluster
-from tests.helpers import admin, wait_until
+from tests.helpers import admin, children_of, wait_until
 
 LAUNCHER = Path(sys.executable).parent / "dffmpeg-proxy"
 # Waits on stdin until the test closes it: the call is alive while the test looks.
@@ -36,14 +36,6 @@ READS_STDIN += ["-f", "null", "-"]
 pytestmark = pytest.mark.skipif(
     LAUNCHER.read_bytes()[:2] == b"#!", reason="the native launcher is not installed"
 )
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ process; /health (liveness) stays 200 throughout, and /metrics keeps answering w
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,16 @@ from typing import Any
 import pytest
 
 from tests.databases import private_postgres
-from tests.helpers import BIN, free_port, health, process_env, running, wait_until, write_yaml
+from tests.helpers import (
+    BIN,
+    children_of,
+    free_port,
+    health,
+    process_env,
+    running,
+    wait_until,
+    write_yaml,
+)
 from tests.prom import scrape_url
 
 
@@ -54,8 +66,40 @@ def test_ready_follows_the_database(tmp_path: Path) -> None:
             assert down.value("dffmpeg_database_errors_total") >= 1
 
             database.start()
-            wait_until(lambda: ready(url)[0] == 200, timeout=30)
-            assert ready(url)[1]["status"] == "ready"
+            # Each process notices on its own: one may still answer from a connection
+            # that died with the server, once, before the other does.
+            wait_until(lambda: all(ready(url)[1]["status"] == "ready" for _ in range(4)), 30)
             # Each gunicorn process sets the gauge when it next reaches the database: the
             # one that answered the readiness check may not be the one that last failed.
             wait_until(lambda: scrape_url(url).value("dffmpeg_database_up") == 1, timeout=30)
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_started_while_the_database_is_away_keeps_the_coordinator_up(
+    tmp_path: Path,
+) -> None:
+    """gunicorn stops the whole server when a worker process fails to boot. A worker
+    restarted (here: killed, and started again by gunicorn) while the database is away
+    must therefore boot without it: the coordinator stays up, not ready, and becomes
+    ready when the database is back."""
+    with private_postgres() as database:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        config = write_yaml(
+            tmp_path / "coordinator.yaml",
+            {"host": "127.0.0.1", "port": port, "database_url": database.url},
+        )
+        command = [str(BIN / "dffmpeg-coordinator"), "--config", str(config), "--workers", "2"]
+        with running(command, tmp_path / "coordinator.log", env=process_env()) as proc:
+            wait_until(lambda: health(url) == 200 and len(children_of(proc.pid)) == 2, 60)
+            wait_until(lambda: ready(url)[0] == 200, timeout=30)
+            database.stop()
+            wait_until(lambda: ready(url)[0] == 503, timeout=30)
+            victim = children_of(proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: victim not in (kids := children_of(proc.pid)) and len(kids) == 2, 30)
+            time.sleep(3)  # a worker that failed to boot would have stopped the server by now
+            assert proc.poll() is None
+            assert all(health(url) == 200 for _ in range(4))  # both processes answer
+            database.start()
+            wait_until(lambda: ready(url)[0] == 200, timeout=30)
