@@ -98,7 +98,8 @@ def may_see(caller: Caller | None, requester: str, worker_id: str | None) -> boo
 
 # What a worker that accepted a job may find it in when it accepts again: still its own.
 RUN_STATES = (JobState.RUNNING.value, JobState.CANCELING.value)
-_HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
+# Who holds a job, and in which state.
+HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
 
 
 class Accepted(NamedTuple):
@@ -125,7 +126,7 @@ def accept(job_id: str, worker_id: str) -> Accepted:
         started_at=now_utc(),
     ):
         return Accepted(True, JobState.RUNNING.value, False)
-    now = core(_HOLDER, {"job_id": job_id}).first()
+    now = core(HOLDER, {"job_id": job_id}).first()
     db.session.commit()
     if now is None:
         return Accepted(False, None, True)

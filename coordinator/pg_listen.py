@@ -21,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from coordinator import storage
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "dffmpeg_wakeups"
@@ -89,8 +91,10 @@ class PostgresListener:
                 now = time.monotonic()
                 if not self._stop.is_set() and now - logged >= LOG_SECONDS:
                     logged = now
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                    log.warning("listening for wake-ups failed (%s); polling meanwhile", first)
+                    log.warning(
+                        "listening for wake-ups failed (%s); polling meanwhile",
+                        storage.first_line(exc),
+                    )
             self._listening.clear()
             self._close()
             self._stop.wait(RETRY_SECONDS)

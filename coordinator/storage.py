@@ -86,7 +86,7 @@ def classify(error: BaseException) -> Fault | None:
     if not isinstance(error, sa_exc.DBAPIError) or isinstance(error, sa_exc.IntegrityError):
         return None
     orig = error.orig
-    detail = _first_line(orig)
+    detail = first_line(orig)
     kind = _kind_of(orig)
     if kind is not None:
         return Fault(kind, detail)
@@ -121,7 +121,8 @@ def _kind_of(orig: BaseException | None) -> str | None:
     return None
 
 
-def _first_line(orig: BaseException | None) -> str:
+def first_line(orig: BaseException | None) -> str:
+    """An error's first line, at most 200 characters (its type's name when it has none)."""
     text = str(orig or "").strip().splitlines()
     return text[0][:200] if text else type(orig).__name__
 

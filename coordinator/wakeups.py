@@ -36,7 +36,7 @@ from sqlalchemy import BigInteger, Engine, Integer, bindparam, func, select, upd
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from coordinator import pg_listen
+from coordinator import pg_listen, storage
 from coordinator.db import Base
 from coordinator.notify import Notifier
 from coordinator.pg_listen import PostgresListener
@@ -108,7 +108,7 @@ class DatabaseWakeups:
         # Tells this process's notifications from the others' (PostgreSQL only).
         self._token = os.urandom(8).hex()
         self.listener = (
-            PostgresListener(engine, self._token, self._heard)
+            PostgresListener(engine, self._token, self._wake_buckets)
             if engine.dialect.name == "postgresql"
             else None
         )
@@ -129,8 +129,9 @@ class DatabaseWakeups:
             self._thread.join(timeout=5)
         self._drop_connection()
 
-    def _heard(self, buckets: set[int] | None) -> None:
-        """The listener's news: another process bumped ``buckets`` (None: maybe any)."""
+    def _wake_buckets(self, buckets: set[int] | None) -> None:
+        """Wake the local waiters whose keys map to ``buckets`` (None: every waiter):
+        another process bumped them (the poll saw it, or the listener heard it)."""
         waiting = self.notifier.waiting_keys()
         keys = [k for k in waiting if buckets is None or bucket_of(k) in buckets]
         if keys:
@@ -177,7 +178,7 @@ class DatabaseWakeups:
             ):
                 # The database is away (restarting, unreachable, full): one line is enough,
                 # the storage monitor says the rest.
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                first = storage.first_line(exc)
                 log.warning(
                     "cross-process wake-ups failed (%s); waiters fall back to re-checks", first
                 )
@@ -260,12 +261,8 @@ class DatabaseWakeups:
         self._total = sum(current.values())
         previous, self._seen = self._seen, current
         own, self._own = self._own, Counter()
-        waiting = self.notifier.waiting_keys()
         if previous is None:
             # No baseline yet: whatever the first waiters missed, they check once more.
-            self.notifier.wake(*waiting)
+            self._wake_buckets(None)
             return
-        moved = {b for b, v in current.items() if v - previous.get(b, 0) > own[b]}
-        keys = [key for key in waiting if bucket_of(key) in moved]
-        if keys:
-            self.notifier.wake(*keys)
+        self._wake_buckets({b for b, v in current.items() if v - previous.get(b, 0) > own[b]})

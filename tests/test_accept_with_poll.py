@@ -17,7 +17,14 @@ from flask import Flask
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameKind, encode_frames
 from tests.conftest import Identities
 from tests.helpers import SignedClient
-from tests.test_scheduling import poll, register, show, submit, sweep, worker_client
+from tests.test_scheduling import (
+    poll,
+    register,
+    show,
+    submit,
+    time_out_assignments,
+    worker_client,
+)
 
 
 def poll_accepting(worker: SignedClient, job_ids: list[str], wait: float = 0) -> dict:
@@ -76,10 +83,7 @@ def test_a_job_given_to_another_worker_meanwhile_is_not_taken_back(
     register(slow, slots=1)
     job_id = submit(api.client)
     assert poll(slow) == [job_id]
-    app.config["DFFMPEG"].assign_timeout_seconds = 0
-    time.sleep(0.01)
-    sweep(app)  # not accepted in time: back in the queue
-    app.config["DFFMPEG"].assign_timeout_seconds = 30
+    time_out_assignments(app)  # not accepted in time: back in the queue
     register(other, slots=1)
     assert poll(other) == [job_id]
     assert poll_accepting(slow, [job_id])["cancel"] == [job_id]

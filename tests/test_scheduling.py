@@ -74,6 +74,15 @@ def run_to_end(worker: SignedClient, job_id: str, exit_code: int = 0) -> None:
     assert reply.status_code == 200
 
 
+def time_out_assignments(app: Flask) -> None:
+    """A janitor sweep that finds every assignment older than its time-out (then the
+    time-out is back at 30 s)."""
+    app.config["DFFMPEG"].assign_timeout_seconds = 0
+    time.sleep(0.01)
+    sweep(app)
+    app.config["DFFMPEG"].assign_timeout_seconds = 30
+
+
 def sweep(app: Flask) -> None:
     with app.app_context():
         app.extensions["dffmpeg.janitor"].sweep()
@@ -197,11 +206,8 @@ def test_unaccepted_assignment_goes_back_and_late_accept_is_refused(
     register(slow, slots=1)
     job = submit(api.client)
     assert poll(slow) == [job]
-    app.config["DFFMPEG"].assign_timeout_seconds = 0
-    time.sleep(0.01)
-    sweep(app)
+    time_out_assignments(app)
     assert show(api.client, job)["state"] == "pending"
-    app.config["DFFMPEG"].assign_timeout_seconds = 30
     register(other, slots=1)
     assert poll(other) == [job]
     late = slow.post(f"/api/v1/jobs/{job}/accept")

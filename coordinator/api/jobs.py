@@ -100,7 +100,6 @@ _JOB_REF = select(
 _FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
     Job.id == bindparam("job_id")
 )
-_HOLDER = select(Job.state, Job.worker_id).where(Job.id == bindparam("job_id"))
 # With the final status's columns: they are written with the terminal state, so once
 # the state read is terminal they are final too, and the read needs no second look.
 _READ_STATE = select(
@@ -602,7 +601,7 @@ def read_input(job_id: str) -> ResponseReturnValue:
         frames = streams.read_input(job_id, after)
         if frames:
             return frames
-        now = core(_HOLDER, {"job_id": job_id}).one()
+        now = core(jobs.HOLDER, {"job_id": job_id}).one()
         over = JobState(now.state).terminal or now.worker_id != g.user.client_id
         result = [status_frame(final_status(job_id))] if over else None
         db.session.commit()
