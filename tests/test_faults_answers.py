@@ -20,7 +20,7 @@ from client.api import Api
 from tests import databases
 from tests.answer_proxy import AnswerDroppingProxy, Rule
 from tests.faults import Timing, check_all, fault_cluster
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 JOB = r"/api/v1/jobs/[0-9a-f]{32}"
 RULES = [
@@ -72,6 +72,9 @@ def test_retried_requests_with_lost_answers_change_nothing_twice(tmp_path: Path,
                 client.close()
             # Every kind of request lost an answer once and was sent again.
             assert sorted(proxy.dropped) == sorted(r.name for r in RULES)
+            # A poll whose answer was lost is sent again after the worker's back-off,
+            # with the same accepts: possibly after every job ended.
+            wait_until(lambda: proxy.seen["accept"] >= 2, timeout=30)
             for rule in RULES:
                 assert proxy.seen[rule.name] >= 2, (rule.name, proxy.seen)
             assert len(cluster.jobs()) == 3
