@@ -62,6 +62,9 @@ class Unreachable(Exception):
 
     # Which of the Api's addresses failed (None: not known, e.g. an unsigned 5xx).
     address_index: int | None = None
+    # The request went out whole before the failure: the coordinator may have acted on
+    # it (made the job of a submission) and only its answer was lost.
+    sent: bool = False
 
 
 class AnswerRefused(ApiError):
@@ -272,8 +275,10 @@ class Api:
             signed = signing.sign_headers(self.client_id, self._key, method, prefix + path, body)
             nonce = signed[signing.HEADER_NONCE]
             all_headers = {**headers, **signed, "Content-Length": str(len(body))}
+            sent = False
             try:
                 conn.request(method, prefix + path, body=body, headers=all_headers)
+                sent = True
                 reply: Reply = conn.getresponse()
                 data = reply.read()
                 break
@@ -286,6 +291,8 @@ class Api:
                     continue
                 failure = Unreachable(str(exc) or type(exc).__name__)
                 failure.address_index = index
+                # (PlainConnection reads the answer within ``request``.)
+                failure.sent = sent or getattr(conn, "request_sent", False)
                 raise failure from exc
             except BaseException:
                 # Broken off half-way (a signal, client/job.py's Interrupted): what is
@@ -331,11 +338,17 @@ class Api:
         content_type: str | None = None,
         timeout: float | None = None,
         retry_for: float = 0.0,
+        retry_once_sent: float = 0.0,
         backoff: Backoff | None = None,
     ) -> Response:
         """Send one signed request; for ``retry_for`` seconds, send it again after a
         connection failure or a 503 (``backoff``: the delays, by default the shared
         policy's).
+
+        ``retry_once_sent``: for an idempotent request that changes something (a
+        submission), once an attempt went out whole and its answer was lost, the
+        coordinator may have acted on it, so the retries go on for at least this long
+        from then, as they would for a job under way.
 
         ``params`` may be pairs, for a name given more than once.
         Raises Unreachable, AuthError (401/403) or ApiError (other 4xx/5xx, the 503 of
@@ -358,7 +371,10 @@ class Api:
         while True:
             try:
                 response = self._send_once(method, full, payload, headers, wait)
-            except Unreachable:
+            except Unreachable as exc:
+                if exc.sent and retry_once_sent > 0:
+                    deadline = max(deadline, time.monotonic() + retry_once_sent)
+                    retry_once_sent = 0.0  # counted from the first lost answer
                 if not self._retry(deadline, delays.next_delay()):
                     raise
                 continue

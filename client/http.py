@@ -59,6 +59,8 @@ class PlainConnection:
         self._file: Any = None
         self._reply: PlainReply | None = None
         self.reused = False
+        # The last request went out whole (its answer is read within ``request``).
+        self.request_sent = False
 
     def connect(self) -> None:
         limit = self.timeout
@@ -79,6 +81,7 @@ class PlainConnection:
             self.sock = None
 
     def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> None:
+        self.request_sent = False
         if self.sock is None:
             self.connect()
         else:
@@ -90,6 +93,7 @@ class PlainConnection:
         self.sock.sendall(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.sock.sendall(body)
+        self.request_sent = True
         self._reply = self._read_reply(method)
 
     def getresponse(self) -> PlainReply:

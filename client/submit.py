@@ -138,11 +138,27 @@ def submit(api: Api, request: JobRequest, retry_for: float = 0.0) -> str:
     return submit_job(api, request, retry_for).job_id
 
 
-def submit_job(api: Api, request: JobRequest, retry_for: float = 0.0) -> Submitted:
+def submit_job(
+    api: Api,
+    request: JobRequest,
+    retry_for: float = 0.0,
+    lost_answer_grace: float = DEFAULT_OUTAGE_GRACE_SECONDS,
+) -> Submitted:
     """Submit ``request``, sending it again for ``retry_for`` seconds while the
     coordinator cannot be reached or its database is unavailable (the idempotency key
-    makes every attempt the same submission)."""
-    reply = api.call("POST", "/jobs", json_body=request.to_json(), retry_for=retry_for)
+    makes every attempt the same submission).
+
+    An attempt whose answer was lost may have made the job, and a submission waits
+    for the job's first output (``wait_output``), so the coordinator going away in that
+    moment is an outage in the middle of a job: the attempts go on for
+    ``lost_answer_grace`` seconds, the outage grace a job under way is given."""
+    reply = api.call(
+        "POST",
+        "/jobs",
+        json_body=request.to_json(),
+        retry_for=retry_for,
+        retry_once_sent=lost_answer_grace,
+    )
     grace = reply.get("outage_grace_seconds")
     if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace > 0:
         grace = DEFAULT_OUTAGE_GRACE_SECONDS
@@ -193,7 +209,7 @@ def _found_or_die(api: Api, request: JobRequest, signum: int) -> Submitted:
     nothing of ours running: die of the signal, as a local ffmpeg would."""
     request.wait_output = None
     try:
-        return submit_job(api, request, retry_for=0.0)
+        return submit_job(api, request, retry_for=0.0, lost_answer_grace=0.0)
     except (ApiError, Unreachable):
         die_of(signum)
         raise

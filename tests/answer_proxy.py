@@ -24,6 +24,9 @@ class Rule:
     path: re.Pattern[str]
     drops: int = 1  # how many answers to lose
     query: re.Pattern[str] | None = None  # also searched for in the query string
+    # After losing an answer, refuse every connection for this many seconds (the
+    # coordinator went away right after it acted).
+    outage: float = 0.0
 
 
 @dataclass
@@ -34,14 +37,21 @@ class AnswerDroppingProxy:
     seen: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._server = socket.socket()
-        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self.port = int(self._server.getsockname()[1])
+        self.port = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._listen()
+        self._outage = threading.Event()  # set: the accept thread stops listening a while
+        self._outage_seconds = 0.0
         threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+
+    def _listen(self) -> None:
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", self.port))
+        self._server.listen(64)
+        self._server.settimeout(0.1)  # so that an outage begins within 0.1 s
+        self.port = int(self._server.getsockname()[1])
 
     @property
     def url(self) -> str:
@@ -53,10 +63,19 @@ class AnswerDroppingProxy:
 
     def _accept(self) -> None:
         while not self._closed.is_set():
+            if self._outage.is_set():
+                self._server.close()  # connections are refused now
+                if self._closed.wait(self._outage_seconds):
+                    return
+                self._outage.clear()
+                self._listen()
             try:
                 client, _ = self._server.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -96,6 +115,9 @@ class AnswerDroppingProxy:
                     self.seen[rule.name] += 1
                     if self.dropped.count(rule.name) < rule.drops:
                         self.dropped.append(rule.name)
+                        if rule.outage:
+                            self._outage_seconds = rule.outage
+                            self._outage.set()
                         return True
         return False
 

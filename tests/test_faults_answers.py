@@ -82,6 +82,38 @@ def test_retried_requests_with_lost_answers_change_nothing_twice(tmp_path: Path,
         proxy.close()
 
 
+@pytest.mark.timeout(120)
+def test_a_submission_whose_answer_is_lost_in_an_outage_waits_for_its_job(tmp_path: Path) -> None:
+    """The coordinator makes the job and goes away before its answer (the submission
+    waits for the job's first output, so this moment is not short). The drop-in may
+    not give up after ``connect_retry_seconds`` as if nothing had been made: its job
+    is under way, and it keeps trying for the outage grace, then follows the job."""
+    port = free_port()
+    outage = 4.0
+    rule = Rule("submit", "POST", re.compile(r"/api/v1/jobs"), outage=outage)
+    proxy = AnswerDroppingProxy(("127.0.0.1", port), [rule])
+    try:
+        with (
+            databases.fresh_database("sqlite", tmp_path) as url,
+            fault_cluster(
+                tmp_path,
+                url,
+                Timing.fast(),
+                workers=1,
+                urls=[proxy.url],
+                ports=[port],
+                client_extra={"connect_retry_seconds": 1},
+            ) as cluster,
+        ):
+            callers = cluster.callers([(6, 5)], 0.25)
+            check_all(cluster, callers, timeout=90)
+            assert proxy.dropped == ["submit"]
+            assert callers[0].ended_at - callers[0].started_at > outage
+            assert len(cluster.jobs()) == 1
+    finally:
+        proxy.close()
+
+
 def _key(cluster: object) -> str:
     import yaml
 
