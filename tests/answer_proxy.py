@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,9 +41,8 @@ class AnswerDroppingProxy:
         self.port = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._reopen_at: float | None = None  # in an outage: when to listen again
         self._listen()
-        self._outage = threading.Event()  # set: the accept thread stops listening a while
-        self._outage_seconds = 0.0
         threading.Thread(target=self._accept, name="proxy", daemon=True).start()
 
     def _listen(self) -> None:
@@ -50,7 +50,6 @@ class AnswerDroppingProxy:
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", self.port))
         self._server.listen(64)
-        self._server.settimeout(0.1)  # so that an outage begins within 0.1 s
         self.port = int(self._server.getsockname()[1])
 
     @property
@@ -63,19 +62,17 @@ class AnswerDroppingProxy:
 
     def _accept(self) -> None:
         while not self._closed.is_set():
-            if self._outage.is_set():
-                self._server.close()  # connections are refused now
-                if self._closed.wait(self._outage_seconds):
-                    return
-                self._outage.clear()
-                self._listen()
             try:
                 client, _ = self._server.accept()
-            except TimeoutError:
-                continue
             except OSError:
-                return
-            client.settimeout(None)
+                with self._lock:
+                    reopen_at = self._reopen_at
+                if reopen_at is None or self._closed.wait(max(0.0, reopen_at - time.monotonic())):
+                    return
+                with self._lock:
+                    self._reopen_at = None
+                    self._listen()
+                continue
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -116,8 +113,10 @@ class AnswerDroppingProxy:
                     if self.dropped.count(rule.name) < rule.drops:
                         self.dropped.append(rule.name)
                         if rule.outage:
-                            self._outage_seconds = rule.outage
-                            self._outage.set()
+                            # Before the party hears of the loss: its retry is refused.
+                            self._reopen_at = time.monotonic() + rule.outage
+                            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+                            self._server.close()
                         return True
         return False
 
