@@ -291,8 +291,7 @@ class Api:
                     continue
                 failure = Unreachable(str(exc) or type(exc).__name__)
                 failure.address_index = index
-                # (PlainConnection reads the answer within ``request``.)
-                failure.sent = sent or getattr(conn, "request_sent", False)
+                failure.sent = sent
                 raise failure from exc
             except BaseException:
                 # Broken off half-way (a signal, client/job.py's Interrupted): what is
@@ -338,14 +337,14 @@ class Api:
         content_type: str | None = None,
         timeout: float | None = None,
         retry_for: float = 0.0,
-        retry_once_sent: float = 0.0,
+        lost_answer_grace: float = 0.0,
         backoff: Backoff | None = None,
     ) -> Response:
         """Send one signed request; for ``retry_for`` seconds, send it again after a
         connection failure or a 503 (``backoff``: the delays, by default the shared
         policy's).
 
-        ``retry_once_sent``: for an idempotent request that changes something (a
+        ``lost_answer_grace``: for an idempotent request that changes something (a
         submission), once an attempt went out whole and its answer was lost, the
         coordinator may have acted on it, so the retries go on for at least this long
         from then, as they would for a job under way.
@@ -372,9 +371,9 @@ class Api:
             try:
                 response = self._send_once(method, full, payload, headers, wait)
             except Unreachable as exc:
-                if exc.sent and retry_once_sent > 0:
-                    deadline = max(deadline, time.monotonic() + retry_once_sent)
-                    retry_once_sent = 0.0  # counted from the first lost answer
+                if exc.sent and lost_answer_grace > 0:
+                    deadline = max(deadline, time.monotonic() + lost_answer_grace)
+                    lost_answer_grace = 0.0  # counted from the first lost answer
                 if not self._retry(deadline, delays.next_delay()):
                     raise
                 continue

@@ -57,10 +57,8 @@ class PlainConnection:
         self.connect_timeout = connect_timeout
         self.sock: socket.socket | None = None
         self._file: Any = None
-        self._reply: PlainReply | None = None
+        self._sent: str | None = None  # the method of a request whose answer is unread
         self.reused = False
-        # The last request went out whole (its answer is read within ``request``).
-        self.request_sent = False
 
     def connect(self) -> None:
         limit = self.timeout
@@ -81,7 +79,9 @@ class PlainConnection:
             self.sock = None
 
     def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> None:
-        self.request_sent = False
+        """Send the request; as with ``http.client``, a return means it went out whole
+        (``Api`` tells a lost answer from a request never sent by that)."""
+        self._sent = None
         if self.sock is None:
             self.connect()
         else:
@@ -93,14 +93,13 @@ class PlainConnection:
         self.sock.sendall(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.sock.sendall(body)
-        self.request_sent = True
-        self._reply = self._read_reply(method)
+        self._sent = method
 
     def getresponse(self) -> PlainReply:
-        reply, self._reply = self._reply, None
-        if reply is None:
+        method, self._sent = self._sent, None
+        if method is None:
             raise HttpError("no request was sent")
-        return reply
+        return self._read_reply(method)
 
     def _stream(self) -> Any:
         # ``close`` may run in another thread (``Api.close`` closes every connection).

@@ -157,7 +157,7 @@ def submit_job(
         "/jobs",
         json_body=request.to_json(),
         retry_for=retry_for,
-        retry_once_sent=lost_answer_grace,
+        lost_answer_grace=lost_answer_grace,
     )
     grace = reply.get("outage_grace_seconds")
     if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace > 0:
