@@ -39,6 +39,7 @@ client_id: jellyfin
 hmac_key: $CLIENT_KEY
 coordinator_url: http://127.0.0.1:$PORT
 paths: {Media: $DEMO/client-media}
+state_dir: $DEMO/client-state
 YAML
 cat > "$DEMO/admin.yaml" <<YAML
 client_id: operator

@@ -27,6 +27,17 @@ from tests.helpers import (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Drop-ins started by tests keep their state (incidents to report, the config
+    cache, the local helper) under the session's temporary directory, not in the home
+    directory, where a later drop-in (the demo's) would report them as its own."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(state))
+        yield state
+
+
 @pytest.fixture(scope="session")
 def ffmpeg() -> str:
     path = shutil.which("ffmpeg")
