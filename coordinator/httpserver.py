@@ -169,6 +169,10 @@ def _answer(status: int, error: str, message: str, **extra: Any) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
+# A body piece this large is sent along with the held head, not joined to it (a copy).
+LARGE_PIECE_BYTES = 64 * 1024
+
+
 class HeadWithBody:
     """The socket gunicorn writes an answer to, holding back the head (its first
     ``sendall``) until the body's first piece follows, so that both leave in one send:
@@ -186,8 +190,25 @@ class HeadWithBody:
             self._held = bytes(data)
             return
         if self._held is not None:
-            data, self._held = self._held + data, None
+            held, self._held = self._held, None
+            if len(data) >= LARGE_PIECE_BYTES:
+                self._send_both(held, data)
+                return
+            data = held + data
         self._sock.sendall(data)
+
+    def _send_both(self, head: bytes, body: bytes) -> None:
+        """``head`` then ``body`` in one system call where the socket takes them,
+        without joining them first: a stream's output read answers MiBs at a time."""
+        with memoryview(head) as first, memoryview(body) as second:
+            pieces = [first, second]
+            while pieces:
+                sent = self._sock.sendmsg(pieces)
+                while pieces and sent >= len(pieces[0]):
+                    sent -= len(pieces[0])
+                    pieces.pop(0)
+                if pieces and sent:
+                    pieces[0] = pieces[0][sent:]
 
     def flush(self) -> None:
         self._first = False

@@ -161,3 +161,34 @@ def test_an_answer_head_leaves_with_its_body_in_one_send() -> None:
     head_only.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
     head_only.flush()
     assert bodiless.sent == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+
+
+def test_a_large_answer_body_follows_its_head_whole_and_in_order() -> None:
+    import os
+    import socket
+    import threading
+
+    from coordinator.httpserver import HeadWithBody
+
+    ours, theirs = socket.socketpair()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 3145728\r\n\r\n"
+    body = os.urandom(3 * 1024 * 1024)  # more than the socket buffer: partial sends
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(head) + len(body):
+            chunk = theirs.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    out = HeadWithBody(ours)
+    out.sendall(head)
+    out.sendall(body)
+    out.flush()
+    reader.join(timeout=30)
+    ours.close()
+    theirs.close()
+    assert bytes(received) == head + body

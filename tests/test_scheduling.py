@@ -332,6 +332,48 @@ def test_abandoned_monitored_job_is_canceled(app: Flask, api: Identities) -> Non
     assert show(api.client, background)["state"] == "pending"
 
 
+def test_reading_output_renews_the_client_lease_once_a_third_of_it_went_by(
+    app: Flask, api: Identities
+) -> None:
+    """A stream's reader reads many times a second; each renewal is a write, so a read
+    renews only when a third of the lease went by since the last one (and a job with
+    no client lease, not monitored, gets none)."""
+    from datetime import timedelta
+
+    from coordinator.db import db, now_utc
+    from coordinator.models import Job
+
+    register(api.worker, slots=2)
+    job = submit(api.client)
+    background = submit(api.client, mode="background")
+    lease = timedelta(seconds=app.config["DFFMPEG"].client_lease_seconds)
+
+    def expiry(job_id: str, set_to: Any = None) -> Any:
+        with app.app_context():
+            row = db.session.get(Job, job_id)
+            if set_to is not None:
+                row.client_lease_expires_at = set_to
+            found = row.client_lease_expires_at
+            db.session.commit()
+            return found
+
+    def read(job_id: str) -> None:
+        assert api.client.get(f"/api/v1/jobs/{job_id}/output?after=0&wait=0").status_code == 200
+
+    # Renewed a moment ago (two thirds of the lease still ahead): the read leaves it.
+    recent = expiry(job, now_utc() + lease - lease / 6)
+    read(job)
+    assert expiry(job) == recent
+    # More than a third went by: the read renews it to a whole lease from now.
+    expiry(job, now_utc() + lease / 2)
+    before = now_utc()
+    read(job)
+    assert before + lease <= expiry(job) <= now_utc() + lease
+    assert expiry(background) is None
+    read(background)
+    assert expiry(background) is None
+
+
 def test_drain_stops_assignments_and_paths_update_stops_routing(
     app: Flask, api: Identities
 ) -> None:

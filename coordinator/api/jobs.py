@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -110,6 +110,7 @@ _READ_STATE = select(
     Job.exit_code,
     Job.failure,
     Job.reason,
+    Job.client_lease_expires_at,
 ).where(Job.id == bindparam("job_id"))
 # The requester was handed output of this run: it may never run again (coordinator/
 # retries.py). Conditional on the run read, so a requeue in between is noticed.
@@ -324,7 +325,7 @@ def submit() -> ResponseReturnValue:
     if wait_output is not None:
         # The caller's first read of the output, in this request: a short job's whole
         # output and end then come with its submission (the lease was set just now).
-        frames = _read_held(job_id, 0, True, float(wait_output), [now])
+        frames = _read_held(job_id, 0, True, float(wait_output))
         answer["output"] = base64.b64encode(encode_frames(frames)).decode()
     return jsonify(answer), 201
 
@@ -448,28 +449,28 @@ def read_output(job_id: str) -> ResponseReturnValue:
     return _frames_response(_read_held(job.id, int_arg("after", 0), is_requester, wait_arg()))
 
 
-def _read_held(
-    job_id: str, after: int, is_requester: bool, wait: float, renewed: list[datetime] | None = None
-) -> list[Any]:
+def _read_held(job_id: str, after: int, is_requester: bool, wait: float) -> list[Any]:
     """What ``GET .../output`` answers: the frames after ``after`` (and the final
     status, once all was read of a job that is over), waiting up to ``wait`` seconds
-    for some. ``renewed``: when the client's lease was last renewed (a reader renews it)."""
+    for some. The requester's read renews the job's client lease."""
     lease = _client_lease()
-    renewals = [] if renewed is None else renewed
 
     def check() -> list[Any] | None:
-        now = now_utc()
-        if is_requester and (not renewals or now - renewals[-1] > lease / 3):
-            # Reading is the client's heartbeat: a monitored job lives while it is
-            # watched. Renewed when the read starts and every third of the lease while
-            # it waits, not on every wake-up: each renewal is a write.
-            core(_RENEW_CLIENT, {"job_id": job_id, "until": now + lease})
-            renewals.append(now)
         # The state is read before the frames: a worker's output commits before its
         # finish, so frames read after a final state was seen are complete. The other
         # order loses output on MariaDB/PostgreSQL, where each statement of a
         # READ COMMITTED transaction sees a later moment than the one before.
         row = core(_READ_STATE, {"job_id": job_id}).one()
+        if is_requester:
+            # Reading is the client's heartbeat: a monitored job (one with a client
+            # lease) lives while it is watched. Renewed once a third of the lease went
+            # by since the last renewal (the stored expiry says when), not on every
+            # read or wake-up: each renewal is a write, and a stream's reader reads
+            # several times a second.
+            now = now_utc()
+            until = row.client_lease_expires_at
+            if until is not None and until - now < lease - lease / 3:
+                core(_RENEW_CLIENT, {"job_id": job_id, "until": now + lease})
         state = JobState(row.state)
         frames = streams.read_output(job_id, after)
         if frames and is_requester and row.retries_left > 0 and not row.output_seen:
