@@ -30,6 +30,7 @@ from coordinator.checkpointer import Checkpointer
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
+from coordinator.recent_output import RecentOutput
 from coordinator.services import BackgroundServices
 from coordinator.serving import ServingMonitor
 from coordinator.storage import StorageMonitor
@@ -101,6 +102,7 @@ def create_app(
         observer=instruments,
     )
     app.extensions["dffmpeg.notifier"] = notifier
+    app.extensions["dffmpeg.recent_output"] = RecentOutput()
     app.extensions["dffmpeg.draining"] = threading.Event()
     # Identity keys are stored encrypted with this secret (coordinator/keystore.py).
     app.extensions["dffmpeg.keystore"] = keystore.KeystoreHolder(settings.secret_key_file)

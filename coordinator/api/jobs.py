@@ -39,6 +39,7 @@ from coordinator.api.parse import (
     json_body,
     notifier,
     parse_frames,
+    recent_output,
     str_list,
     str_map,
     wait_arg,
@@ -95,7 +96,14 @@ def visible_job(job_id: str) -> Job:
 # read these few columns as a plain row instead of loading the whole job (arguments,
 # environment, capabilities needed) as an ORM object.
 _JOB_REF = select(
-    Job.id, Job.requester, Job.worker_id, Job.state, Job.progress, Job.binary, Job.created_at
+    Job.id,
+    Job.requester,
+    Job.worker_id,
+    Job.state,
+    Job.progress,
+    Job.binary,
+    Job.created_at,
+    Job.attempt,
 ).where(Job.id == bindparam("job_id"))
 _FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
     Job.id == bindparam("job_id")
@@ -472,7 +480,16 @@ def _read_held(job_id: str, after: int, is_requester: bool, wait: float) -> list
             if until is not None and until - now < lease - lease / 3:
                 core(_RENEW_CLIENT, {"job_id": job_id, "until": now + lease})
         state = JobState(row.state)
-        frames = streams.read_output(job_id, after)
+        # A batch this process stored just now is handed over from memory; the read
+        # that may carry the final status reads everything from the database.
+        recent = None
+        if not state.terminal:
+            recent = recent_output().after(job_id, row.attempt, after, streams.READ_BUDGET)
+        if recent is None:
+            frames = streams.read_output(job_id, after)
+        else:
+            frames = recent
+            db.session.commit()  # the lease's renewal, if any; and the read ends
         if frames and is_requester and row.retries_left > 0 and not row.output_seen:
             # A job that may run again once its worker is lost: first record that this
             # run's output reached the requester (then it never runs again).
@@ -544,7 +561,11 @@ def write_output(job_id: str) -> ResponseReturnValue:
     job_id = job.id
     if job.state not in jobs.RUN_STATES:
         raise WrongState(f"job is {job.state}", state=job.state)
-    added = _append_output(job, frames_body())
+    frames = frames_body()
+    added = _append_output(job, frames)
+    if added:
+        # A retry may re-send frames stored before: the new ones are the last.
+        recent_output().stored(job_id, job.attempt, frames[len(frames) - added :])
     notifier().notify(f"output:{job_id}")
     return jsonify({"added": added})
 
@@ -679,6 +700,7 @@ def finish(job_id: str) -> ResponseReturnValue:
     # Only this worker gained a free slot: waking every worker's poll would make each
     # of them run a claim that cannot change anything. Its own poll listens for a free
     # slot only while it is full (``slot:``); one with room already waits for new jobs.
+    recent_output().forget(job_id)  # its last reads go to the database
     notifier().notify(f"output:{job_id}", f"slot:{worker_id}")
     return jsonify({"ok": True})
 

@@ -18,6 +18,7 @@ from flask import current_app, request
 from coordinator.body import request_body
 from coordinator.errors import BadRequest
 from coordinator.notify import Notifier
+from coordinator.recent_output import RecentOutput
 from dffmpeg.wire import CONTENT_TYPE_FRAMES, Frame, FrameError, FrameKind, decode_frames
 
 MAX_WAIT_SECONDS = 30.0
@@ -189,6 +190,11 @@ def wait_arg() -> float:
     if not math.isfinite(value):
         raise BadRequest("query argument 'wait' must be a finite number of seconds")
     return min(max(value, 0.0), MAX_WAIT_SECONDS)
+
+
+def recent_output() -> RecentOutput:
+    result: RecentOutput = current_app.extensions["dffmpeg.recent_output"]
+    return result
 
 
 def notifier() -> Notifier:
