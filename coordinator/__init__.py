@@ -26,7 +26,6 @@ from coordinator import (
     statement_log,
     storage,
 )
-from coordinator.checkpointer import Checkpointer
 from coordinator.db import db as database
 from coordinator.janitor import Janitor
 from coordinator.notify import Notifier
@@ -137,12 +136,6 @@ def create_app(
     app.extensions["dffmpeg.janitor"] = janitor
     if start_janitor:
         services.add("janitor", janitor)
-        with app.app_context():
-            engine = database.engine
-        if engine.dialect.name == "sqlite":
-            checkpointer = Checkpointer(engine)
-            app.extensions["dffmpeg.checkpointer"] = checkpointer
-            services.add("SQLite checkpointer", checkpointer)
     # Broker connections and the stream hub (nothing when only HTTP long-poll is enabled;
     # off for one-shot tools such as dffmpeg-admin).
     if start_transports:

@@ -85,20 +85,12 @@ def engine_options(url: str) -> dict[str, Any]:
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
-# A commit that leaves the log past this many pages checkpoints it before it returns:
-# only a backstop (64 MiB at SQLite's 4 KiB pages) for a process whose checkpointer does
-# not run (coordinator/checkpointer.py does it off the request threads), instead of
-# SQLite's 1000 pages, which a stream's output passed every 2 requests.
-AUTO_CHECKPOINT_PAGES = 16384
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-    cursor.execute(f"PRAGMA wal_autocheckpoint={AUTO_CHECKPOINT_PAGES}")
     cursor.close()
 
 

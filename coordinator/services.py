@@ -5,8 +5,6 @@ a thread (or a few) with ``start`` and ``stop``:
 
 * the **janitor** (coordinator/janitor.py): leases, time-outs, and the maintenance that
   keeps the database bounded (retention purge, SQLite checkpoint);
-* the **SQLite checkpointer** (coordinator/checkpointer.py): copies the write-ahead log
-  into the database off the request threads;
 * the **database wake-ups** (coordinator/wakeups.py) between processes and instances;
 * the **broker fan-out** (coordinator/publish.py): notifications over MQTT, RabbitMQ
   and the NDJSON streams.

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
@@ -241,13 +241,10 @@ class StorageMonitor:
 CHECKPOINT_BUSY_MS = 1000
 
 
-def checkpoint(
-    engine: Engine, mode: Literal["TRUNCATE", "PASSIVE"] = "TRUNCATE"
-) -> tuple[int, int, int] | None:
+def checkpoint(engine: Engine) -> tuple[int, int, int] | None:
     """On SQLite, copy the write-ahead log into the database and truncate it to zero
-    bytes (``PRAGMA wal_checkpoint(TRUNCATE)``; ``PASSIVE`` copies what it can without
-    waiting and leaves the log's size: coordinator/checkpointer.py): returns SQLite's
-    (busy, log pages, pages checkpointed); None on other databases.
+    bytes (``PRAGMA wal_checkpoint(TRUNCATE)``): returns SQLite's (busy, log pages,
+    pages checkpointed); None on other databases.
 
     SQLite's own automatic checkpoints never shrink the log, and cannot even reuse it
     while readers keep it busy, so a coordinator that runs for weeks under steady load
@@ -262,7 +259,7 @@ def checkpoint(
         cursor = conn.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
-            cursor.execute(f"PRAGMA wal_checkpoint({mode})")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             row = cursor.fetchone()
         finally:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")

@@ -58,8 +58,8 @@ def test_the_app_owns_its_threads_and_a_start_is_an_impairment(tmp_path: Path) -
     before = {t.name for t in threading.enumerate()}
     app = create_app({"database_url": f"sqlite:///{tmp_path / 'c.db'}", "janitor_seconds": 60})
     services = app.extensions["dffmpeg.services"]
-    assert services.names == ["database wake-ups", "janitor", "SQLite checkpointer"]
-    threads = {"janitor", "wakeups", "checkpointer"}
+    assert services.names == ["database wake-ups", "janitor"]
+    threads = {"janitor", "wakeups"}
     assert threads <= {t.name for t in threading.enumerate()} - before
     # Started: no lease is judged before a whole lease has passed from now.
     with app.app_context():
