@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from itertools import islice
 
 from dffmpeg.wire import Frame
 
@@ -29,6 +31,14 @@ MAX_BYTES = 16 * 1024 * 1024
 MAX_RUNS = 256
 
 
+@dataclass
+class _Run:
+    """One job run's newest frames, consecutive seqs, oldest first."""
+
+    frames: deque[Frame] = field(default_factory=deque)
+    size: int = 0
+
+
 class RecentOutput:
     def __init__(
         self, run_bytes: int = RUN_BYTES, max_bytes: int = MAX_BYTES, max_runs: int = MAX_RUNS
@@ -37,8 +47,7 @@ class RecentOutput:
         self.max_bytes = max_bytes
         self.max_runs = max_runs
         self._lock = threading.Lock()
-        self._runs: OrderedDict[tuple[str, int], deque[Frame]] = OrderedDict()
-        self._sizes: dict[tuple[str, int], int] = {}
+        self._runs: OrderedDict[tuple[str, int], _Run] = OrderedDict()
         self._total = 0
 
     @property
@@ -51,35 +60,33 @@ class RecentOutput:
             return
         key = (job_id, attempt)
         with self._lock:
-            run = self._runs.get(key)
-            if run is None:
-                run = self._runs[key] = deque()
-                self._sizes[key] = 0
-            elif run and run[-1].seq + 1 != frames[0].seq:
-                self._drop_frames(key, len(run))  # a gap: what is held no longer leads here
-            run.extend(frames)
+            run = self._runs.setdefault(key, _Run())
+            if run.frames and run.frames[-1].seq + 1 != frames[0].seq:
+                self._drop(run, len(run.frames))  # a gap: what is held no longer leads here
+            run.frames.extend(frames)
             added = sum(len(f.data) for f in frames)
-            self._sizes[key] += added
+            run.size += added
             self._total += added
             self._runs.move_to_end(key)
-            while len(run) > 1 and self._sizes[key] > self.run_bytes:
-                self._drop_frames(key, 1)
+            while len(run.frames) > 1 and run.size > self.run_bytes:
+                self._drop(run, 1)
             while self._runs and (self._total > self.max_bytes or len(self._runs) > self.max_runs):
-                oldest = next(iter(self._runs))
-                self._forget(oldest)
+                self._forget(next(iter(self._runs)))
 
     def after(self, job_id: str, attempt: int, after: int, budget: int) -> list[Frame] | None:
         """The frames after seq ``after`` (up to about ``budget`` bytes) if this process
         holds the very next one; None otherwise (read the database)."""
         with self._lock:
             run = self._runs.get((job_id, attempt))
-            if not run or run[0].seq > after + 1 or run[-1].seq <= after:
+            if run is None or not run.frames:
+                return None
+            first = run.frames[0].seq
+            if first > after + 1 or run.frames[-1].seq <= after:
                 return None
             frames: list[Frame] = []
             size = 0
-            for frame in run:
-                if frame.seq <= after:
-                    continue
+            # The seqs are consecutive: the next frame's place is known.
+            for frame in islice(run.frames, after + 1 - first, None):
                 frames.append(frame)
                 size += len(frame.data)
                 if size >= budget:
@@ -92,13 +99,11 @@ class RecentOutput:
             for key in [k for k in self._runs if k[0] == job_id]:
                 self._forget(key)
 
-    def _drop_frames(self, key: tuple[str, int], count: int) -> None:
-        run = self._runs[key]
+    def _drop(self, run: _Run, count: int) -> None:
         for _ in range(count):
-            size = len(run.popleft().data)
-            self._sizes[key] -= size
+            size = len(run.frames.popleft().data)
+            run.size -= size
             self._total -= size
 
     def _forget(self, key: tuple[str, int]) -> None:
-        del self._runs[key]
-        self._total -= self._sizes.pop(key)
+        self._total -= self._runs.pop(key).size

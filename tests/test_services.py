@@ -59,13 +59,12 @@ def test_the_app_owns_its_threads_and_a_start_is_an_impairment(tmp_path: Path) -
     app = create_app({"database_url": f"sqlite:///{tmp_path / 'c.db'}", "janitor_seconds": 60})
     services = app.extensions["dffmpeg.services"]
     assert services.names == ["database wake-ups", "janitor"]
-    threads = {"janitor", "wakeups"}
-    assert threads <= {t.name for t in threading.enumerate()} - before
+    assert {"janitor", "wakeups"} <= {t.name for t in threading.enumerate()} - before
     # Started: no lease is judged before a whole lease has passed from now.
     with app.app_context():
         assert app.extensions["dffmpeg.serving"].latest() is not None
     services.stop()
-    assert not threads & ({t.name for t in threading.enumerate()} - before)
+    assert not {"janitor", "wakeups"} & ({t.name for t in threading.enumerate()} - before)
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
