@@ -24,6 +24,7 @@ poll runs only every ``SAFETY_INTERVAL`` seconds, for what a notification missed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -32,7 +33,16 @@ import zlib
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Integer, bindparam, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    Integer,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -62,11 +72,14 @@ class WakeupCounter(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-_BUMP = update(WakeupCounter).values(version=WakeupCounter.version + 1)
-# Built once, like the poll's statements: a flush follows most requests that change
-# something, and building a statement and its cache key cost about as much as running it.
-_BUMP_ANY = _BUMP.where(WakeupCounter.bucket.in_(bindparam("buckets", expanding=True)))
-_BUMP_ONE = _BUMP.where(WakeupCounter.bucket == bindparam("b_bucket"))
+# One counter per execution (executed many times, in order), ascending: two processes
+# bumping the same counters take the row locks in the same order and cannot deadlock.
+_BUMP_ONE = (
+    update(WakeupCounter)
+    # The 1 written into the text: the driver is given the bucket alone.
+    .values(version=WakeupCounter.version + literal_column("1"))
+    .where(WakeupCounter.bucket == bindparam("b_bucket"))
+)
 
 
 # Built once: the idle poll runs 25 times a second in every process with a waiter.
@@ -105,6 +118,12 @@ class DatabaseWakeups:
         self._conn: Any = None
         self._sum_sql = str(_SUM.compile(dialect=engine.dialect))
         self._all_sql = str(_ALL.compile(dialect=engine.dialect))
+        # The bumps go through the same connection and the driver too: a flush follows
+        # most requests that change something (two a trivial job), and a pool checkout
+        # and a transaction through SQLAlchemy cost several times the update.
+        self._bump_sql = str(_BUMP_ONE.compile(dialect=engine.dialect))
+        self._notify_sql = str(pg_listen.NOTIFY.compile(dialect=engine.dialect))
+        self._positional = engine.dialect.positional
         # Tells this process's notifications from the others' (PostgreSQL only).
         self._token = os.urandom(8).hex()
         self.listener = (
@@ -192,27 +211,34 @@ class DatabaseWakeups:
         if not buckets:
             return
         try:
-            with self.engine.begin() as conn:
-                if self.engine.dialect.name == "sqlite":
-                    # SQLite locks the whole database: one statement, no ordering to keep.
-                    conn.execute(_BUMP_ANY, {"buckets": buckets})
-                else:
-                    # One row per statement (executed many times, in order), ascending:
-                    # two processes bumping the same counters take the row locks in the
-                    # same order and cannot deadlock.
-                    conn.execute(_BUMP_ONE, [{"b_bucket": bucket} for bucket in buckets])
-                if self.listener is not None:
-                    # Delivered when this transaction commits, after the bumps.
-                    conn.execute(
-                        pg_listen.NOTIFY,
-                        {"channel": pg_listen.CHANNEL,
-                         "payload": pg_listen.payload(self._token, buckets)},
-                    )  # fmt: skip
+            self._bump(buckets)
             self._own.update(buckets)
-        except SQLAlchemyError:
+        except Exception:
             with self._pending_lock:
                 self._pending.update(buckets)  # try again on the next round
             raise
+
+    def _bump(self, buckets: list[int]) -> None:
+        if self._conn is None:
+            self._conn = self.engine.raw_connection()
+        cursor = self._conn.cursor()
+        try:
+            if self._positional:
+                cursor.executemany(self._bump_sql, [(bucket,) for bucket in buckets])
+            else:
+                cursor.executemany(self._bump_sql, [{"b_bucket": bucket} for bucket in buckets])
+            if self.listener is not None:
+                # Delivered when this transaction commits, after the bumps.
+                channel, payload = pg_listen.CHANNEL, pg_listen.payload(self._token, buckets)
+                named = {"channel": channel, "payload": payload}
+                cursor.execute(self._notify_sql, (channel, payload) if self._positional else named)
+            self._conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):  # a lost connection is dropped by _run
+                self._conn.rollback()
+            raise
+        finally:
+            cursor.close()
 
     def _read(self, sql: str) -> list[Any]:
         """Rows of a parameterless statement, in a transaction ended at once (a snapshot

@@ -1,0 +1,188 @@
+"""The hot Core statements, compiled once per database and run through the driver.
+
+A statement run through SQLAlchemy's ``Connection.execute`` costs about ten times what
+the driver spends on it: a cache-key lookup, an execution context, parameter
+processing and a result object, each built anew (23 µs against 2.5 µs for a read by
+primary key on SQLite; a trivial job runs about forty such statements). ``core``
+(coordinator/db.py) hands the statements every job runs many times to ``execute``
+here, which keeps what SQLAlchemy computes once (the SQL text for this dialect, the
+order of the parameters, their type processors and the result columns' ones) and runs
+the statement on the session's own connection, in its transaction: the same SQL, the
+same values, the same rows.
+
+What it cannot reproduce exactly it leaves to SQLAlchemy (``UNSUPPORTED``): a statement
+that needs Python-side column defaults, fetches generated values, takes a list of
+values for an ``IN`` from the caller, or whose bind names must be escaped; parameters
+given as a list (executemany) or without one the statement requires; and every
+statement while something listens to the engine's statement events (the statement log:
+coordinator/statement_log.py sees every statement there is). A driver error goes
+through SQLAlchemy's own handling, so it is raised as the same exception, the engine's
+``handle_error`` listeners see it, and a lost connection is invalidated.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Delete, Insert, Select, Update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.sql.elements import BindParameter
+
+# What ``Prepared.run`` returns when SQLAlchemy must run the statement after all.
+UNSUPPORTED: Any = object()
+
+Processor = Callable[[Any], Any] | None
+
+
+class Rows:
+    """The part of SQLAlchemy's result API the callers of ``core`` use, over rows read
+    whole (every hot read is by key or limited)."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one_or_none(self) -> Any:
+        if len(self._rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        return self.first()
+
+    def one(self) -> Any:
+        if not self._rows:
+            raise NoResultFound("No row was found when one was required")
+        return self.one_or_none()
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+    def scalars(self) -> Iterator[Any]:
+        return (row[0] for row in self._rows)
+
+
+class Prepared:
+    """One statement compiled for one dialect and one set of parameter names."""
+
+    def __init__(self, statement: Any, dialect: Dialect, keys: frozenset[str]) -> None:
+        self.statement = statement
+        self.supported = False
+        dml = isinstance(statement, Insert | Update | Delete)
+        if not (dml or isinstance(statement, Select)):
+            return
+        # An INSERT's or UPDATE's columns are the parameters given, as SQLAlchemy
+        # compiles them at execution.
+        compiled = statement.compile(dialect=dialect, column_keys=sorted(keys) if dml else None)
+        if (
+            compiled.insert_prefetch
+            or compiled.update_prefetch
+            or getattr(compiled, "postfetch", None)
+            or getattr(compiled, "effective_returning", None)
+            or compiled.escaped_bind_names
+        ):
+            return
+        binds: dict[str, BindParameter[Any]] = {n: b for b, n in compiled.bind_names.items()}
+        if any(b.expanding and (n in keys or b.required) for n, b in binds.items()):
+            return  # an IN list from the caller: its length changes the SQL text
+        if any(b.callable is not None for b in binds.values()):
+            return  # a value computed at each execution
+        self.required = frozenset(n for n, b in binds.items() if b.required)
+        # The statement's own IN lists are constants: expanded once, into one bound
+        # parameter per value, as SQLAlchemy expands them on every execution.
+        expanded = compiled.construct_expanded_state({n: None for n in self.required | keys})
+        self.sql = expanded.statement
+        names = expanded.positiontup if compiled.positional else list(expanded.parameters)
+        assert names is not None
+        self.positional = compiled.positional
+        self.names = tuple(names)
+        # Per parameter: the caller's (its name and processor) or a constant (processed).
+        self.slots: list[tuple[str, bool, Processor, Any]] = []
+        for name in self.names:
+            # An expanded value (``state_1_2``) has the type of its list (``state_1``).
+            bind = binds[name] if name in binds else binds[name.rsplit("_", 1)[0]]
+            processor = bind.type._cached_bind_processor(dialect)
+            if name in keys or name in self.required:
+                self.slots.append((name, True, processor, None))
+            else:
+                value = expanded.parameters[name]
+                self.slots.append((name, False, None, processor(value) if processor else value))
+        self.row: Any = None
+        if isinstance(statement, Select):
+            columns = list(statement.selected_columns)
+            self.row = namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
+            self.results: tuple[Processor, ...] = tuple(
+                c.type._cached_result_processor(dialect, None) for c in columns
+            )
+            self.processed = any(self.results)
+        self.supported = True
+
+    def run(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+        if not self.required <= params.keys():
+            return UNSUPPORTED  # SQLAlchemy raises its own error for the missing value
+        values = [
+            (processor(params[name]) if processor else params[name]) if given else constant
+            for name, given, processor, constant in self.slots
+        ]
+        args: Any = values if self.positional else dict(zip(self.names, values, strict=True))
+        dbapi_connection: Any = connection.connection.driver_connection
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(self.sql, args)
+            if self.row is None:
+                return Rows([], cursor.rowcount)
+            raw = cursor.fetchall()
+        except connection.dialect.loaded_dbapi.Error as exc:
+            connection._handle_dbapi_exception(exc, self.sql, args, cursor, None)
+        finally:
+            cursor.close()
+        make = self.row._make
+        if not self.processed:
+            return Rows([make(r) for r in raw], len(raw))
+        results = self.results
+        return Rows(
+            [make([p(v) if p else v for p, v in zip(results, r, strict=True)]) for r in raw],
+            len(raw),
+        )
+
+
+def execute(connection: Connection, statement: Any, params: Mapping[str, Any] | None) -> Any:
+    """``statement`` run through the driver on ``connection``, or ``UNSUPPORTED``."""
+    if params is None:
+        params = {}
+    elif not isinstance(params, Mapping):
+        return UNSUPPORTED  # executemany
+    if connection.dispatch.before_cursor_execute:
+        return UNSUPPORTED  # someone watches every statement
+    dialect = connection.dialect
+    cache: dict[tuple[int, frozenset[str]], Prepared] | None = dialect.__dict__.get(
+        "_dffmpeg_prepared"
+    )
+    if cache is None:
+        cache = dialect.__dict__.setdefault("_dffmpeg_prepared", {})
+    keys = frozenset(params)
+    prepared = cache.get((id(statement), keys))
+    if prepared is None or prepared.statement is not statement:
+        prepared = Prepared(statement, dialect, keys)
+        cache[(id(statement), keys)] = prepared
+    if not prepared.supported:
+        return UNSUPPORTED
+    return prepared.run(connection, params)
