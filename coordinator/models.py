@@ -253,17 +253,6 @@ class Job(db.Model):  # type: ignore[name-defined]
             "attempt": self.attempt,
         }
 
-    def assignment(self) -> dict[str, Any]:
-        """What a worker needs to run the job."""
-        return {
-            "job_id": self.id,
-            "binary": self.binary,
-            "args": self.args,
-            "cwd": self.cwd,
-            "env": self.env,
-            "client_paths": self.client_paths,
-        }
-
 
 class JobEvent(db.Model):  # type: ignore[name-defined]
     """One row per state transition: when, from what, to what, and why."""

@@ -12,10 +12,10 @@ same values, the same rows.
 
 What it cannot reproduce exactly it leaves to SQLAlchemy (``UNSUPPORTED``): a statement
 that needs Python-side column defaults, fetches generated values, takes a list of
-values for an ``IN`` from the caller, or whose bind names must be escaped; parameters
-given as a list (executemany) or without one the statement requires; and every
-statement while something listens to the engine's statement events (the statement log:
-coordinator/statement_log.py sees every statement there is). A driver error goes
+values for an ``IN`` from the caller, or whose bind names must be escaped; and
+parameters given as a list (executemany) or without one the statement requires. The
+engine's statement events fire as for SQLAlchemy's own statements (the statement log,
+coordinator/statement_log.py, sees every statement there is). A driver error goes
 through SQLAlchemy's own handling, so it is raised as the same exception, the engine's
 ``handle_error`` listeners see it, and a lost connection is invalidated.
 """
@@ -145,8 +145,15 @@ class Prepared:
         args: Any = values if self.positional else dict(zip(self.names, values, strict=True))
         dbapi_connection: Any = connection.connection.driver_connection
         cursor = dbapi_connection.cursor()
+        # The engine's statement listeners (the statement log) see these statements as
+        # they see SQLAlchemy's own.
+        dispatch = connection.dispatch
         try:
+            if dispatch.before_cursor_execute:
+                dispatch.before_cursor_execute(connection, cursor, self.sql, args, None, False)
             cursor.execute(self.sql, args)
+            if dispatch.after_cursor_execute:
+                dispatch.after_cursor_execute(connection, cursor, self.sql, args, None, False)
             if self.row is None:
                 return Rows([], cursor.rowcount)
             raw = cursor.fetchall()
@@ -170,8 +177,6 @@ def execute(connection: Connection, statement: Any, params: Mapping[str, Any] | 
         params = {}
     elif not isinstance(params, Mapping):
         return UNSUPPORTED  # executemany
-    if connection.dispatch.before_cursor_execute:
-        return UNSUPPORTED  # someone watches every statement
     dialect = connection.dialect
     cache: dict[tuple[int, frozenset[str]], Prepared] | None = dialect.__dict__.get(
         "_dffmpeg_prepared"

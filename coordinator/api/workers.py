@@ -344,10 +344,26 @@ def deregister() -> ResponseReturnValue:
     return jsonify({"state": worker.state})
 
 
-_NEWS_FOR = select(Job).where(
+# Columns, not Job objects: read on every check of every poll, and an ORM load of the
+# row (and its expiry at the commit) costs several times the read.
+_NEWS_FOR = select(
+    Job.id, Job.state, Job.binary, Job.args, Job.cwd, Job.env, Job.client_paths, Job.stdin_bytes
+).where(
     Job.worker_id == bindparam("worker_id"),
     Job.state.in_([JobState.ASSIGNED.value, JobState.CANCELING.value]),
 )
+
+
+def _assignment(row: Any) -> dict[str, Any]:
+    """What a worker needs to run the job, from the poll's columns."""
+    return {
+        "job_id": row.id,
+        "binary": row.binary,
+        "args": row.args,
+        "cwd": row.cwd,
+        "env": row.env,
+        "client_paths": row.client_paths,
+    }
 
 
 def _work_for(worker_id: str, online: Any = None) -> dict[str, Any] | None:
@@ -371,9 +387,8 @@ def _work_for(worker_id: str, online: Any = None) -> dict[str, Any] | None:
         scheduler.claim(worker_id, also=shorten_lease(worker_id), row=me)
     # An idle worker's poll is re-checked again and again: without pending jobs the
     # check is this indexed query plus the two above, no capabilities read.
-    jobs = list(db.session.execute(_NEWS_FOR, {"worker_id": worker_id}).scalars())
-    # Read before the commit, which would expire the rows and reload each one.
-    assigned = [j.assignment() for j in jobs if j.state == JobState.ASSIGNED.value]
+    jobs = core(_NEWS_FOR, {"worker_id": worker_id}).all()
+    assigned = [_assignment(j) for j in jobs if j.state == JobState.ASSIGNED.value]
     with_stdin = [j.id for j in jobs if j.state == JobState.ASSIGNED.value and j.stdin_bytes]
     cancel = [j.id for j in jobs if j.state == JobState.CANCELING.value]
     db.session.commit()
