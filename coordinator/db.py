@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +57,24 @@ def core(statement: Executable, params: Any = None) -> Any:
     if result is prepared.UNSUPPORTED:
         return connection.execute(statement, params)
     return result
+
+
+@contextmanager
+def streamed(statement: Executable, params: dict[str, Any], batch: int) -> Iterator[Iterable[Any]]:
+    """The rows of a read that may be long (a stream's frames), ``batch`` at a time, in
+    the request session's transaction; closed when the block ends, also when it stops
+    early. Through the driver where it can (SQLite: coordinator/prepared.py), else the
+    session's streaming read (``yield_per``, a server-side cursor)."""
+    session = db.session()
+    rows = None
+    if not (session.new or session.dirty or session.deleted):
+        rows = prepared.iterate(session.connection(), statement, params, batch)
+    if rows is not None:
+        with closing(rows):
+            yield rows
+        return
+    with session.execute(statement, params, execution_options={"yield_per": batch}) as result:
+        yield result
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -23,7 +23,7 @@ through SQLAlchemy's own handling, so it is raised as the same exception, the en
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Delete, Insert, Select, Update
@@ -138,6 +138,37 @@ class Prepared:
     def run(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         if not self.required <= params.keys():
             return UNSUPPORTED  # SQLAlchemy raises its own error for the missing value
+        cursor, args = self._execute(connection, params)
+        try:
+            if self.row is None:
+                return Rows([], cursor.rowcount)
+            rows = self._rows(cursor.fetchall())
+            return Rows(rows, len(rows))
+        except connection.dialect.loaded_dbapi.Error as exc:
+            connection._handle_dbapi_exception(exc, self.sql, args, cursor, None)
+        finally:
+            cursor.close()
+
+    def iterate(
+        self, connection: Connection, params: Mapping[str, Any], batch: int
+    ) -> Generator[Any, None, None]:
+        """The rows of a read, fetched ``batch`` at a time (SQLite's cursor steps
+        through them as they are fetched: memory holds one batch)."""
+        cursor, args = self._execute(connection, params)
+        try:
+            while True:
+                try:
+                    raw = cursor.fetchmany(batch)
+                except connection.dialect.loaded_dbapi.Error as exc:
+                    connection._handle_dbapi_exception(exc, self.sql, args, cursor, None)
+                if not raw:
+                    return
+                yield from self._rows(raw)
+        finally:
+            cursor.close()
+
+    def _execute(self, connection: Connection, params: Mapping[str, Any]) -> tuple[Any, Any]:
+        """A cursor that ran the statement (the caller closes it), and its parameters."""
         values = [
             (processor(params[name]) if processor else params[name]) if given else constant
             for name, given, processor, constant in self.slots
@@ -154,29 +185,24 @@ class Prepared:
             cursor.execute(self.sql, args)
             if dispatch.after_cursor_execute:
                 dispatch.after_cursor_execute(connection, cursor, self.sql, args, None, False)
-            if self.row is None:
-                return Rows([], cursor.rowcount)
-            raw = cursor.fetchall()
         except connection.dialect.loaded_dbapi.Error as exc:
-            connection._handle_dbapi_exception(exc, self.sql, args, cursor, None)
-        finally:
             cursor.close()
+            connection._handle_dbapi_exception(exc, self.sql, args, cursor, None)
+        except BaseException:
+            cursor.close()
+            raise
+        return cursor, args
+
+    def _rows(self, raw: list[Any]) -> list[Any]:
         make = self.row._make
         if not self.processed:
-            return Rows([make(r) for r in raw], len(raw))
+            return [make(r) for r in raw]
         results = self.results
-        return Rows(
-            [make([p(v) if p else v for p, v in zip(results, r, strict=True)]) for r in raw],
-            len(raw),
-        )
+        return [make([p(v) if p else v for p, v in zip(results, r, strict=True)]) for r in raw]
 
 
-def execute(connection: Connection, statement: Any, params: Mapping[str, Any] | None) -> Any:
-    """``statement`` run through the driver on ``connection``, or ``UNSUPPORTED``."""
-    if params is None:
-        params = {}
-    elif not isinstance(params, Mapping):
-        return UNSUPPORTED  # executemany
+def _prepared(connection: Connection, statement: Any, params: Mapping[str, Any]) -> Any:
+    """The statement's ``Prepared`` for this dialect and these parameter names, or None."""
     dialect = connection.dialect
     cache: dict[tuple[int, frozenset[str]], Prepared] | None = dialect.__dict__.get(
         "_dffmpeg_prepared"
@@ -188,6 +214,31 @@ def execute(connection: Connection, statement: Any, params: Mapping[str, Any] | 
     if prepared is None or prepared.statement is not statement:
         prepared = Prepared(statement, dialect, keys)
         cache[(id(statement), keys)] = prepared
-    if not prepared.supported:
+    return prepared if prepared.supported else None
+
+
+def execute(connection: Connection, statement: Any, params: Mapping[str, Any] | None) -> Any:
+    """``statement`` run through the driver on ``connection``, or ``UNSUPPORTED``."""
+    if params is None:
+        params = {}
+    elif not isinstance(params, Mapping):
+        return UNSUPPORTED  # executemany
+    prepared = _prepared(connection, statement, params)
+    if prepared is None:
         return UNSUPPORTED
     return prepared.run(connection, params)
+
+
+def iterate(
+    connection: Connection, statement: Any, params: Mapping[str, Any], batch: int
+) -> Generator[Any, None, None] | None:
+    """The rows of a read that may be long, through the driver: on SQLite only, whose
+    cursor fetches rows as they are asked for. The server databases' drivers would
+    hold the whole result in memory (SQLAlchemy's ``yield_per`` uses server-side
+    cursors there), so None: SQLAlchemy reads it."""
+    if connection.dialect.name != "sqlite" or not isinstance(statement, Select):
+        return None
+    prepared = _prepared(connection, statement, params)
+    if prepared is None or not prepared.required <= params.keys():
+        return None
+    return prepared.iterate(connection, params, batch)

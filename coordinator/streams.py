@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.db import core, db
+from coordinator.db import core, db, streamed
 from coordinator.errors import BadRequest, Conflict
 from coordinator.models import InputChunk, Job, OutputChunk
 from dffmpeg.wire import Frame, FrameKind
@@ -25,6 +25,8 @@ INPUT_KINDS = frozenset({FrameKind.STDIN, FrameKind.STDIN_EOF, FrameKind.SIGNAL}
 # One read returns at most about this many bytes, so a fast producer cannot make a
 # response (and the reader's memory) grow without bound.
 READ_BUDGET = 4 * 1024 * 1024
+# Rows fetched from the database at a time while reading a stream.
+READ_BATCH = 64
 
 Model = type[OutputChunk] | type[InputChunk]
 Admit = Callable[[list[Frame], int], None]
@@ -45,7 +47,6 @@ def _statements(model: Model) -> tuple[Any, Any]:
         select(model.seq, model.kind, model.data)
         .where(model.job_id == bindparam("job_id"), model.seq > bindparam("after"))
         .order_by(model.seq)
-        .execution_options(yield_per=64)
     )
     return last, read
 
@@ -97,10 +98,10 @@ def _read(model: Model, job_id: str, after: int) -> list[Frame]:
     stmt = _STATEMENTS[model][1]
     frames: list[Frame] = []
     size = 0
-    # Closed explicitly: on PostgreSQL yield_per is a server-side cursor, which a
-    # loop that stops early would otherwise leave open.
-    with db.session.execute(stmt, {"job_id": job_id, "after": after}) as result:
-        for seq, kind, data in result:
+    # A batch at a time, and closed when the loop stops early (on the server databases
+    # the read is a server-side cursor).
+    with streamed(stmt, {"job_id": job_id, "after": after}, READ_BATCH) as rows:
+        for seq, kind, data in rows:
             frames.append(Frame(FrameKind(kind), int(seq), bytes(data)))
             size += len(data)
             if size >= READ_BUDGET:

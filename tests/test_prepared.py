@@ -4,6 +4,7 @@ SQLAlchemy raises, and leaves to SQLAlchemy what it cannot reproduce."""
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -111,3 +112,38 @@ def test_what_it_cannot_reproduce_goes_through_sqlalchemy(app: Flask) -> None:
         assert not isinstance(result, prepared.Rows)
         assert [tuple(r) for r in result] == [("carol",)]
         db.session.commit()
+
+
+def test_a_stream_is_read_in_order_a_batch_at_a_time_and_a_stopped_read_ends(
+    app: Flask, database_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coordinator import prepared, streams
+    from dffmpeg.wire import Frame, FrameKind
+
+    job_id = "a" * 32
+    with app.app_context():
+        frames = [Frame(FrameKind.STDOUT, seq, bytes([seq % 256]) * 1000) for seq in range(1, 201)]
+        assert streams.append_output(job_id, frames) == 200
+        assert streams.read_output(job_id, 0) == frames  # more rows than one batch
+        assert streams.read_output(job_id, 150) == frames[150:]
+        # A read that stops at its budget leaves no cursor open: on SQLite one would keep
+        # its snapshot, and the next read would miss what was stored since.
+        readers: list[Any] = []
+
+        def iterate(*args: Any) -> Any:
+            readers.append(through_driver(*args))
+            return readers[-1]
+
+        through_driver = prepared.iterate
+        monkeypatch.setattr(prepared, "iterate", iterate)
+        monkeypatch.setattr(streams, "READ_BUDGET", 10_000)
+        first = streams.read_output(job_id, 0)
+        assert first == frames[:10] and not streams.complete(first)
+        if database_kind == "sqlite":  # the driver path
+            assert len(readers) == 1 and inspect.getgeneratorstate(readers[0]) == "GEN_CLOSED"
+        else:
+            assert readers == [None]
+        more = [Frame(FrameKind.STDERR, 201, b"late")]
+        assert streams.append_output(job_id, more) == 1
+        monkeypatch.setattr(streams, "READ_BUDGET", 4 * 1024 * 1024)
+        assert streams.read_output(job_id, 195) == [*frames[195:], *more]
