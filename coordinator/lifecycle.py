@@ -133,4 +133,5 @@ def transition(
 
 def record_event(job_id: str, to_state: JobState, reason: str | None) -> None:
     """History row for a job's creation (the one state not reached by a transition)."""
-    db.session.add(JobEvent(job_id=job_id, from_state=None, to_state=to_state.value, reason=reason))
+    row = {"job_id": job_id, "at": now_utc(), "from_state": None, "to_state": to_state.value}
+    core(_ADD_EVENT, {**row, "reason": reason})
