@@ -11,7 +11,7 @@ the statement on the session's own connection, in its transaction: the same SQL,
 same values, the same rows.
 
 What it cannot reproduce exactly it leaves to SQLAlchemy (``UNSUPPORTED``): a statement
-that needs Python-side column defaults, fetches generated values, takes a list of
+that needs Python-side column defaults, returns generated values, takes a list of
 values for an ``IN`` from the caller, or whose bind names must be escaped; and
 parameters given as a list (executemany) or without one the statement requires. The
 engine's statement events fire as for SQLAlchemy's own statements (the statement log,
@@ -95,7 +95,6 @@ class Prepared:
         if (
             compiled.insert_prefetch
             or compiled.update_prefetch
-            or getattr(compiled, "postfetch", None)
             or getattr(compiled, "effective_returning", None)
             or compiled.escaped_bind_names
         ):

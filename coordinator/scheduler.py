@@ -192,14 +192,14 @@ def online_offers() -> list[Offer]:
             .group_by(Job.worker_id)
         ).all()
     )
-    workers = db.session.execute(_ONLINE)
+    workers = core(_ONLINE)
     return [Offer.of_row(w, w.slots - int(busy.get(w.worker_id, 0))) for w in workers]
 
 
 def unmet_by_all(job: Job) -> list[tuple[str, list[str]]] | None:
     """None if some online worker can run ``job``; else what each online worker lacks."""
     lacking = []
-    workers = db.session.execute(_ONLINE)
+    workers = core(_ONLINE)
     for offer in (Offer.of_row(w, 0) for w in workers):  # what they can run, not how busy
         missing = offer.lacks(job)
         if not missing:
