@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
@@ -94,27 +95,65 @@ class Notifier:
         with self._lock:
             return list(self._waiters)
 
-    def wait_for(self, keys: list[str], check: Callable[[], T | None], timeout: float) -> T | None:
+    def _register(self, keys: list[str], event: threading.Event) -> None:
+        with self._lock:
+            for key in keys:
+                self._waiters.setdefault(key, set()).add(event)
+
+    def _unregister(self, keys: list[str], event: threading.Event) -> None:
+        with self._lock:
+            for key in set(keys):
+                events = self._waiters[key]
+                events.discard(event)
+                if not events:
+                    del self._waiters[key]
+
+    @contextmanager
+    def listening(self, keys: list[str]) -> Iterator[threading.Event]:
+        """A waiter on ``keys`` registered now, for a ``wait_for`` on the same keys later
+        in the block. A caller that registers before it commits what the keys stand for
+        (a submission, before its job exists) knows that a check could find nothing
+        until a wake-up came: that wait skips its first check."""
+        event = threading.Event()
+        self._register(keys, event)
+        try:
+            yield event
+        finally:
+            self._unregister(keys, event)
+
+    def wait_for(
+        self,
+        keys: list[str],
+        check: Callable[[], T | None],
+        timeout: float,
+        listening: threading.Event | None = None,
+    ) -> T | None:
         """Call ``check`` until it returns something or ``timeout`` passes.
 
         ``check`` runs once at once, then after every wake-up of one of ``keys`` and at
         least every ``recheck`` seconds. The waiter is registered before the first
         check, and its event is cleared before each check, so a wake-up that comes
-        while ``check`` runs is not lost: the next wait returns at once.
+        while ``check`` runs is not lost: the next wait returns at once. With
+        ``listening`` (from ``listening``, registered earlier) the first check runs
+        only if a wake-up came since, or when there is no time to wait.
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        event = threading.Event()
-        with self._lock:
-            for key in keys:
-                self._waiters.setdefault(key, set()).add(event)
+        event = listening if listening is not None else threading.Event()
+        if listening is None:
+            self._register(keys, event)
+        skip_first = listening is not None and timeout > 0
         held = False  # whether it waited at all: most reads answer at once
         result: T | None = None
         try:
             while True:
-                event.clear()
-                result = check()
-                if result is not None:
-                    return result
+                if skip_first and not event.is_set():
+                    skip_first = False  # nothing happened since the waiter registered
+                else:
+                    skip_first = False
+                    event.clear()
+                    result = check()
+                    if result is not None:
+                        return result
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed.is_set():
                     return None
@@ -129,11 +168,7 @@ class Notifier:
                     # request (which follows at once) begins with one anyway.
                     return None
         finally:
-            with self._lock:
-                for key in set(keys):
-                    events = self._waiters[key]
-                    events.discard(event)
-                    if not events:
-                        del self._waiters[key]
+            if listening is None:
+                self._unregister(keys, event)
             if held and self.observer is not None:
                 self.observer.wait_ended(wait_kind(keys), result is not None)

@@ -90,3 +90,48 @@ def test_wait_output_is_checked(api: Identities, bad: Any) -> None:
     assert reply.status_code == 400
     jobs = api.client.get("/api/v1/jobs").get_json()["jobs"]
     assert jobs == []  # refused before anything was stored
+
+
+@pytest.mark.timeout(30)
+def test_a_job_no_worker_can_run_ends_in_its_submissions_answer(api: Identities) -> None:
+    # The submission fails it at once, after its waiter registered: the failure's wake-up
+    # brings the final status into the same answer, not after the wait.
+    register(api.worker, slots=1)
+    started = time.monotonic()
+    body = {"binary": "ffmpeg", "args": ["-c:v", "no_such_encoder", "out.mkv"], "wait_output": 20}
+    reply = api.client.post("/api/v1/jobs", json_body=body)
+    assert reply.status_code == 201, reply.get_json()
+    assert time.monotonic() - started < 5
+    data = reply.get_json()
+    assert data["job"]["state"] == "failed"
+    frames = list(decode_frames(base64.b64decode(data["output"])))
+    assert [f.kind for f in frames] == [FrameKind.STATUS]
+    assert json.loads(frames[0].data)["state"] == "failed"
+
+
+@pytest.mark.timeout(10)
+def test_a_waiter_registered_early_checks_only_once_woken() -> None:
+    from coordinator.notify import Notifier
+
+    notifier = Notifier(recheck=5.0)
+    checks: list[float] = []
+
+    def check() -> str | None:
+        checks.append(time.monotonic())
+        return "news" if len(checks) > 0 and woken.is_set() else None
+
+    woken = threading.Event()
+    with notifier.listening(["output:j"]) as listening:
+        timer = threading.Timer(0.3, lambda: (woken.set(), notifier.notify("output:j")))
+        timer.start()
+        started = time.monotonic()
+        assert notifier.wait_for(["output:j"], check, 3.0, listening) == "news"
+        timer.join()
+    assert len(checks) == 1 and checks[0] - started >= 0.25  # no check before the wake-up
+    assert notifier.waiting_keys() == []
+    # A wake-up that came before the wait is not lost; with no time to wait it checks.
+    with notifier.listening(["output:k"]) as listening:
+        notifier.notify("output:k")
+        assert notifier.wait_for(["output:k"], lambda: "early", 3.0, listening) == "early"
+    with notifier.listening(["output:l"]) as listening:
+        assert notifier.wait_for(["output:l"], lambda: "at once", 0.0, listening) == "at once"

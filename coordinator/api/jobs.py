@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -297,51 +298,60 @@ def submit() -> ResponseReturnValue:
     lacking = None if wait_for_worker else scheduler.unmet_by_all(job)
     reply = job.to_dict()
     early_frames = _stdin_frames(*early_stdin)
-    try:
-        # Rows, not the object: the ORM's flush of a new job costs several times its
-        # insert. In the job's own transaction: a submit sent again finds both or neither.
-        core(_ADD_JOB, _columns_set(job))
-        for frame in early_frames:
-            row = {"job_id": job_id, "seq": frame.seq, "kind": int(frame.kind), "data": frame.data}
-            core(_ADD_INPUT, row)
-        lifecycle.record_event(job_id, JobState.PENDING, f"submitted by {g.user.client_id}")
-        db.session.commit()
-    except IntegrityError:
-        # The same key, sent again while the first submit was still on its way in.
-        db.session.rollback()
-        earlier = db.session.execute(
-            _BY_KEY, {"requester": g.user.client_id, "key": key}
-        ).scalar_one_or_none()
-        if key is None or earlier is None:
-            raise
-        return _submitted(earlier, 200)
-    instruments().job_submitted(binary)
-    if lacking is not None:
-        # No online worker could ever take it: fail at once, naming what is missing.
-        lifecycle.transition(
-            job.id,
-            [JobState.PENDING],
-            JobState.FAILED,
-            capabilities.describe_missing(lacking),
-            failure="no_capable_worker",
-        )
-        failed = db.session.get(Job, job_id)
-        assert failed is not None
-        reply = failed.to_dict()
-    notifier().notify("jobs")
-    # stdin_frames: the input frames stored with the job; a client sends its own after
-    # them (a coordinator without this field stored none: the client sends them all).
-    answer = {"job": reply, "outage_grace_seconds": _grace(), "stdin_frames": len(early_frames)}
-    if wait_output is not None:
-        # The caller's first read of the output, in this request: a short job's whole
-        # output and end then come with its submission (the lease was set just now).
-        frames = _read_held(job_id, 0, True, float(wait_output))
-        answer["output"] = base64.b64encode(encode_frames(frames)).decode()
+    # The first read of the output (``wait_output``) listens from before the job exists:
+    # whatever its worker does later wakes it, so it needs no check before a wake-up.
+    with notifier().listening(_output_keys(job_id)) as listening:
+        try:
+            _store(job, early_frames)
+        except IntegrityError:
+            # The same key, sent again while the first submit was still on its way in.
+            db.session.rollback()
+            earlier = db.session.execute(
+                _BY_KEY, {"requester": g.user.client_id, "key": key}
+            ).scalar_one_or_none()
+            if key is None or earlier is None:
+                raise
+            return _submitted(earlier, 200)
+        instruments().job_submitted(binary)
+        if lacking is not None:
+            # No online worker could ever take it: fail at once, naming what is missing.
+            lifecycle.transition(
+                job.id,
+                [JobState.PENDING],
+                JobState.FAILED,
+                capabilities.describe_missing(lacking),
+                failure="no_capable_worker",
+            )
+            failed = db.session.get(Job, job_id)
+            assert failed is not None
+            reply = failed.to_dict()
+        notifier().notify("jobs")
+        # stdin_frames: the input frames stored with the job; a client sends its own after
+        # them (a coordinator without this field stored none: the client sends them all).
+        stored = len(early_frames)
+        answer = {"job": reply, "outage_grace_seconds": _grace(), "stdin_frames": stored}
+        if wait_output is not None:
+            # The caller's first read of the output, in this request: a short job's whole
+            # output and end then come with its submission (the lease was set just now).
+            frames = _read_held(job_id, 0, True, float(wait_output), listening)
+            answer["output"] = base64.b64encode(encode_frames(frames)).decode()
     return jsonify(answer), 201
 
 
 _ADD_JOB = insert(Job.__table__)
 _ADD_INPUT = insert(InputChunk.__table__)
+
+
+def _store(job: Job, frames: list[Frame]) -> None:
+    """A new job, its stdin frames and its history row, in one transaction: a submit
+    sent again finds all or none. As rows, not the object: the ORM's flush of a new
+    job costs several times its insert."""
+    core(_ADD_JOB, _columns_set(job))
+    for frame in frames:
+        row = {"job_id": job.id, "seq": frame.seq, "kind": int(frame.kind), "data": frame.data}
+        core(_ADD_INPUT, row)
+    lifecycle.record_event(job.id, JobState.PENDING, f"submitted by {job.requester}")
+    db.session.commit()
 
 
 def _columns_set(job: Job) -> dict[str, Any]:
@@ -474,10 +484,21 @@ def read_output(job_id: str) -> ResponseReturnValue:
     return _frames_response(_read_held(job.id, int_arg("after", 0), is_requester, wait_arg()))
 
 
-def _read_held(job_id: str, after: int, is_requester: bool, wait: float) -> list[Any]:
+def _output_keys(job_id: str) -> list[str]:
+    return [f"output:{job_id}", f"job:{job_id}"]
+
+
+def _read_held(
+    job_id: str,
+    after: int,
+    is_requester: bool,
+    wait: float,
+    listening: threading.Event | None = None,
+) -> list[Any]:
     """What ``GET .../output`` answers: the frames after ``after`` (and the final
     status, once all was read of a job that is over), waiting up to ``wait`` seconds
-    for some. The requester's read renews the job's client lease."""
+    for some. The requester's read renews the job's client lease. ``listening``: the
+    waiter the submission registered (``Notifier.listening``)."""
     lease = _client_lease()
 
     def check() -> list[Any] | None:
@@ -525,7 +546,7 @@ def _read_held(job_id: str, after: int, is_requester: bool, wait: float) -> list
         return frames or None
 
     with held.long_poll(wait) as held_wait:
-        frames = notifier().wait_for([f"output:{job_id}", f"job:{job_id}"], check, held_wait)
+        frames = notifier().wait_for(_output_keys(job_id), check, held_wait, listening)
     return frames or []
 
 
