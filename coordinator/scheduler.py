@@ -260,14 +260,24 @@ _LIVE, _LAST_SERVED, _CANDIDATES = _fair_order_statements()
 def fair_order(free: int) -> list[Any]:
     """Pending jobs in the order they should be served (see the module docstring).
 
-    Two statements plus one per requester with pending jobs (a claim runs on many
-    worker wake-ups, and on a server database each statement is a round trip).
+    Two statements plus one per requester with pending jobs, one fewer when a single
+    requester waits (a claim runs on many worker wake-ups, and on a server database
+    each statement is a round trip).
     """
     active: dict[str, int] = defaultdict(int)
+    waiting: set[str] = set()
     for requester, state, count in core(_LIVE):
         if state != JobState.PENDING.value:
             active[requester] += int(count)
-    last_served: dict[str, datetime | None] = {str(r): t for r, t in core(_LAST_SERVED)}
+        else:
+            waiting.add(str(requester))
+    # Who was served longest ago only orders requesters among themselves: with one
+    # requester waiting (a media server's library scan) there is nothing to order.
+    last_served: dict[str, datetime | None]
+    if len(waiting) == 1:
+        last_served = dict.fromkeys(waiting)
+    else:
+        last_served = {str(r): t for r, t in core(_LAST_SERVED)}
     candidates: list[Any] = []  # rows; typed loosely, their columns vary by query
     for requester in last_served:
         candidates += core(_CANDIDATES, {"requester": requester, "limit": free + LOOKAHEAD}).all()

@@ -446,10 +446,11 @@ def poll() -> ResponseReturnValue:
     def check() -> dict[str, Any] | None:
         if caller_gone():
             return {"jobs": [], "cancel": []}  # nobody to hand a job to: claim nothing
-        result = _work_for(worker_id, first.pop() if first else None)
-        if result is None and full and scheduler.free_slots(worker_id) > 0:
-            result = {"jobs": [], "cancel": []}
-        db.session.commit()
+        result = _work_for(worker_id, first.pop() if first else None)  # commits
+        if result is None and full:
+            if scheduler.free_slots(worker_id) > 0:
+                result = {"jobs": [], "cancel": []}
+            db.session.commit()
         return result
 
     with held.long_poll(0.0 if refused else wait_arg()) as wait:
