@@ -13,7 +13,8 @@ same values, the same rows.
 What it cannot reproduce exactly it leaves to SQLAlchemy (``UNSUPPORTED``): a statement
 that needs Python-side column defaults, returns generated values, takes a list of
 values for an ``IN`` from the caller, or whose bind names must be escaped; and
-parameters given as a list (executemany) or without one the statement requires. The
+parameters without one the statement requires. A list of parameters (an insert of
+many rows) is the driver's ``executemany``. The
 engine's statement events fire as for SQLAlchemy's own statements (the statement log,
 coordinator/statement_log.py, sees every statement there is). A driver error goes
 through SQLAlchemy's own handling, so it is raised as the same exception, the engine's
@@ -148,6 +149,26 @@ class Prepared:
         finally:
             cursor.close()
 
+    def run_many(self, connection: Connection, rows: list[Mapping[str, Any]]) -> Any:
+        """An INSERT or UPDATE once per row of parameters, in one driver call."""
+        if not self.required <= rows[0].keys():
+            return UNSUPPORTED
+        many = [self._args(row) for row in rows]
+        dbapi_connection: Any = connection.connection.driver_connection
+        cursor = dbapi_connection.cursor()
+        dispatch = connection.dispatch
+        try:
+            if dispatch.before_cursor_execute:
+                dispatch.before_cursor_execute(connection, cursor, self.sql, many, None, True)
+            cursor.executemany(self.sql, many)
+            if dispatch.after_cursor_execute:
+                dispatch.after_cursor_execute(connection, cursor, self.sql, many, None, True)
+            return Rows([], cursor.rowcount)
+        except connection.dialect.loaded_dbapi.Error as exc:
+            connection._handle_dbapi_exception(exc, self.sql, many, cursor, None)
+        finally:
+            cursor.close()
+
     def iterate(
         self, connection: Connection, params: Mapping[str, Any], batch: int
     ) -> Generator[Any, None, None]:
@@ -168,11 +189,7 @@ class Prepared:
 
     def _execute(self, connection: Connection, params: Mapping[str, Any]) -> tuple[Any, Any]:
         """A cursor that ran the statement (the caller closes it), and its parameters."""
-        values = [
-            (processor(params[name]) if processor else params[name]) if given else constant
-            for name, given, processor, constant in self.slots
-        ]
-        args: Any = values if self.positional else dict(zip(self.names, values, strict=True))
+        args = self._args(params)
         dbapi_connection: Any = connection.connection.driver_connection
         cursor = dbapi_connection.cursor()
         # The engine's statement listeners (the statement log) see these statements as
@@ -191,6 +208,14 @@ class Prepared:
             cursor.close()
             raise
         return cursor, args
+
+    def _args(self, params: Mapping[str, Any]) -> Any:
+        """The driver's parameters: the caller's processed, the statement's own."""
+        values = [
+            (processor(params[name]) if processor else params[name]) if given else constant
+            for name, given, processor, constant in self.slots
+        ]
+        return values if self.positional else dict(zip(self.names, values, strict=True))
 
     def _rows(self, raw: list[Any]) -> list[Any]:
         make = self.row._make
@@ -216,12 +241,22 @@ def _prepared(connection: Connection, statement: Any, params: Mapping[str, Any])
     return prepared if prepared.supported else None
 
 
-def execute(connection: Connection, statement: Any, params: Mapping[str, Any] | None) -> Any:
-    """``statement`` run through the driver on ``connection``, or ``UNSUPPORTED``."""
+def execute(connection: Connection, statement: Any, params: Any) -> Any:
+    """``statement`` run through the driver on ``connection``, or ``UNSUPPORTED``.
+    ``params``: a mapping, or a list of mappings with the same keys (an INSERT or
+    UPDATE run once for each, as the driver's ``executemany``)."""
     if params is None:
         params = {}
-    elif not isinstance(params, Mapping):
-        return UNSUPPORTED  # executemany
+    if isinstance(params, list):
+        if not params or isinstance(statement, Select):
+            return UNSUPPORTED
+        keys = params[0].keys()
+        if not all(isinstance(p, Mapping) and p.keys() == keys for p in params):
+            return UNSUPPORTED
+        prepared = _prepared(connection, statement, params[0])
+        return UNSUPPORTED if prepared is None else prepared.run_many(connection, params)
+    if not isinstance(params, Mapping):
+        return UNSUPPORTED
     prepared = _prepared(connection, statement, params)
     if prepared is None:
         return UNSUPPORTED

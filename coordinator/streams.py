@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import core, db, streamed
@@ -40,15 +40,15 @@ _ADD_STDIN_BYTES = (
 )
 
 
-def _statements(model: Model) -> tuple[Any, Any]:
-    """The last-seq and read statements of one stream table, built once."""
+def _statements(model: Model) -> tuple[Any, Any, Any]:
+    """The last-seq, read and insert statements of one stream table, built once."""
     last = select(func.max(model.seq)).where(model.job_id == bindparam("job_id"))
     read = (
         select(model.seq, model.kind, model.data)
         .where(model.job_id == bindparam("job_id"), model.seq > bindparam("after"))
         .order_by(model.seq)
     )
-    return last, read
+    return last, read, insert(model.__table__)
 
 
 _STATEMENTS = {OutputChunk: _statements(OutputChunk), InputChunk: _statements(InputChunk)}
@@ -83,9 +83,14 @@ def _append(
         size = sum(len(f.data) for f in new if f.kind == FrameKind.STDIN)
         if size:
             core(_ADD_STDIN_BYTES, {"job_id": job_id, "size": size})
-    for frame in new:
-        db.session.add(model(job_id=job_id, seq=frame.seq, kind=int(frame.kind), data=frame.data))
     try:
+        if new:
+            # Rows, not objects: a batch of output is tens of frames, and the ORM's flush
+            # of each costs more than its insert.
+            rows = [
+                {"job_id": job_id, "seq": f.seq, "kind": int(f.kind), "data": f.data} for f in new
+            ]
+            core(_STATEMENTS[model][2], rows)
         db.session.commit()
     except IntegrityError:
         # A retry raced the original request, which stored the same frames first.
