@@ -63,6 +63,7 @@ def transition(
     held_by: str | None = None,
     unchanged_since: datetime | None = None,
     also: tuple[Any, dict[str, Any]] | None = None,
+    known: Any = None,
     **values: Any,
 ) -> bool:
     """Move ``job_id`` to ``to_state`` if it is in one of ``from_states``; commit.
@@ -71,8 +72,10 @@ def transition(
     its last transition must be older than that (a time-out must not act on a job that
     moved on, e.g. was assigned again, after it was selected). ``also``, a statement and
     its parameters, runs in the same transaction, kept only when the move succeeds (one
-    commit where two would follow each other). Returns False (and changes nothing) when the
-    job is not in such a state.
+    commit where two would follow each other). ``known``: the job's ``binary``,
+    ``created_at`` and ``started_at`` as the caller read them in this request; with one
+    state to leave, the compare-and-set says which it was, so nothing is read again.
+    Returns False (and changes nothing) when the job is not in such a state.
     """
     sources = [s for s in from_states if to_state in ALLOWED[s]]
     if not sources:
@@ -99,8 +102,10 @@ def transition(
     # job timings (a move to running or to an end). A move from one possible state to
     # another that times nothing (a claim: pending -> assigned) knows it without a read.
     timed = to_state.terminal or to_state == JobState.RUNNING
-    previous = None
-    if timed or len(sources) != 1:
+    previous: Any = None
+    if len(sources) == 1 and known is not None:
+        previous = known
+    elif timed or len(sources) != 1:
         previous = core(_STATE_OF, {"job_id": job_id}).first()
         if previous is None:
             db.session.rollback()
@@ -114,7 +119,7 @@ def transition(
         {
             "job_id": job_id,
             "at": now,
-            "from_state": previous.state if previous is not None else sources[0].value,
+            "from_state": sources[0].value if len(sources) == 1 else previous.state,
             "to_state": to_state.value,
             "reason": reason,
         },

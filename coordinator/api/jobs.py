@@ -105,6 +105,7 @@ _JOB_REF = select(
     Job.progress,
     Job.binary,
     Job.created_at,
+    Job.started_at,
     Job.attempt,
 ).where(Job.id == bindparam("job_id"))
 _FINAL = select(Job.state, Job.exit_code, Job.failure, Job.reason).where(
@@ -718,6 +719,7 @@ def finish(job_id: str) -> ResponseReturnValue:
             JobState.COMPLETED,
             f"exited with {exit_code}",
             held_by=worker_id,
+            known=job,
             exit_code=exit_code,
         ) or lifecycle.transition(
             job_id,
