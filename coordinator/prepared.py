@@ -14,7 +14,7 @@ What it cannot reproduce exactly it leaves to SQLAlchemy (``UNSUPPORTED``): a st
 that needs Python-side column defaults, returns generated values, takes a list of
 values for an ``IN`` from the caller, or whose bind names must be escaped; and
 parameters without one the statement requires. A list of parameters (an insert of
-many rows) is the driver's ``executemany``. The
+many rows) is the driver's ``executemany`` on SQLite. The
 engine's statement events fire as for SQLAlchemy's own statements (the statement log,
 coordinator/statement_log.py, sees every statement there is). A driver error goes
 through SQLAlchemy's own handling, so it is raised as the same exception, the engine's
@@ -248,7 +248,9 @@ def execute(connection: Connection, statement: Any, params: Any) -> Any:
     if params is None:
         params = {}
     if isinstance(params, list):
-        if not params or isinstance(statement, Select):
+        # SQLite's executemany steps one prepared statement; on the server databases
+        # SQLAlchemy sends many rows as one multi-row INSERT, one round trip.
+        if not params or isinstance(statement, Select) or connection.dialect.name != "sqlite":
             return UNSUPPORTED
         keys = params[0].keys()
         if not all(isinstance(p, Mapping) and p.keys() == keys for p in params):
