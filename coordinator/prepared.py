@@ -138,7 +138,8 @@ class Prepared:
     def run(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         if not self.required <= params.keys():
             return UNSUPPORTED  # SQLAlchemy raises its own error for the missing value
-        cursor, args = self._execute(connection, params)
+        args = self._args(params)
+        cursor = self._execute(connection, args)
         try:
             if self.row is None:
                 return Rows([], cursor.rowcount)
@@ -153,19 +154,9 @@ class Prepared:
         """An INSERT or UPDATE once per row of parameters, in one driver call."""
         if not self.required <= rows[0].keys():
             return UNSUPPORTED
-        many = [self._args(row) for row in rows]
-        dbapi_connection: Any = connection.connection.driver_connection
-        cursor = dbapi_connection.cursor()
-        dispatch = connection.dispatch
+        cursor = self._execute(connection, [self._args(row) for row in rows], many=True)
         try:
-            if dispatch.before_cursor_execute:
-                dispatch.before_cursor_execute(connection, cursor, self.sql, many, None, True)
-            cursor.executemany(self.sql, many)
-            if dispatch.after_cursor_execute:
-                dispatch.after_cursor_execute(connection, cursor, self.sql, many, None, True)
             return Rows([], cursor.rowcount)
-        except connection.dialect.loaded_dbapi.Error as exc:
-            connection._handle_dbapi_exception(exc, self.sql, many, cursor, None)
         finally:
             cursor.close()
 
@@ -174,7 +165,8 @@ class Prepared:
     ) -> Generator[Any, None, None]:
         """The rows of a read, fetched ``batch`` at a time (SQLite's cursor steps
         through them as they are fetched: memory holds one batch)."""
-        cursor, args = self._execute(connection, params)
+        args = self._args(params)
+        cursor = self._execute(connection, args)
         try:
             while True:
                 try:
@@ -187,9 +179,9 @@ class Prepared:
         finally:
             cursor.close()
 
-    def _execute(self, connection: Connection, params: Mapping[str, Any]) -> tuple[Any, Any]:
-        """A cursor that ran the statement (the caller closes it), and its parameters."""
-        args = self._args(params)
+    def _execute(self, connection: Connection, args: Any, many: bool = False) -> Any:
+        """A cursor that ran the statement with the driver's ``args`` (a list of them
+        with ``many``); the caller closes it."""
         dbapi_connection: Any = connection.connection.driver_connection
         cursor = dbapi_connection.cursor()
         # The engine's statement listeners (the statement log) see these statements as
@@ -197,17 +189,20 @@ class Prepared:
         dispatch = connection.dispatch
         try:
             if dispatch.before_cursor_execute:
-                dispatch.before_cursor_execute(connection, cursor, self.sql, args, None, False)
-            cursor.execute(self.sql, args)
+                dispatch.before_cursor_execute(connection, cursor, self.sql, args, None, many)
+            if many:
+                cursor.executemany(self.sql, args)
+            else:
+                cursor.execute(self.sql, args)
             if dispatch.after_cursor_execute:
-                dispatch.after_cursor_execute(connection, cursor, self.sql, args, None, False)
+                dispatch.after_cursor_execute(connection, cursor, self.sql, args, None, many)
         except connection.dialect.loaded_dbapi.Error as exc:
             cursor.close()
             connection._handle_dbapi_exception(exc, self.sql, args, cursor, None)
         except BaseException:
             cursor.close()
             raise
-        return cursor, args
+        return cursor
 
     def _args(self, params: Mapping[str, Any]) -> Any:
         """The driver's parameters: the caller's processed, the statement's own."""
