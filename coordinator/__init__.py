@@ -40,8 +40,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _end_transaction() -> None:
-    """Give the request's pooled connection back before a long-poll sleeps."""
-    if has_app_context():
+    """Give the request's pooled connection back before a long-poll sleeps (a check
+    that committed already holds none: no empty commit)."""
+    if has_app_context() and database.session().in_transaction():
         database.session.commit()
 
 
