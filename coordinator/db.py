@@ -50,13 +50,18 @@ def core(statement: Executable, params: Any = None) -> Any:
     always did: it flushes them first.
     """
     session = db.session()
-    if session.new or session.dirty or session.deleted:
+    if _flushes_first(session):
         return session.execute(statement, params)
     connection = session.connection()
     result = prepared.execute(connection, statement, params)
     if result is prepared.UNSUPPORTED:
         return connection.execute(statement, params)
     return result
+
+
+def _flushes_first(session: Any) -> bool:
+    """Whether ORM objects wait to be flushed: the session must run the statement."""
+    return bool(session.new or session.dirty or session.deleted)
 
 
 @contextmanager
@@ -67,7 +72,7 @@ def streamed(statement: Executable, params: dict[str, Any], batch: int) -> Itera
     session's streaming read (``yield_per``, a server-side cursor)."""
     session = db.session()
     rows = None
-    if not (session.new or session.dirty or session.deleted):
+    if not _flushes_first(session):
         rows = prepared.iterate(session.connection(), statement, params, batch)
     if rows is not None:
         with closing(rows):

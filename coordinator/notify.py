@@ -146,14 +146,13 @@ class Notifier:
         result: T | None = None
         try:
             while True:
-                if skip_first and not event.is_set():
-                    skip_first = False  # nothing happened since the waiter registered
-                else:
-                    skip_first = False
+                # Skipped when nothing happened since the early waiter registered.
+                if not (skip_first and not event.is_set()):
                     event.clear()
                     result = check()
                     if result is not None:
                         return result
+                skip_first = False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed.is_set():
                     return None

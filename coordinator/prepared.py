@@ -12,7 +12,7 @@ same values, the same rows.
 
 What it cannot reproduce exactly it leaves to SQLAlchemy (``UNSUPPORTED``): a statement
 that needs Python-side column defaults, returns generated values, takes a list of
-values for an ``IN`` from the caller, or whose bind names must be escaped; and
+values for an ``IN`` from the caller, or whose bind names must be escaped, or
 parameters without one the statement requires. A list of parameters (an insert of
 many rows) is the driver's ``executemany`` on SQLite. The
 engine's statement events fire as for SQLAlchemy's own statements (the statement log,
@@ -67,18 +67,12 @@ class Rows:
             raise NoResultFound("No row was found when one was required")
         return self.one_or_none()
 
-    def scalar(self) -> Any:
-        return self._rows[0][0] if self._rows else None
-
     def scalar_one(self) -> Any:
         return self.one()[0]
 
     def scalar_one_or_none(self) -> Any:
         row = self.one_or_none()
         return None if row is None else row[0]
-
-    def scalars(self) -> Iterator[Any]:
-        return (row[0] for row in self._rows)
 
 
 class Prepared:
@@ -105,10 +99,12 @@ class Prepared:
             return  # an IN list from the caller: its length changes the SQL text
         if any(b.callable is not None for b in binds.values()):
             return  # a value computed at each execution
-        self.required = frozenset(n for n, b in binds.items() if b.required)
+        required = frozenset(n for n, b in binds.items() if b.required)
+        if not required <= keys:
+            return  # SQLAlchemy raises its own error for the missing value
         # The statement's own IN lists are constants: expanded once, into one bound
         # parameter per value, as SQLAlchemy expands them on every execution.
-        expanded = compiled.construct_expanded_state({n: None for n in self.required | keys})
+        expanded = compiled.construct_expanded_state(dict.fromkeys(keys))
         self.sql = expanded.statement
         names = expanded.positiontup if compiled.positional else list(expanded.parameters)
         assert names is not None
@@ -120,7 +116,7 @@ class Prepared:
             # An expanded value (``state_1_2``) has the type of its list (``state_1``).
             bind = binds[name] if name in binds else binds[name.rsplit("_", 1)[0]]
             processor = bind.type._cached_bind_processor(dialect)
-            if name in keys or name in self.required:
+            if name in keys:
                 self.slots.append((name, True, processor, None))
             else:
                 value = expanded.parameters[name]
@@ -136,8 +132,6 @@ class Prepared:
         self.supported = True
 
     def run(self, connection: Connection, params: Mapping[str, Any]) -> Any:
-        if not self.required <= params.keys():
-            return UNSUPPORTED  # SQLAlchemy raises its own error for the missing value
         args = self._args(params)
         cursor = self._execute(connection, args)
         try:
@@ -152,8 +146,6 @@ class Prepared:
 
     def run_many(self, connection: Connection, rows: list[Mapping[str, Any]]) -> Any:
         """An INSERT or UPDATE once per row of parameters, in one driver call."""
-        if not self.required <= rows[0].keys():
-            return UNSUPPORTED
         cursor = self._execute(connection, [self._args(row) for row in rows], many=True)
         try:
             return Rows([], cursor.rowcount)
@@ -270,6 +262,6 @@ def iterate(
     if connection.dialect.name != "sqlite" or not isinstance(statement, Select):
         return None
     prepared = _prepared(connection, statement, params)
-    if prepared is None or not prepared.required <= params.keys():
+    if prepared is None:
         return None
     return prepared.iterate(connection, params, batch)

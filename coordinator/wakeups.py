@@ -218,10 +218,15 @@ class DatabaseWakeups:
                 self._pending.update(buckets)  # try again on the next round
             raise
 
-    def _bump(self, buckets: list[int]) -> None:
+    def _connection(self) -> Any:
+        """The thread's own driver connection, opened when first needed."""
         if self._conn is None:
             self._conn = self.engine.raw_connection()
-        cursor = self._conn.cursor()
+        return self._conn
+
+    def _bump(self, buckets: list[int]) -> None:
+        conn = self._connection()
+        cursor = conn.cursor()
         try:
             if self._positional:
                 cursor.executemany(self._bump_sql, [(bucket,) for bucket in buckets])
@@ -232,10 +237,10 @@ class DatabaseWakeups:
                 channel, payload = pg_listen.CHANNEL, pg_listen.payload(self._token, buckets)
                 named = {"channel": channel, "payload": payload}
                 cursor.execute(self._notify_sql, (channel, payload) if self._positional else named)
-            self._conn.commit()
+            conn.commit()
         except BaseException:
             with contextlib.suppress(Exception):  # a lost connection is dropped by _run
-                self._conn.rollback()
+                conn.rollback()
             raise
         finally:
             cursor.close()
@@ -243,15 +248,14 @@ class DatabaseWakeups:
     def _read(self, sql: str) -> list[Any]:
         """Rows of a parameterless statement, in a transaction ended at once (a snapshot
         left open would hide later bumps on MariaDB and PostgreSQL)."""
-        if self._conn is None:
-            self._conn = self.engine.raw_connection()
-        cursor = self._conn.cursor()
+        conn = self._connection()
+        cursor = conn.cursor()
         try:
             cursor.execute(sql)
             rows = list(cursor.fetchall())
         finally:
             cursor.close()
-            self._conn.rollback()
+            conn.rollback()
         return rows
 
     def _drop_connection(self) -> None:
