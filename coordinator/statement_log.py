@@ -9,7 +9,8 @@ the file holds no secrets. Lines, tab-separated:
     REQUEST  METHOD ROUTE    ROLE   STATUS   CPU_MS (the request thread's)   WALL_MS
 
 ``ROUTE`` is the URL rule (``/api/v1/jobs/<job_id>/output``), or ``-`` for statements
-outside a request (the request loop's pre-check, the janitor, the wake-up poll).
+outside a request (the request loop's pre-check, the janitor; the wake-up thread's
+bumps and polls run on its own driver connection and are not logged).
 Each line is one ``write`` to a file opened for appending, so the processes of one
 coordinator share a file without mixing their lines.
 """
