@@ -17,6 +17,9 @@ two keys sharing a bucket only cause a harmless extra check. Because a waiter re
 before its first check and the counters are read continuously, a bump that lands after
 a check is always seen by a later read.
 
+Processes on one host also ring each other's doorbell after a bump (coordinator/doorbell.py):
+the receiver polls at once instead of on its next turn.
+
 On PostgreSQL the bump also sends a notification (LISTEN/NOTIFY, coordinator/pg_listen.py)
 that wakes the other processes' waiters at once; while the listener is connected the
 poll runs only every ``SAFETY_INTERVAL`` seconds, for what a notification missed.
@@ -27,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
+import socket
 import threading
 import time
 import zlib
@@ -48,6 +53,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator import pg_listen, storage
 from coordinator.db import Base
+from coordinator.doorbell import Doorbell, directory_for
 from coordinator.notify import Notifier
 from coordinator.pg_listen import PostgresListener
 
@@ -103,7 +109,11 @@ class DatabaseWakeups:
         self.interval = interval
         self._pending: set[int] = set()
         self._pending_lock = threading.Lock()
-        self._kick = threading.Event()
+        # Kicks (new bumps queued, stop) reach the thread as datagrams on a socket pair,
+        # so that it waits for them and for other processes' rings in one ``select``.
+        self._kick_r: socket.socket | None = None
+        self._kick_w: socket.socket | None = None
+        self._waiting: selectors.BaseSelector | None = None
         self._stop = threading.Event()
         self._seen: dict[int, int] | None = None
         self._total = 0
@@ -131,9 +141,20 @@ class DatabaseWakeups:
             if engine.dialect.name == "postgresql"
             else None
         )
+        directory = directory_for(engine.url)
+        self.doorbell = Doorbell(directory) if directory is not None else None
         notifier.subscribe(self.publish)
 
     def start(self) -> None:
+        self._kick_r, self._kick_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._kick_r.setblocking(False)
+        self._kick_w.setblocking(False)
+        if self.doorbell is not None and not self.doorbell.open():
+            self.doorbell = None
+        self._waiting = selectors.DefaultSelector()
+        self._waiting.register(self._kick_r, selectors.EVENT_READ)
+        if self.doorbell is not None:
+            self._waiting.register(self.doorbell.fileno(), selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._run, name="wakeups", daemon=True)
         self._thread.start()
         if self.listener is not None:
@@ -141,12 +162,19 @@ class DatabaseWakeups:
 
     def stop(self) -> None:
         self._stop.set()
-        self._kick.set()
+        self._kick()
         if self.listener is not None:
             self.listener.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._drop_connection()
+        if self.doorbell is not None:
+            self.doorbell.close()
+        if self._waiting is not None:
+            self._waiting.close()
+        for sock in (self._kick_r, self._kick_w):
+            if sock is not None:
+                sock.close()
 
     def _wake_buckets(self, buckets: set[int] | None) -> None:
         """Wake the local waiters whose keys map to ``buckets`` (None: every waiter):
@@ -164,12 +192,29 @@ class DatabaseWakeups:
         """Notifier listener: queue the keys' counters for the next bump (never blocks)."""
         with self._pending_lock:
             self._pending.update(bucket_of(key) for key in keys)
-        self._kick.set()
+        self._kick()
+
+    def _kick(self) -> None:
+        with contextlib.suppress(OSError):  # full: a kick is queued already; closed: stopped
+            if self._kick_w is not None:
+                self._kick_w.send(b"k")
+
+    def _wait(self, timeout: float) -> None:
+        """Until a kick, another process's ring or ``timeout``; then every queued one
+        is read (the round that follows answers them all)."""
+        kicks, waiting = self._kick_r, self._waiting
+        assert kicks is not None and waiting is not None
+        if not waiting.select(timeout):
+            return
+        with contextlib.suppress(OSError):
+            while kicks.recv(64):
+                pass
+        if self.doorbell is not None:
+            self.doorbell.drain()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._kick.wait(self._interval())
-            self._kick.clear()
+            self._wait(self._interval())
             if self._stop.is_set():
                 break
             try:
@@ -217,6 +262,11 @@ class DatabaseWakeups:
             with self._pending_lock:
                 self._pending.update(buckets)  # try again on the next round
             raise
+        listening = self.listener is not None and self.listener.listening
+        if self.doorbell is not None and not listening:
+            # Committed: a process rung now reads the bumps. (PostgreSQL's notification,
+            # sent with the commit, wakes them already.)
+            self.doorbell.ring()
 
     def _connection(self) -> Any:
         """The thread's own driver connection, opened when first needed."""

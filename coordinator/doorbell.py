@@ -1,0 +1,135 @@
+"""Same-host wake-ups: one datagram to every other coordinator process of a database.
+
+The wake-up counters (coordinator/wakeups.py) reach every process, on any host, within
+one poll (every 40 ms: 20 ms on average, twice per job when the worker and the caller
+use different instances). Processes on one host (gunicorn's worker processes, two
+instances side by side) need not wait for it: each binds a Unix datagram socket in a
+directory named after the database, and a process that has just committed a bump sends
+one byte to every other socket there, which makes the receiver poll at once.
+
+A ring carries nothing but "read the counters now"; the counters stay the record. So a
+ring that is lost (the receiver's queue full, a process that started after the sender
+listed the directory, a process in another container) costs only the wait for the
+receiver's next poll, never a wake-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import stat
+import tempfile
+
+from sqlalchemy.engine import URL
+
+log = logging.getLogger(__name__)
+
+# A socket's path must fit ``sun_path`` (108 bytes on Linux, with its terminating NUL).
+MAX_PATH_BYTES = 107
+
+
+def directory_for(url: URL) -> str | None:
+    """The directory every process of this database on this host shares, or None for a
+    database no other process can open (SQLite in memory)."""
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+            return None
+        identity = "sqlite:" + os.path.realpath(url.database)
+    else:
+        identity = url.render_as_string(hide_password=True)
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"dffmpeg-wake-{os.getuid()}-{digest}")
+
+
+class Doorbell:
+    """This process's socket in the database's directory, and the rings it sends.
+
+    Only the wake-up thread receives on the socket (``fileno`` in its ``select``);
+    ``ring`` runs on that thread too, after its bumps commit.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path: str | None = None
+        self._sock: socket.socket | None = None
+
+    def open(self) -> bool:
+        """Bind this process's socket; False (and rings neither sent nor received) when
+        the directory cannot be used safely."""
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            info = os.lstat(self.directory)
+            # A directory another user made (or could write to) would let them inject
+            # sockets; rings are harmless, but there is no reason to trust it.
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+                log.info("same-host wake-ups off: %s is not this user's own", self.directory)
+                return False
+            path = os.path.join(self.directory, os.urandom(6).hex())
+            if len(os.fsencode(path)) > MAX_PATH_BYTES:
+                log.info("same-host wake-ups off: %s is too long for a socket", path)
+                return False
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind(path)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            log.info("same-host wake-ups off (%s); the counters' poll carries them", exc)
+            return False
+        self._sock, self.path = sock, path
+        return True
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
+
+    def ring(self) -> int:
+        """One byte to every other process's socket; how many were sent."""
+        sock = self._sock
+        if sock is None:
+            return 0
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return 0
+        sent = 0
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if path == self.path:
+                continue
+            try:
+                sock.sendto(b"!", path)
+                sent += 1
+            except (ConnectionRefusedError, FileNotFoundError):
+                # Nothing bound there any more: a process that ended without removing
+                # its socket (killed). Its file goes, so later rings skip it.
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            except OSError:
+                pass  # its queue is full: it has rings to read already
+        return sent
+
+    def drain(self) -> None:
+        """Read every ring queued (one poll answers them all)."""
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                sock.recv(64)
+            except OSError:  # BlockingIOError: the queue is empty
+                return
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
