@@ -59,6 +59,17 @@ class Doorbell:
     def open(self) -> bool:
         """Bind this process's socket; False (and rings neither sent nor received) when
         the directory cannot be used safely."""
+        # A second try: the last process of another run may remove the directory
+        # between this one's makedirs and bind.
+        for _ in range(2):
+            try:
+                return self._bind()
+            except FileNotFoundError as exc:
+                error = exc
+        log.info("same-host wake-ups off (%s); the counters' poll carries them", error)
+        return False
+
+    def _bind(self) -> bool:
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             info = os.lstat(self.directory)
@@ -78,6 +89,8 @@ class Doorbell:
             except OSError:
                 sock.close()
                 raise
+        except FileNotFoundError:
+            raise
         except OSError as exc:
             log.info("same-host wake-ups off (%s); the counters' poll carries them", exc)
             return False
@@ -133,3 +146,6 @@ class Doorbell:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             self.path = None
+            # The last one out removes the directory (a test run makes one per database).
+            with contextlib.suppress(OSError):
+                os.rmdir(self.directory)
