@@ -147,10 +147,6 @@ class Conn:
     reserved: int = 0  # bytes of the body budget held for this request
     prechecked: bool = False
     state: str = "idle"  # idle -> reading -> (checking) -> ready -> serving -> idle
-    # While the rest of a reserved body arrives: ``buffer`` has the request's whole size
-    # and the bytes land in place, through this view, up to ``filled``.
-    view: memoryview | None = None
-    filled: int = 0
 
 
 def _answer(status: int, error: str, message: str, **extra: Any) -> bytes:
@@ -339,32 +335,20 @@ class BufferingWorker(base.Worker):
     # -- reading ---------------------------------------------------------------------------
 
     def _readable(self, conn: Conn) -> None:
-        data = b""
         try:
-            if conn.view is not None:
-                got = conn.sock.recv_into(conn.view[conn.filled :])
-            else:
-                data = conn.sock.recv(RECV_BYTES)
-                got = len(data)
+            data = conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(conn)
             return
-        if not got:
+        if not data:
             self._close(conn)
             return
         if conn.state == "idle":  # a kept-alive connection starts its next request
             conn.state = "reading"
             conn.deadline = time.monotonic() + self.request_timeout
-        if conn.view is not None:
-            conn.filled += got
-            if conn.filled < len(conn.buffer):
-                return
-            conn.view.release()
-            conn.view = None
-        else:
-            conn.buffer += data
+        conn.buffer += data
         self._advance(conn)
 
     def _advance(self, conn: Conn) -> None:
@@ -379,7 +363,7 @@ class BufferingWorker(base.Worker):
                 return
         head = conn.head
         total = head.size + head.body_length
-        if conn.view is None and len(conn.buffer) >= total:
+        if len(conn.buffer) >= total:
             self._release(conn)
             self._unregister(conn)
             conn.state = "ready"
@@ -399,15 +383,6 @@ class BufferingWorker(base.Worker):
                 return
             self.body_budget -= head.body_length
             conn.reserved = head.body_length
-            # Room for the whole request at once, the rest received into it in place: a
-            # buffer appended to piece by piece is copied each time it grows (about ten
-            # times the body's size for 2 MiB), and a receive is no longer capped at
-            # ``RECV_BYTES``. Bytes past the request (a pipelined next one) stay unread
-            # until this one is served.
-            whole = bytearray(total)
-            have = len(conn.buffer)
-            whole[:have] = conn.buffer
-            conn.buffer, conn.filled, conn.view = whole, have, memoryview(whole)
 
     def _precheck(self, conn: Conn) -> None:
         """Pool thread: the app's verdict on a head whose body has not arrived."""
@@ -595,9 +570,6 @@ class BufferingWorker(base.Worker):
     def _close(self, conn: Conn) -> None:
         self._unregister(conn)
         self._release(conn)
-        if conn.view is not None:
-            conn.view.release()
-            conn.view = None
         self.conns.discard(conn)
         with contextlib.suppress(OSError):
             conn.sock.close()
