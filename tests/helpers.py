@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -160,3 +161,17 @@ class SignedClient:
 
     def delete(self, path: str, **kw: Any) -> Any:
         return self.open("DELETE", path, **kw)
+
+
+def waiter(notifier: Any, key: str, flag: threading.Event) -> tuple[threading.Thread, list[float]]:
+    """A started thread waiting on ``key`` (its check passes once ``flag`` is set), and
+    the list it appends its wake-up time to."""
+    woke: list[float] = []
+
+    def wait() -> None:
+        if notifier.wait_for([key], lambda: True if flag.is_set() else None, timeout=20):
+            woke.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, woke

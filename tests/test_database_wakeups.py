@@ -19,7 +19,7 @@ from flask import Flask
 
 from coordinator.wakeups import bucket_of
 from tests.conftest import instances
-from tests.helpers import SignedClient, process_env
+from tests.helpers import SignedClient, process_env, waiter
 
 RECHECK = 60.0
 
@@ -115,20 +115,6 @@ def test_keys_map_to_stable_buckets_across_processes() -> None:
     assert out.stdout.decode().strip() == str([bucket_of(k) for k in keys])
 
 
-def _waiter(notifier: Any, key: str, flag: threading.Event) -> tuple[threading.Thread, list[float]]:
-    """A started thread waiting on ``key`` (its check passes once ``flag`` is set), and
-    the list it appends its wake-up time to."""
-    woke: list[float] = []
-
-    def wait() -> None:
-        if notifier.wait_for([key], lambda: True if flag.is_set() else None, timeout=20):
-            woke.append(time.monotonic())
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    return thread, woke
-
-
 def _poll_alone(wakeups: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """On PostgreSQL, stop the listener: the poll alone, as while the listener is away."""
     if wakeups.listener is not None:
@@ -150,7 +136,7 @@ def test_wakeups_survive_a_broken_poll_connection(
     wakeups: DatabaseWakeups = second.extensions["dffmpeg.wakeups"]
     _poll_alone(wakeups, monkeypatch)
     flag = threading.Event()
-    thread, woke = _waiter(reader, "worker:w9", flag)
+    thread, woke = waiter(reader, "worker:w9", flag)
     time.sleep(0.3)  # the poll runs, on its own connection
     broken = wakeups._conn
     assert broken is not None
@@ -188,7 +174,7 @@ def test_own_bumps_are_not_read_back_and_anothers_still_wake(
 
     monkeypatch.setattr(wakeups, "_read", counting_read)
     flag = threading.Event()
-    thread, woke = _waiter(own, "output:job-y", flag)
+    thread, woke = waiter(own, "output:job-y", flag)
     time.sleep(0.5)  # the poll has its baseline
     baseline_reads = len(full_reads)
     for n in range(20):
@@ -228,7 +214,7 @@ def test_postgresql_notifications_wake_another_instance_at_once(
     for round_ in range(2):
         time.sleep(1.2)  # each poll is in its 30 s wait now
         flag = threading.Event()
-        thread, woke = _waiter(reader, f"output:job-pg{round_}", flag)
+        thread, woke = waiter(reader, f"output:job-pg{round_}", flag)
         time.sleep(0.2)
         flag.set()
         sent = time.monotonic()

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from coordinator.doorbell import Doorbell, directory_for
 from tests.conftest import instances
+from tests.helpers import waiter
 
 SLOW_POLL = 3.0
 
@@ -41,16 +42,8 @@ def slow_polls(database_url: str) -> Iterator[tuple[Flask, Flask]]:
 
 def _woken_after(waiter_app: Flask, notifier_app: Flask, key: str) -> float | None:
     """Seconds from a notification in one instance to its waiter's wake-up in the other."""
-    waiting = waiter_app.extensions["dffmpeg.notifier"]
     flag = threading.Event()
-    woke: list[float] = []
-
-    def wait() -> None:
-        if waiting.wait_for([key], lambda: True if flag.is_set() else None, timeout=20):
-            woke.append(time.monotonic())
-
-    thread = threading.Thread(target=wait)
-    thread.start()
+    thread, woke = waiter(waiter_app.extensions["dffmpeg.notifier"], key, flag)
     # Registered and past its first check, and the poll has its baseline (a first poll
     # wakes every waiter once).
     time.sleep(SLOW_POLL + 0.5)

@@ -314,64 +314,59 @@ def test_streams_end_after_their_maximum_lifetime(tmp_path: Any, ffmpeg: str) ->
         conn.close()
 
 
+def signed_submission(api: Api, key: str, marker: str, padding: int = 0) -> bytes:
+    """A whole signed submission as it goes on the wire; its last argument is ``marker``
+    and ``padding`` spaces follow its JSON (which allows trailing whitespace). No worker
+    has its label: the job never runs."""
+    args = ["-v", "error", marker]
+    document = json.dumps({"binary": "ffmpeg", "args": args, "required_labels": ["nobody"]})
+    body = (document + " " * padding).encode()
+    headers = signing.sign_headers(api.client_id, key, "POST", "/api/v1/jobs", body)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (
+        b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + head.encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def answers_on(sock: socket.socket, count: int) -> list[tuple[int, Any]]:
+    answers = []
+    for _ in range(count):
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answers.append((response.status, json.loads(response.read())))
+    return answers
+
+
 def test_pipelined_signed_requests_each_get_their_own_body(coord: Coordinator) -> None:
     """Two signed submissions sent back to back in one write: the request loop splits
     them where the first body ends, and each job is made of its own body."""
     api, key = identity(coord, "pipeliner")
-    requests = b""
-    for n in (1, 2):
-        args = ["-v", "error", f"-pipelined{n}"]
-        # No worker has the label: the job never runs.
-        body = json.dumps({"binary": "ffmpeg", "args": args, "required_labels": ["nobody"]})
-        headers = signing.sign_headers(api.client_id, key, "POST", "/api/v1/jobs", body.encode())
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        requests += (
-            b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + head.encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body.encode()
-        )
+    requests = signed_submission(api, key, "-pipelined1") + signed_submission(
+        api, key, "-pipelined2"
+    )
     with socket.create_connection(host_port(coord), timeout=20) as sock:
         sock.sendall(requests)
-        answers = []
-        for _ in (1, 2):
-            response = http.client.HTTPResponse(sock)
-            response.begin()
-            answers.append((response.status, json.loads(response.read())))
+        answers = answers_on(sock, 2)
     assert [status for status, _ in answers] == [201, 201]
     assert [a["job"]["args"][-1] for _, a in answers] == ["-pipelined1", "-pipelined2"]
 
 
 def test_a_large_body_arriving_in_pieces_then_a_pipelined_request(coord: Coordinator) -> None:
-    """A 3 MiB body sent in pieces lands in the room the loop reserved for it, and the
-    request sent right after it, in the same write as the body's last piece, is read
-    as a request of its own, not as part of that body."""
+    """A 3 MiB body sent in pieces is read whole, and the request sent right after it,
+    in the same write as the body's last piece, is read as a request of its own, not as
+    part of that body."""
     api, key = identity(coord, "bulky")
-
-    def request(n: int, padding: int) -> bytes:
-        args = ["-v", "error", f"-bulky{n}"]
-        document = json.dumps({"binary": "ffmpeg", "args": args, "required_labels": ["nobody"]})
-        body = (document + " " * padding).encode()  # JSON allows trailing whitespace
-        headers = signing.sign_headers(api.client_id, key, "POST", "/api/v1/jobs", body)
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        return (
-            b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + head.encode()
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-
-    first, second = request(1, 3 * 1024 * 1024), request(2, 0)
+    first = signed_submission(api, key, "-bulky1", padding=3 * 1024 * 1024)
+    second = signed_submission(api, key, "-bulky2")
     pieces = [first[i : i + 700_000] for i in range(0, len(first), 700_000)]
     with socket.create_connection(host_port(coord), timeout=20) as sock:
         for piece in pieces[:-1]:
             sock.sendall(piece)
             time.sleep(0.05)  # the loop sees each piece arrive on its own
         sock.sendall(pieces[-1] + second)
-        answers = []
-        for _ in (1, 2):
-            response = http.client.HTTPResponse(sock)
-            response.begin()
-            answers.append((response.status, json.loads(response.read())))
+        answers = answers_on(sock, 2)
     assert [status for status, _ in answers] == [201, 201]
     assert [a["job"]["args"][-1] for _, a in answers] == ["-bulky1", "-bulky2"]
