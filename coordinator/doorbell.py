@@ -44,6 +44,42 @@ def directory_for(url: URL) -> str | None:
     return os.path.join(tempfile.gettempdir(), f"dffmpeg-wake-{os.getuid()}-{digest}")
 
 
+def sweep(directory: str | None, pid: int | None = None) -> None:
+    """Remove sockets whose process is gone, then the directory if nothing is left.
+
+    gunicorn's master calls it with the pid of each worker that exited (one killed
+    before it could remove its own socket), and with None when it stops: then every
+    socket that nobody is bound to goes (another instance's live ones stay).
+    """
+    if directory is None:
+        return
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    probe.setblocking(False)
+    try:
+        for name in names:
+            path = os.path.join(directory, name)
+            if pid is not None:
+                if name.startswith(f"{pid}-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                continue
+            try:
+                probe.sendto(b"!", path)  # a live one just polls once more
+            except (ConnectionRefusedError, FileNotFoundError):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            except OSError:
+                pass
+    finally:
+        probe.close()
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
+
+
 class Doorbell:
     """This process's socket in the database's directory, and the rings it sends.
 
@@ -78,7 +114,8 @@ class Doorbell:
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
                 log.info("same-host wake-ups off: %s is not this user's own", self.directory)
                 return False
-            path = os.path.join(self.directory, os.urandom(6).hex())
+            # Named after the process: gunicorn's master removes a dead worker's socket.
+            path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}")
             if len(os.fsencode(path)) > MAX_PATH_BYTES:
                 log.info("same-host wake-ups off: %s is too long for a socket", path)
                 return False

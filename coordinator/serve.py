@@ -21,9 +21,10 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator import keystore, schema, storage
+from coordinator import doorbell, keystore, schema, storage
 from coordinator.metrics_dir import MetricsDirectory
 from coordinator.models import User
 from dffmpeg.config import ConfigError, CoordinatorConfig, load_coordinator
@@ -51,8 +52,8 @@ class CoordinatorServer(BaseApplication):
             # Idle and arriving connections cost the event loop a socket each, no thread.
             "worker_connections": 1000,
             "post_worker_init": _post_worker_init,
-            "child_exit": lambda _arbiter, worker: self.metrics.process_dead(worker.pid),
-            "on_exit": lambda _arbiter: self.metrics.remove(),
+            "child_exit": lambda _arbiter, worker: self._child_exit(worker.pid),
+            "on_exit": lambda _arbiter: self._on_exit(),
             "accesslog": None,
         }
         if "control_socket_disable" in self.cfg.settings:
@@ -61,6 +62,18 @@ class CoordinatorServer(BaseApplication):
             options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
+
+    def _child_exit(self, pid: int) -> None:
+        self.metrics.process_dead(pid)
+        doorbell.sweep(self._doorbells(), pid)
+
+    def _on_exit(self) -> None:
+        self.metrics.remove()
+        doorbell.sweep(self._doorbells())
+
+    def _doorbells(self) -> str | None:
+        """The same-host wake-ups' directory of this database (coordinator/doorbell.py)."""
+        return doorbell.directory_for(make_url(self.settings.database_url))
 
     def load(self) -> Flask:
         from coordinator import create_app

@@ -130,3 +130,25 @@ def test_processes_of_one_database_share_a_directory(first: str, second: str, sa
     assert (a == b) is same
     assert "one" not in a and "two" not in b  # no password in a path
     assert directory_for(make_url("sqlite://")) is None
+
+
+def test_the_master_sweeps_what_dead_processes_left(tmp_path: Path) -> None:
+    """gunicorn's master removes an exited worker's socket by its pid, and when it stops
+    every socket nobody is bound to, then the directory once it is empty."""
+    from coordinator.doorbell import sweep
+
+    directory = str(tmp_path / "bells")
+    live = Doorbell(directory)
+    assert live.open()
+    assert live.path is not None and os.path.basename(live.path).startswith(f"{os.getpid()}-")
+    for name in ("4242-aaaa", "4343-bbbb"):  # killed workers: bound once, nothing behind
+        orphan = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        orphan.bind(os.path.join(directory, name))
+        orphan.close()
+    sweep(directory, 4242)
+    assert sorted(os.listdir(directory)) == sorted(["4343-bbbb", os.path.basename(live.path)])
+    sweep(directory)
+    assert os.listdir(directory) == [os.path.basename(live.path)]
+    live.close()
+    sweep(directory)
+    assert not os.path.exists(directory)
