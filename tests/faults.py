@@ -64,7 +64,9 @@ class Timing:
         return cls(
             worker_lease=3,
             idle_lease=6,
-            client_lease=4,
+            # A caller renews at a third of it: 6 s leaves it at least 4 s to fail over
+            # to another coordinator on a loaded CI host (4 s failed there once).
+            client_lease=6,
             janitor=0.25,
             grace=90,
             heartbeat=0.5,
