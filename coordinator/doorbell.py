@@ -53,31 +53,44 @@ def sweep(directory: str | None, pid: int | None = None) -> None:
     """
     if directory is None:
         return
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            for name in os.listdir(directory):
+                if name.startswith(f"{pid}-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
+    else:
+        # A ring finds the sockets nobody is bound to (and removes them); a live one
+        # just polls once more.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.setblocking(False)
+            _ring(probe, directory, None)
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
+
+
+def _ring(sock: socket.socket, directory: str, own: str | None) -> int:
+    """One byte from ``sock`` to every socket in ``directory`` but ``own``; how many
+    were sent. A socket nobody is bound to any more (a process killed before it could
+    remove it) is removed, so later rings skip it."""
     try:
         names = os.listdir(directory)
     except OSError:
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    probe.setblocking(False)
-    try:
-        for name in names:
-            path = os.path.join(directory, name)
-            if pid is not None:
-                if name.startswith(f"{pid}-"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                continue
-            try:
-                probe.sendto(b"!", path)  # a live one just polls once more
-            except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            except OSError:
-                pass
-    finally:
-        probe.close()
-    with contextlib.suppress(OSError):
-        os.rmdir(directory)
+        return 0
+    sent = 0
+    for name in names:
+        path = os.path.join(directory, name)
+        if path == own:
+            continue
+        try:
+            sock.sendto(b"!", path)
+            sent += 1
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        except OSError:
+            pass  # its queue is full: it has rings to read already
+    return sent
 
 
 class Doorbell:
@@ -95,42 +108,39 @@ class Doorbell:
     def open(self) -> bool:
         """Bind this process's socket; False (and rings neither sent nor received) when
         the directory cannot be used safely."""
-        # A second try: the last process of another run may remove the directory
-        # between this one's makedirs and bind.
         for _ in range(2):
             try:
                 return self._bind()
             except FileNotFoundError as exc:
+                # The last process of another run removed the directory between this
+                # one's makedirs and bind: once more.
+                error: OSError = exc
+            except OSError as exc:
                 error = exc
+                break
         log.info("same-host wake-ups off (%s); the counters' poll carries them", error)
         return False
 
     def _bind(self) -> bool:
-        try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            info = os.lstat(self.directory)
-            # A directory another user made (or could write to) would let them inject
-            # sockets; rings are harmless, but there is no reason to trust it.
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-                log.info("same-host wake-ups off: %s is not this user's own", self.directory)
-                return False
-            # Named after the process: gunicorn's master removes a dead worker's socket.
-            path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}")
-            if len(os.fsencode(path)) > MAX_PATH_BYTES:
-                log.info("same-host wake-ups off: %s is too long for a socket", path)
-                return False
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.bind(path)
-            except OSError:
-                sock.close()
-                raise
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            log.info("same-host wake-ups off (%s); the counters' poll carries them", exc)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        info = os.lstat(self.directory)
+        # A directory another user made (or could write to) would let them inject
+        # sockets; rings are harmless, but there is no reason to trust it.
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            log.info("same-host wake-ups off: %s is not this user's own", self.directory)
             return False
+        # Named after the process: gunicorn's master removes a dead worker's socket.
+        path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}")
+        if len(os.fsencode(path)) > MAX_PATH_BYTES:
+            log.info("same-host wake-ups off: %s is too long for a socket", path)
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            raise
         self._sock, self.path = sock, path
         return True
 
@@ -140,29 +150,9 @@ class Doorbell:
 
     def ring(self) -> int:
         """One byte to every other process's socket; how many were sent."""
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             return 0
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return 0
-        sent = 0
-        for name in names:
-            path = os.path.join(self.directory, name)
-            if path == self.path:
-                continue
-            try:
-                sock.sendto(b"!", path)
-                sent += 1
-            except (ConnectionRefusedError, FileNotFoundError):
-                # Nothing bound there any more: a process that ended without removing
-                # its socket (killed). Its file goes, so later rings skip it.
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            except OSError:
-                pass  # its queue is full: it has rings to read already
-        return sent
+        return _ring(self._sock, self.directory, self.path)
 
     def drain(self) -> None:
         """Read every ring queued (one poll answers them all)."""

@@ -37,6 +37,9 @@ class CoordinatorServer(BaseApplication):
         self.settings = settings
         self.config_file = config_file
         self.metrics = metrics
+        # The same-host wake-ups' directory of this database (coordinator/doorbell.py),
+        # swept as the workers exit.
+        self.doorbells = doorbell.directory_for(make_url(settings.database_url))
         super().__init__()
 
     def load_config(self) -> None:
@@ -65,15 +68,11 @@ class CoordinatorServer(BaseApplication):
 
     def _child_exit(self, pid: int) -> None:
         self.metrics.process_dead(pid)
-        doorbell.sweep(self._doorbells(), pid)
+        doorbell.sweep(self.doorbells, pid)
 
     def _on_exit(self) -> None:
         self.metrics.remove()
-        doorbell.sweep(self._doorbells())
-
-    def _doorbells(self) -> str | None:
-        """The same-host wake-ups' directory of this database (coordinator/doorbell.py)."""
-        return doorbell.directory_for(make_url(self.settings.database_url))
+        doorbell.sweep(self.doorbells)
 
     def load(self) -> Flask:
         from coordinator import create_app

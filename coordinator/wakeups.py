@@ -184,9 +184,12 @@ class DatabaseWakeups:
         if keys:
             self.notifier.wake(*keys)
 
+    def _listening(self) -> bool:
+        """Whether PostgreSQL's notifications are carrying the wake-ups now."""
+        return self.listener is not None and self.listener.listening
+
     def _interval(self) -> float:
-        listening = self.listener is not None and self.listener.listening
-        return max(self.interval, SAFETY_INTERVAL) if listening else self.interval
+        return max(self.interval, SAFETY_INTERVAL) if self._listening() else self.interval
 
     def publish(self, keys: tuple[str, ...]) -> None:
         """Notifier listener: queue the keys' counters for the next bump (never blocks)."""
@@ -262,8 +265,7 @@ class DatabaseWakeups:
             with self._pending_lock:
                 self._pending.update(buckets)  # try again on the next round
             raise
-        listening = self.listener is not None and self.listener.listening
-        if self.doorbell is not None and not listening:
+        if self.doorbell is not None and not self._listening():
             # Committed: a process rung now reads the bumps. (PostgreSQL's notification,
             # sent with the commit, wakes them already.)
             self.doorbell.ring()
